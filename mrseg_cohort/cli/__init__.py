@@ -1,0 +1,20 @@
+"""The ``mrseg-cohort`` command line: a thin typer layer over the library.
+
+Each command lives in its own module under ``mrseg_cohort.cli`` and is registered here. Commands
+parse arguments, load the config, call one library function and show progress; heavy imports
+(torch, ray) happen inside the commands so that ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Run MRSegmentator over whole cohorts of whole-body MRI and tabulate the results.")
+
+
+def _register() -> None:
+    from mrseg_cohort.cli import phantom  # noqa: F401  (each module adds its commands to `app`)
+
+
+_register()

@@ -1,0 +1,281 @@
+"""The job configuration: one YAML file, validated strictly, loaded once by the CLI.
+
+Every section derives from :class:`Strict` (unknown keys refused, values frozen). Relative local
+paths in the file are resolved against the YAML file's folder, so a config works from any working
+directory. ``bundled:<name>`` names a model shipped inside the package (``bundled:demo``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mrseg_cohort.errors import ConfigError
+
+Layout = Literal["phantom", "nako-nifti", "ukbb-dicom-zip", "nifti-folder"]
+Device = Literal["auto", "cpu", "cuda"]
+
+BUNDLED_MODELS_DIR = Path(__file__).parent / "models"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageConfig(Strict):
+    """fsspec/s3fs options; credentials come from the AWS chain unless given here (never logged)."""
+
+    endpoint_url: str | None = None
+    profile: str | None = None
+    region: str | None = None
+    anon: bool = False
+    key: str | None = Field(None, repr=False)
+    secret: str | None = Field(None, repr=False)
+
+    def fsspec_options(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.endpoint_url:
+            out["endpoint_url"] = self.endpoint_url
+        if self.profile:
+            out["profile"] = self.profile
+        if self.region:
+            out["client_kwargs"] = {"region_name": self.region}
+        if self.anon:
+            out["anon"] = True
+        if self.key and self.secret:
+            out["key"], out["secret"] = self.key, self.secret
+        return out
+
+
+class CohortConfig(Strict):
+    name: str = Field(min_length=1)
+    layout: Layout
+    visit: str = "0"
+    """Visit (instance) for layouts whose file names carry none."""
+    pattern: str = "{participant_id}/{visit}/{contrast}_station{station}.nii.gz"
+    """nako-nifti / phantom: file name pattern under the input URI; ``{station}`` optional."""
+    participant_regex: str = r"^(?P<participant_id>[^_.]+)"
+    """nifti-folder: regex on the file name; named groups participant_id and optionally visit."""
+    modality: Literal["MRI", "CT"] = "MRI"
+    """nifti-folder: modality of the scans (MRI-only models are not run on CT)."""
+
+
+class InputConfig(Strict):
+    uri: str = Field(min_length=1)
+    storage: StorageConfig = StorageConfig()
+    participants_file: str | None = None
+    """Optional selection: one participant id per line, or a UK Biobank bulk file
+    (``<eid> 20201_<instance>_0`` per line)."""
+
+
+class ContrastsConfig(Strict):
+    available: tuple[str, ...] = ("in", "opp", "water", "fat")
+    segment: tuple[str, ...] = ("in",)
+    fat: str | None = "fat"
+    water: str | None = "water"
+
+    @model_validator(mode="after")
+    def _segment_subset(self) -> "ContrastsConfig":
+        missing = [c for c in self.segment if c not in self.available]
+        if missing or not self.segment:
+            raise ValueError(f"segment must name contrasts from available {list(self.available)}, "
+                             f"not {list(self.segment)}")
+        for role in ("fat", "water"):
+            value = getattr(self, role)
+            if value is not None and value not in self.available:
+                raise ValueError(f"{role}: {value!r} is not one of available {list(self.available)}")
+        return self
+
+
+class StitchingConfig(Strict):
+    inplane_spacing_mm: float | None = Field(None, gt=0)
+    """Target in-plane spacing; default the finest in-plane spacing of the stations."""
+    z_spacing_mm: float | None = Field(None, gt=0)
+    """Target slice spacing; default the finest slice spacing of the stations."""
+    save_stitched: bool = False
+    """Also write the stitched images under ``stitched/`` of the output."""
+
+
+class ModelConfig(Strict):
+    name: str = "base"
+    weights: str = Field(min_length=1)
+    """nnU-Net trained-model folder (local path or URI) or ``bundled:<name>``."""
+    checksum: str | None = None
+    """Optional sha256 of the weights (see ``mrseg-cohort model checksum``); verified at start."""
+    folds: tuple[int | Literal["all"], ...] = (0,)
+    checkpoint: str = "checkpoint_final.pth"
+    tile_step_size: float = Field(0.5, gt=0, le=1)
+    mirroring: bool = False
+    device: Device = "auto"
+    labels: Literal["mrseg", "body_comp", "any"] = "mrseg"
+    """Label map the model must have (from its dataset.json); ``any`` accepts whatever it has."""
+    allow_label_mismatch: bool = False
+    modalities: tuple[Literal["MRI", "CT"], ...] = ("MRI", "CT")
+    contrasts: tuple[str, ...] | None = None
+    """Contrasts to run this model on; default contrasts.segment."""
+
+    @field_validator("folds")
+    @classmethod
+    def _folds_nonempty(cls, v: tuple) -> tuple:
+        if not v:
+            raise ValueError("at least one fold")
+        return v
+
+
+class OutputConfig(Strict):
+    uri: str = Field(min_length=1)
+    storage: StorageConfig = StorageConfig()
+    commit_every: int = Field(25, ge=1)
+    """Scans per published table part (fewer, larger Parquet files for bigger values)."""
+
+
+class ResourcesConfig(Strict):
+    address: str | None = None
+    """Ray cluster address (``auto``, ``ray://host:10001``); None starts a local Ray."""
+    gpus: int | None = Field(None, ge=0)
+    """GPUs to use; None = all Ray sees. One segmentation actor per GPU."""
+    cpu_workers: int | None = Field(None, ge=1)
+    """Concurrent CPU tasks (read/stitch, measure); None = CPUs Ray sees, minus the actors'."""
+    cpu_segmenters: int = Field(1, ge=1)
+    """Segmentation actors when no GPU is used."""
+    threads_per_segmenter: int | None = Field(None, ge=1)
+    memory_gb_per_scan: float = Field(4.0, gt=0)
+    """Memory Ray reserves for each read/stitch and measure task."""
+    max_retries: int = Field(2, ge=0)
+    """Ray retries of a task or actor call lost to a worker crash or node loss."""
+    in_flight_per_worker: int = Field(2, ge=1)
+
+
+class LimitsConfig(Strict):
+    first_n: int | None = Field(None, ge=1)
+    """Process only the first N participants (in manifest order)."""
+    max_file_mb: float = Field(2000.0, gt=0)
+    max_decompressed_mb: float = Field(4000.0, gt=0)
+    max_dim: int = Field(2048, ge=2)
+
+
+class MeasuresConfig(Strict):
+    erosion_voxels_inplane: int = Field(1, ge=0)
+    connectivity: Literal[6, 18, 26] = 26
+    border_margin_voxels: int = Field(3, ge=0)
+
+
+class PhantomConfig(Strict):
+    """Generate a phantom cohort at input.uri when it holds no scans (demo and tests)."""
+
+    participants: int = Field(4, ge=1)
+    layout: Literal["ukbb", "nako"] = "ukbb"
+    seed: int = 1000
+    scale: float = Field(2.0, gt=0)
+
+
+class JobConfig(Strict):
+    cohort: CohortConfig
+    input: InputConfig
+    contrasts: ContrastsConfig = ContrastsConfig()
+    stitching: StitchingConfig = StitchingConfig()
+    model: ModelConfig
+    output: OutputConfig
+    resources: ResourcesConfig = ResourcesConfig()
+    limits: LimitsConfig = LimitsConfig()
+    measures: MeasuresConfig = MeasuresConfig()
+    phantom: PhantomConfig | None = None
+    source: str = ""
+    """Path of the YAML file this came from (set by :func:`load_config`)."""
+
+    @property
+    def models(self) -> tuple[ModelConfig, ...]:
+        return (self.model,)
+
+
+def resolve_local(value: str, base: Path) -> str:
+    """``value`` made absolute against ``base`` when it is a relative local path."""
+    if "://" in value or value.startswith("bundled:") or os.path.isabs(value):
+        return value
+    return str((base / value).resolve())
+
+
+def resolve_weights(value: str) -> str:
+    """A model location: ``bundled:<name>`` -> the package's ``models/<name>`` folder."""
+    if value.startswith("bundled:"):
+        name = value.split(":", 1)[1]
+        path = BUNDLED_MODELS_DIR / name
+        if not path.is_dir():
+            known = sorted(p.name for p in BUNDLED_MODELS_DIR.iterdir() if p.is_dir()) \
+                if BUNDLED_MODELS_DIR.is_dir() else []
+            raise ConfigError(f"no bundled model {name!r}; bundled models: {known}")
+        return str(path)
+    return value
+
+
+_PATH_KEYS = (("input", "uri"), ("input", "participants_file"), ("model", "weights"), ("output", "uri"))
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> JobConfig:
+    """Read and validate a YAML job file; raise :class:`ConfigError` with one line naming the key.
+
+    Args:
+        path: the YAML file.
+        overrides: dotted keys to set after reading (``{"output.uri": "/tmp/out"}``), for the CLI.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config file: {err.strerror or err}") from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML: {getattr(err, 'problem', err)}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (cohort, input, model, output, ...)")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    base = path.resolve().parent
+    for section, key in _PATH_KEYS:
+        node = data.get(section)
+        if isinstance(node, dict) and isinstance(node.get(key), str):
+            node[key] = resolve_local(node[key], base)
+    data["source"] = str(path)
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{path}: {_describe(err)}") from None
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+
+
+def _describe(err: ValidationError) -> str:
+    """The first validation problem as ``key.path: what is wrong``."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        parent_loc, leaf = first["loc"][:-1], str(first["loc"][-1])
+        model: Any = JobConfig
+        for part in parent_loc:
+            field = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
+            annotation = getattr(field, "annotation", None)
+            model = next((a for a in getattr(annotation, "__args__", (annotation,))
+                          if hasattr(a, "model_fields")), annotation)
+        known = list(getattr(model, "model_fields", {}))
+        hint = difflib.get_close_matches(leaf, known, n=1)
+        suggestion = f" (did you mean {hint[0]!r}?)" if hint else f" (known keys: {', '.join(known)})"
+        return f"unknown key {loc!r}{suggestion}"
+    if first["type"] == "missing":
+        return f"missing required key {loc!r}"
+    value = first.get("input")
+    shown = f" (got {value!r})" if not isinstance(value, dict) else ""
+    return f"{loc}: {first['msg']}{shown}"

@@ -1,0 +1,205 @@
+"""NIfTI in and out, as :class:`~mrseg_cohort.geometry.Volume` (the one RAS <-> LPS step).
+
+nibabel gives arrays in (x, y, z) index order with a RAS affine; everything past this module uses
+(z, y, x) arrays with LPS geometry as SimpleITK gives them. Headers are checked against
+:class:`ReadLimits` before any voxel data is decompressed or allocated.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import zlib
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+
+from mrseg_cohort.errors import BadScanError, ScanTooLargeError
+from mrseg_cohort.geometry import Grid, Volume
+from mrseg_cohort.io.storage import Store
+
+_LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """Bounds one input file must respect before it is read into memory.
+
+    Attributes:
+        max_file_mb: size of the stored (possibly compressed) file, MB (1e6 bytes).
+        max_decompressed_mb: size of the decoded voxel data, MB.
+        max_dim: largest number of voxels along any axis.
+        min_dim: smallest number of voxels along any spatial axis (a 3-D image needs depth).
+    """
+
+    max_file_mb: float = 2000.0
+    max_decompressed_mb: float = 4000.0
+    max_dim: int = 2048
+    min_dim: int = 2
+
+
+def read_volume(store: Store, uri: str, limits: ReadLimits = ReadLimits(),
+                dtype: type = np.float32) -> Volume:
+    """Read a 3-D NIfTI image (``.nii`` or ``.nii.gz``) from any URI as a (z, y, x) Volume.
+
+    Raises:
+        BadScanError: not a NIfTI file, truncated, not 3-D, or NaN/inf voxels.
+        ScanTooLargeError: beyond ``limits`` (checked from the header, before decompressing).
+        FileNotFoundError / PermissionError / StorageError: from storage, naming ``uri``.
+    """
+    size = store.size(uri)
+    if size > limits.max_file_mb * 1e6:
+        raise ScanTooLargeError(f"file is {size / 1e6:.0f} MB, above the limit of "
+                                f"{limits.max_file_mb:.0f} MB (limits.max_file_mb)", uri=uri)
+    raw = store.read_bytes(uri)
+    return volume_from_nifti_bytes(raw, uri, limits, dtype)
+
+
+def volume_from_nifti_bytes(raw: bytes, uri: str, limits: ReadLimits = ReadLimits(),
+                            dtype: type = np.float32) -> Volume:
+    """Decode NIfTI bytes (gzipped or not) into a Volume; see :func:`read_volume`."""
+    is_gz = raw[:2] == b"\x1f\x8b"
+    head = _gunzip_prefix(raw, 540, uri) if is_gz else raw[:540]
+    header, image_class = _parse_header(head, uri)
+    shape = _check_shape(header, uri, limits)
+    itemsize = np.dtype(header.get_data_dtype()).itemsize
+    n_bytes = int(header.get_data_offset()) + int(np.prod(shape)) * itemsize
+    if n_bytes > limits.max_decompressed_mb * 1e6:
+        raise ScanTooLargeError(f"image of shape {shape} holds {n_bytes / 1e6:.0f} MB of voxels, above "
+                                f"the limit of {limits.max_decompressed_mb:.0f} MB "
+                                f"(limits.max_decompressed_mb)", uri=uri)
+    data = _gunzip_all(raw, n_bytes, uri) if is_gz else raw
+    if len(data) < n_bytes:
+        raise BadScanError(f"file is truncated: {len(data)} bytes of image data where the header "
+                           f"promises {n_bytes}; re-export or re-download it", uri=uri)
+    try:
+        img = image_class.from_bytes(data)
+        array = np.asanyarray(img.dataobj)
+    except Exception as err:  # nibabel raises many types for corrupt files
+        raise BadScanError(f"not a readable NIfTI image: {type(err).__name__}: {err}", uri=uri) from err
+    array = array.reshape(array.shape[:3]) if array.ndim > 3 else array
+    if np.issubdtype(dtype, np.floating):
+        array = np.asarray(array, dtype=dtype)
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise BadScanError(f"image has {bad} NaN or infinite voxels; fix or exclude the file", uri=uri)
+    else:
+        array = _as_integer_labels(array, dtype, uri)
+    return Volume(np.ascontiguousarray(array.transpose(2, 1, 0)), grid_from_affine(img.affine, array.shape))
+
+
+def grid_from_affine(affine_ras: np.ndarray, shape_xyz: tuple[int, ...]) -> Grid:
+    """The :class:`Grid` of a nibabel image: RAS affine and (x, y, z) shape -> LPS and (z, y, x)."""
+    lps = _LPS_FROM_RAS @ np.asarray(affine_ras, dtype=np.float64)
+    columns = lps[:3, :3]
+    spacing_xyz = np.linalg.norm(columns, axis=0)
+    if np.any(spacing_xyz <= 0) or not np.all(np.isfinite(spacing_xyz)):
+        raise BadScanError(f"header spacing {tuple(spacing_xyz)} is not positive and finite")
+    direction = columns / spacing_xyz
+    return Grid(tuple(int(s) for s in shape_xyz[:3][::-1]), tuple(spacing_xyz[::-1]),
+                tuple(lps[:3, 3]), tuple(direction.ravel()))
+
+
+def affine_from_grid(grid: Grid) -> np.ndarray:
+    """nibabel's RAS affine for ``grid`` (index order x, y, z)."""
+    return _LPS_FROM_RAS @ grid.index_to_world_affine()
+
+
+def nifti_bytes(volume: Volume, dtype: type, compresslevel: int = 6) -> bytes:
+    """Encode a Volume as gzipped NIfTI-1 bytes with ``dtype`` (e.g. uint8 labels, float32 images).
+
+    qform and sform are both set (code 1, scanner) so nibabel, SimpleITK, 3D Slicer and ITK-SNAP
+    agree on the geometry; the gzip header carries no timestamp, so equal inputs give equal bytes.
+    """
+    data = np.ascontiguousarray(volume.array.transpose(2, 1, 0)).astype(dtype, copy=False)
+    img = nib.Nifti1Image(data, affine_from_grid(volume.grid))
+    img.header.set_data_dtype(dtype)
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    img.header["xyzt_units"] = 2 + 8  # mm, s
+    return gzip.compress(img.to_bytes(), compresslevel=compresslevel, mtime=0)
+
+
+def write_volume(store: Store, uri: str, volume: Volume, dtype: type) -> None:
+    """Publish ``volume`` at ``uri`` as gzipped NIfTI, atomically (see :meth:`Store.write_bytes`)."""
+    store.write_bytes(uri, nifti_bytes(volume, dtype))
+
+
+def read_labels(store: Store, uri: str, limits: ReadLimits = ReadLimits()) -> Volume:
+    """Read a label map as uint8 (refuses non-integer values and values above 255)."""
+    raw = store.read_bytes(uri)
+    return volume_from_nifti_bytes(raw, uri, limits, dtype=np.uint8)
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+def _gunzip_prefix(raw: bytes, n: int, uri: str) -> bytes:
+    try:
+        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(raw, n)
+    except zlib.error as err:
+        raise BadScanError(f"not a valid gzip file: {err}", uri=uri) from err
+
+
+def _gunzip_all(raw: bytes, n_bytes: int, uri: str) -> bytes:
+    decomp = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = decomp.decompress(raw, n_bytes + 1)
+    except zlib.error as err:
+        raise BadScanError(f"gzip data is corrupt: {err}; re-export or re-download the file",
+                           uri=uri) from err
+    if len(out) < n_bytes and not decomp.eof:
+        raise BadScanError(f"gzip stream is truncated after {len(out)} of {n_bytes} bytes; "
+                           "re-download the file", uri=uri)
+    return out
+
+
+def _parse_header(head: bytes, uri: str):
+    if len(head) < 348:
+        raise BadScanError(f"not a NIfTI file: only {len(head)} bytes", uri=uri)
+    sizeof_hdr_le = int.from_bytes(head[:4], "little")
+    sizeof_hdr_be = int.from_bytes(head[:4], "big")
+    if 348 in (sizeof_hdr_le, sizeof_hdr_be):
+        klass, header_class, n = nib.Nifti1Image, nib.Nifti1Header, 348
+    elif 540 in (sizeof_hdr_le, sizeof_hdr_be):
+        klass, header_class, n = nib.Nifti2Image, nib.Nifti2Header, 540
+    else:
+        raise BadScanError("not a NIfTI file (header size field is neither 348 nor 540)", uri=uri)
+    try:
+        header = header_class.from_fileobj(io.BytesIO(head[:n]), check=False)
+        _ = header.get_data_dtype()
+    except Exception as err:
+        raise BadScanError(f"NIfTI header is corrupt: {type(err).__name__}: {err}", uri=uri) from err
+    return header, klass
+
+
+def _check_shape(header, uri: str, limits: ReadLimits) -> tuple[int, ...]:
+    dims = header["dim"]
+    ndim = int(dims[0])
+    if not 1 <= ndim <= 7:
+        raise BadScanError(f"header gives {ndim} dimensions; a NIfTI image has 1 to 7", uri=uri)
+    shape = tuple(int(d) for d in dims[1:ndim + 1])
+    spatial = shape[:3]
+    extra = shape[3:]
+    if any(d <= 0 for d in shape):
+        raise BadScanError(f"header gives a zero-size or negative dimension {shape}", uri=uri)
+    if len(spatial) < 3 or min(spatial) < limits.min_dim:
+        raise BadScanError(f"image is not 3-D: shape {shape}; a whole-body scan needs x, y and z "
+                           f"(at least {limits.min_dim} voxels each)", uri=uri)
+    if any(d != 1 for d in extra):
+        raise BadScanError(f"image is {len(shape)}-D with shape {shape}; expected one 3-D volume "
+                           "(split 4-D series into one file per volume)", uri=uri)
+    if max(spatial) > limits.max_dim:
+        raise ScanTooLargeError(f"header dimensions {spatial} exceed the limit of {limits.max_dim} "
+                                "voxels per axis (limits.max_dim)", uri=uri)
+    return shape
+
+
+def _as_integer_labels(array: np.ndarray, dtype: type, uri: str) -> np.ndarray:
+    info = np.iinfo(dtype)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
+            raise BadScanError("label map holds non-integer values; expected integer labels", uri=uri)
+    if array.size and (array.min() < info.min or array.max() > info.max):
+        raise BadScanError(f"label values span {array.min()}..{array.max()}, outside "
+                           f"{np.dtype(dtype).name} ({info.min}..{info.max})", uri=uri)
+    return array.astype(dtype, copy=False)

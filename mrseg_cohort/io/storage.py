@@ -1,0 +1,217 @@
+"""Bytes in and out of any fsspec URI (local paths, ``file://``, ``s3://``, ``memory://``, ...).
+
+This module is the only place that knows fsspec. Rules it keeps:
+
+- file systems are made lazily, in the process that uses them (s3fs is not fork-safe); a
+  :class:`Store` pickles as its options only, so it can be shipped to Ray workers;
+- every write is published whole under its final key: one PUT on object stores, a temporary
+  file in the target folder plus ``os.replace`` on local disk (readers never see a partial object);
+- transient errors (5xx, SlowDown, connection resets, timeouts) are retried with exponential
+  backoff; permanent ones (missing, forbidden) are raised at once as builtins with the URI named;
+- credentials in the options are never put into messages, logs or reprs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar
+
+import fsspec
+from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
+
+from mrseg_cohort.errors import StorageError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+              FileExistsError)
+_TRANSIENT_WORDS = ("slowdown", "slow down", "timeout", "timed out", "connection", "reset",
+                    "throttl", "serviceunavailable", "service unavailable", "internalerror",
+                    "internal error", "503", "500", "502", "504", "broken pipe", "temporarily")
+
+
+def is_transient(err: BaseException) -> bool:
+    """True for errors worth retrying: server-side 5xx, throttling, dropped or refused connections."""
+    if isinstance(err, _PERMANENT):
+        return False
+    if isinstance(err, (ConnectionError, TimeoutError)):
+        return True
+    text = f"{type(err).__name__} {err}".lower()
+    return isinstance(err, OSError) and any(w in text for w in _TRANSIENT_WORDS) or \
+        any(w in type(err).__name__.lower() for w in ("connection", "timeout", "endpoint"))
+
+
+def join_uri(root: str, *parts: str) -> str:
+    """``root/part/part`` without doubled slashes; works for paths and URIs."""
+    out = root.rstrip("/")
+    for part in parts:
+        part = part.strip("/")
+        if part:
+            out = f"{out}/{part}"
+    return out
+
+
+@dataclass
+class Store:
+    """Access to one storage location's file system, made lazily and retried.
+
+    Args:
+        options: fsspec/s3fs storage options (``endpoint_url``, ``profile``, ``key``, ``secret``,
+            ``anon``, ``client_kwargs``, ...); never logged.
+        retries: attempts for transient errors (>= 1).
+        backoff_s: first backoff in seconds; doubled each attempt, with jitter.
+    """
+
+    options: dict[str, Any] = field(default_factory=dict, repr=False)
+    retries: int = 5
+    backoff_s: float = 0.2
+
+    def __getstate__(self) -> dict:
+        return {"options": self.options, "retries": self.retries, "backoff_s": self.backoff_s}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    def fs_and_path(self, uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+        """The file system for ``uri`` (cached by fsspec per process and options) and its path."""
+        protocol = uri.split("://", 1)[0] if "://" in uri else "file"
+        options = self.options if protocol in ("s3", "s3a") else {}
+        return url_to_fs(uri, **options)
+
+    def retry(self, what: str, uri: str, fn: Callable[[], T]) -> T:
+        """Run ``fn``, retrying transient errors; raise builtins for permanent ones, with the URI."""
+        delay = self.backoff_s
+        for attempt in range(1, self.retries + 1):
+            try:
+                return fn()
+            except _PERMANENT as err:
+                raise type(err)(f"{what} failed: {_reason(err)}: {uri}") from err
+            except Exception as err:  # noqa: BLE001 - classified right below
+                if not is_transient(err) or attempt == self.retries:
+                    if is_transient(err):
+                        raise StorageError(f"{what} failed after {attempt} attempts: {_reason(err)}",
+                                           uri) from err
+                    raise
+                log.warning("%s of %s failed (%s); retry %d/%d in %.1f s", what, uri, _reason(err),
+                            attempt, self.retries - 1, delay)
+                time.sleep(delay * (1 + 0.25 * random.random()))
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    # -- reading ----------------------------------------------------------------------------------
+    def read_bytes(self, uri: str) -> bytes:
+        """The whole object at ``uri`` (one GET, retried)."""
+        fs, path = self.fs_and_path(uri)
+        return self.retry("read", uri, lambda: fs.cat_file(path))
+
+    def size(self, uri: str) -> int:
+        fs, path = self.fs_and_path(uri)
+        return int(self.retry("size", uri, lambda: fs.size(path)))
+
+    def exists(self, uri: str) -> bool:
+        fs, path = self.fs_and_path(uri)
+        return bool(self.retry("exists", uri, lambda: fs.exists(path)))
+
+    def is_dir(self, uri: str) -> bool:
+        fs, path = self.fs_and_path(uri)
+        return bool(self.retry("isdir", uri, lambda: fs.isdir(path)))
+
+    def open_read(self, uri: str):
+        """A seekable binary file object (for zip members and ranged reads); close it after use."""
+        fs, path = self.fs_and_path(uri)
+        return self.retry("open", uri, lambda: fs.open(path, "rb"))
+
+    def list_files(self, uri: str, suffix: str = "", recursive: bool = True) -> list[str]:
+        """Full URIs of files under folder ``uri`` ending in ``suffix``, sorted; [] if none/missing.
+
+        Hidden entries (names starting with ``.``) are left out.
+        """
+        fs, path = self.fs_and_path(uri)
+
+        def _list() -> list[str]:
+            if not fs.exists(path):
+                return []
+            found = fs.find(path) if recursive else [p for p in fs.ls(path, detail=False)
+                                                     if fs.isfile(p)]
+            return found
+
+        found = self.retry("list", uri, _list)
+        base = path.rstrip("/")
+        out = []
+        for p in found:
+            rel = p[len(base):].lstrip("/") if p.startswith(base) else os.path.basename(p)
+            if rel and not any(part.startswith(".") for part in rel.split("/")) and p.endswith(suffix):
+                out.append(join_uri(uri, rel))
+        return sorted(out)
+
+    def list_dirs(self, uri: str) -> list[str]:
+        """Names (not URIs) of the immediate sub-folders of ``uri``, sorted; [] if missing."""
+        fs, path = self.fs_and_path(uri)
+
+        def _list() -> list[str]:
+            if not fs.exists(path):
+                return []
+            return [os.path.basename(e["name"].rstrip("/")) for e in fs.ls(path, detail=True)
+                    if e.get("type") == "directory"]
+
+        return sorted(n for n in self.retry("list", uri, _list) if not n.startswith("."))
+
+    # -- writing ----------------------------------------------------------------------------------
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        """Publish ``data`` whole at ``uri`` (overwrites; never leaves a partial object visible)."""
+        fs, path = self.fs_and_path(uri)
+        if isinstance(fs, LocalFileSystem):
+            self.retry("write", uri, lambda: _replace_local(path, data))
+        else:
+            self.retry("write", uri, lambda: fs.pipe_file(path, data))
+
+    def remove(self, uri: str, recursive: bool = False) -> None:
+        """Delete ``uri`` (a folder with ``recursive``); missing is not an error."""
+        fs, path = self.fs_and_path(uri)
+
+        def _rm() -> None:
+            if fs.exists(path):
+                fs.rm(path, recursive=recursive)
+
+        self.retry("delete", uri, _rm)
+
+    def make_dirs(self, uri: str) -> None:
+        """Create folder ``uri`` on local disk (object stores need none)."""
+        fs, path = self.fs_and_path(uri)
+        if isinstance(fs, LocalFileSystem):
+            self.retry("mkdir", uri, lambda: fs.makedirs(path, exist_ok=True))
+
+    def check_writable(self, uri: str) -> None:
+        """Write and delete a probe object under ``uri``; raises a builtin naming ``uri``."""
+        probe = join_uri(uri, f".write-probe-{uuid.uuid4().hex}")
+        self.write_bytes(probe, b"")
+        self.remove(probe)
+
+
+def _replace_local(path: str, data: bytes) -> None:
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _reason(err: BaseException) -> str:
+    """A short reason without any credentials (only the error's class and message)."""
+    text = str(err).splitlines()[0] if str(err) else ""
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
