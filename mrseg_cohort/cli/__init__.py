@@ -13,6 +13,17 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="Run MRSegmentator over whole cohorts of whole-body MRI and tabulate the results.")
 
 
+@app.callback()
+def main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    json_logs: bool = typer.Option(False, "--json-logs", help="One JSON object per log line."),
+) -> None:
+    """mrseg-cohort: MRSegmentator over whole cohorts."""
+    from mrseg_cohort.cli._common import setup_logging
+
+    setup_logging(verbose, json_logs)
+
+
 def _register() -> None:
     from mrseg_cohort.cli import phantom  # noqa: F401  (each module adds its commands to `app`)
 

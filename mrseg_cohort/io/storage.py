@@ -192,8 +192,12 @@ class Store:
     def check_writable(self, uri: str) -> None:
         """Write and delete a probe object under ``uri``; raises a builtin naming ``uri``."""
         probe = join_uri(uri, f".write-probe-{uuid.uuid4().hex}")
-        self.write_bytes(probe, b"")
-        self.remove(probe)
+        try:
+            self.make_dirs(uri)
+            self.write_bytes(probe, b"")
+            self.remove(probe)
+        except (OSError, StorageError) as err:
+            raise PermissionError(f"cannot write to {uri}: {_reason(err.__cause__ or err)}") from err
 
 
 def _replace_local(path: str, data: bytes) -> None:
