@@ -130,8 +130,10 @@ class ModelConfig(Strict):
 class OutputConfig(Strict):
     uri: str = Field(min_length=1)
     storage: StorageConfig = StorageConfig()
-    commit_every: int = Field(25, ge=1)
+    commit_every: int = Field(200, ge=1)
     """Scans per published table part (fewer, larger Parquet files for bigger values)."""
+    commit_interval_s: float = Field(1200.0, gt=0)
+    """Publish at least this often (seconds) while scans finish, so tables stay current."""
 
 
 class ResourcesConfig(Strict):
@@ -160,9 +162,20 @@ class LimitsConfig(Strict):
 
 
 class MeasuresConfig(Strict):
+    """Settings of the per-scan measurements (docs/measures.md)."""
+
     erosion_voxels_inplane: int = Field(1, ge=0)
+    """In-plane erosion (voxels, 2-D within each slice) of masks before fat fractions; 0 = none."""
     connectivity: Literal[6, 18, 26] = 26
+    """Voxel connectivity of connected components (vessels and fragmentation)."""
     border_margin_voxels: int = Field(3, ge=0)
+    """touches_border: a mask voxel within this many voxels of the field-of-view edge."""
+    fragmented_below_fraction: float = Field(0.95, gt=0, le=1)
+    """fragmented: the largest component holds less than this fraction of a structure's voxels."""
+    swap_min_voxels_per_slice: int = Field(20, ge=1)
+    """Fat-water swap check: reference (liver + muscle) voxels a slice needs to be evaluated."""
+    swap_min_extent_mm: float = Field(50.0, gt=0)
+    """Fat-water swap check: a run of inverted slices this long (mm along z) raises swap_suspected."""
 
 
 class PhantomConfig(Strict):

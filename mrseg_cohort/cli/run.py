@@ -1,0 +1,64 @@
+"""``mrseg-cohort run CONFIG``: the cohort job (resumes by default)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from mrseg_cohort.cli import app
+from mrseg_cohort.cli._common import one_line_errors
+
+
+@app.command()
+def run(
+    config: Path = typer.Argument(..., help="Job YAML file (see configs/)."),
+    restart: bool = typer.Option(False, "--restart", help="Delete earlier results under the output and start over."),
+    output: str = typer.Option(None, "--output", "-o", help="Override output.uri."),
+    first_n: int = typer.Option(None, "--first-n", help="Override limits.first_n (process the first N participants)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Segment every scan of the cohort and write label maps and Parquet tables.
+
+    Re-running the same command resumes: scans already committed are skipped, failed ones retried.
+    Exit status: 0 all scans done, 1 some scans failed (see tables/failures), 2 the job could not start.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    from mrseg_cohort.config import load_config
+    from mrseg_cohort.pipeline.run import run_job
+
+    overrides = {}
+    if output:
+        overrides["output.uri"] = output
+    if first_n:
+        overrides["limits.first_n"] = first_n
+    console = Console(stderr=True)
+    with one_line_errors():
+        job = load_config(config, overrides)
+        columns = (TextColumn("[bold]scans"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[failed]}"))
+        with Progress(*columns, console=console, disable=not progress, transient=False) as bar:
+            task = bar.add_task("scans", total=None, rate="", failed="")
+
+            def update(summary) -> None:
+                finished = summary.done + summary.failed
+                elapsed = max(bar.tasks[0].elapsed or 0.0, 1e-9)
+                bar.update(task, total=summary.scheduled, completed=finished,
+                           rate=f"{3600 * finished / elapsed:.0f} scans/h" if finished else "",
+                           failed=f"[red]{summary.failed} failed" if summary.failed else "")
+
+            summary = run_job(job, restart=restart, progress=update)
+    out = summary.output_uri.rstrip("/")
+    console.print(f"[bold]run {summary.run_id}[/bold] ({summary.device or 'no work'}, {summary.seconds:.0f} s): "
+                  f"{summary.done} done, {summary.failed} failed, {summary.already_done} already done earlier"
+                  + (f", {summary.republished} published from an interrupted run" if summary.republished else ""))
+    console.print(f"labels:  {out}/labels/<participant_id>/<visit>/<contrast>.nii.gz")
+    console.print(f"tables:  {out}/tables/structures, {out}/tables/scans, {out}/tables/intensities")
+    console.print(f"read:    python -c \"import pandas as pd; print(pd.read_parquet('{out}/tables/structures'))\"")
+    if summary.failed:
+        console.print(f"[red]{summary.failed} scan(s) failed[/red]: see {summary.failures_uri} "
+                      f"(or `mrseg-cohort status {config}`); re-run the same command to retry them")
+        raise typer.Exit(1)

@@ -1,0 +1,191 @@
+"""The manifest: every scan (participant x visit) of a cohort and the files it is made of.
+
+Discovered under the input URI by the layout named in the config:
+
+- ``phantom`` / ``nako-nifti``: NIfTI files named by ``cohort.pattern`` (placeholders
+  ``{participant_id}``, ``{visit}``, ``{contrast}``, optional ``{station}``; without ``{station}``
+  each file is an already stitched volume);
+- ``nifti-folder``: one whole-body NIfTI per scan, participant (and visit) from
+  ``cohort.participant_regex`` on the file name; contrast = the first of ``contrasts.segment``;
+- ``ukbb-dicom-zip``: one zip per participant and visit, ``<eid>_20201_<instance>_0.zip``.
+
+The manifest is the unit-of-work list; anti-joined with what is committed it is the resume plan.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import pandas as pd
+
+from mrseg_cohort.config import JobConfig
+from mrseg_cohort.errors import ConfigError
+from mrseg_cohort.io.storage import Store
+
+UKBB_ZIP = re.compile(r"^(?P<participant_id>\d+)_20201_(?P<visit>\d+)_(?P<array>\d+)\.zip$")
+UKBB_BULK_LINE = re.compile(r"^\s*(?P<eid>\d+)\s+(?P<field>\d+)_(?P<instance>\d+)_(?P<array>\d+)\s*$")
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+@dataclass(frozen=True)
+class ScanSource:
+    """One scan to process: a participant's visit and its files.
+
+    Attributes:
+        files: (contrast, station URIs in station-number order) pairs; for ``ukbb-dicom-zip`` a single
+            ``("dicom-zip", (zip_uri,))`` entry (contrasts are found inside the zip).
+    """
+
+    participant_id: str
+    visit: str
+    layout: str
+    modality: str
+    files: tuple[tuple[str, tuple[str, ...]], ...]
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.participant_id, self.visit
+
+    @property
+    def contrasts(self) -> tuple[str, ...]:
+        return tuple(c for c, _ in self.files)
+
+    def stations(self, contrast: str) -> tuple[str, ...]:
+        return dict(self.files).get(contrast, ())
+
+    @property
+    def uris(self) -> tuple[str, ...]:
+        return tuple(u for _, uris in self.files for u in uris)
+
+
+def pattern_regex(pattern: str, contrasts: tuple[str, ...]) -> re.Pattern:
+    """Regex for a file-name pattern with ``{participant_id}``, ``{visit}``, ``{contrast}``, ``{station}``."""
+    groups = {"participant_id": r"(?P<participant_id>[^/]+?)", "visit": r"(?P<visit>[^/]+?)",
+              "contrast": "(?P<contrast>" + "|".join(re.escape(c) for c in sorted(contrasts, key=len, reverse=True))
+              + ")", "station": r"(?P<station>\d+)"}
+    out, pos = "", 0
+    for m in re.finditer(r"\{(\w+)\}", pattern):
+        name = m.group(1)
+        if name not in groups:
+            raise ConfigError(f"cohort.pattern: unknown placeholder {{{name}}}; use {', '.join(groups)}")
+        out += re.escape(pattern[pos:m.start()]) + groups[name]
+        pos = m.end()
+    out += re.escape(pattern[pos:])
+    if "(?P<participant_id>" not in out or "(?P<contrast>" not in out:
+        raise ConfigError("cohort.pattern needs {participant_id} and {contrast}")
+    return re.compile("^" + out + "$")
+
+
+def read_participant_selection(store: Store, uri: str) -> tuple[set[str], set[tuple[str, str]]]:
+    """Ids from a participants file: plain ids (all visits) and UK Biobank bulk lines (id, visit)."""
+    ids: set[str] = set()
+    pairs: set[tuple[str, str]] = set()
+    for n, line in enumerate(store.read_bytes(uri).decode().splitlines(), start=1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        bulk = UKBB_BULK_LINE.match(line)
+        if bulk:
+            pairs.add((bulk["eid"], bulk["instance"]))
+        elif re.fullmatch(r"[\w.-]+", line):
+            ids.add(line)
+        else:
+            raise ConfigError(f"{uri} line {n}: expected a participant id or a bulk line "
+                              f"'<eid> 20201_<instance>_0', not {line!r}")
+    return ids, pairs
+
+
+def discover(cfg: JobConfig, store: Store) -> list[ScanSource]:
+    """All scans under ``cfg.input.uri`` for ``cfg.cohort.layout``, sorted, selected and limited."""
+    root = cfg.input.uri
+    layout = cfg.cohort.layout
+    files = store.list_files(root)
+    rel = [(u, u[len(root.rstrip("/")) + 1:]) for u in files]
+    if layout in ("phantom", "nako-nifti"):
+        sources = _by_pattern(cfg, rel)
+    elif layout == "nifti-folder":
+        sources = _by_regex(cfg, rel)
+    elif layout == "ukbb-dicom-zip":
+        sources = _ukbb_zips(cfg, rel)
+    else:  # pragma: no cover - the config validates the layout
+        raise ConfigError(f"cohort.layout: unknown layout {layout!r}")
+    if cfg.input.participants_file:
+        ids, pairs = read_participant_selection(store, cfg.input.participants_file)
+        sources = [s for s in sources if s.participant_id in ids or s.key in pairs]
+    sources.sort(key=lambda s: (s.participant_id, s.visit))
+    if cfg.limits.first_n:
+        keep = sorted({s.participant_id for s in sources})[: cfg.limits.first_n]
+        keep_set = set(keep)
+        sources = [s for s in sources if s.participant_id in keep_set]
+    return sources
+
+
+def _by_pattern(cfg: JobConfig, rel: list[tuple[str, str]]) -> list[ScanSource]:
+    regex = pattern_regex(cfg.cohort.pattern, cfg.contrasts.available)
+    found: dict[tuple[str, str], dict[str, list[tuple[int, str]]]] = {}
+    for uri, path in rel:
+        m = regex.match(path)
+        if not m:
+            continue
+        parts = m.groupdict()
+        key = (parts["participant_id"], parts.get("visit") or cfg.cohort.visit)
+        station = int(parts["station"]) if parts.get("station") else 0
+        found.setdefault(key, {}).setdefault(parts["contrast"], []).append((station, uri))
+    return [ScanSource(pid, visit, cfg.cohort.layout, cfg.cohort.modality,
+                       tuple((c, tuple(u for _, u in sorted(stations))) for c, stations in sorted(by_c.items())))
+            for (pid, visit), by_c in found.items()]
+
+
+def _by_regex(cfg: JobConfig, rel: list[tuple[str, str]]) -> list[ScanSource]:
+    try:
+        regex = re.compile(cfg.cohort.participant_regex)
+    except re.error as err:
+        raise ConfigError(f"cohort.participant_regex is not a valid regex: {err}") from None
+    contrast = cfg.contrasts.segment[0]
+    out = []
+    for uri, path in rel:
+        name = path.rsplit("/", 1)[-1]
+        if not name.endswith(NIFTI_SUFFIXES):
+            continue
+        m = regex.search(name)
+        if not m or not m.groupdict().get("participant_id"):
+            continue
+        visit = m.groupdict().get("visit") or cfg.cohort.visit
+        out.append(ScanSource(m["participant_id"], visit, cfg.cohort.layout, cfg.cohort.modality,
+                              ((contrast, (uri,)),)))
+    return _unique(out)
+
+
+def _ukbb_zips(cfg: JobConfig, rel: list[tuple[str, str]]) -> list[ScanSource]:
+    out = []
+    for uri, path in rel:
+        m = UKBB_ZIP.match(path.rsplit("/", 1)[-1])
+        if m:
+            out.append(ScanSource(m["participant_id"], m["visit"], cfg.cohort.layout, "MRI",
+                                  (("dicom-zip", (uri,)),)))
+    return _unique(out)
+
+
+def _unique(sources: list[ScanSource]) -> list[ScanSource]:
+    """One source per (participant, visit): a second file for the same key is an input error."""
+    seen: dict[tuple[str, str], ScanSource] = {}
+    for s in sources:
+        if s.key in seen:
+            raise ConfigError(f"two inputs map to participant {s.participant_id} visit {s.visit}: "
+                              f"{seen[s.key].uris[0]} and {s.uris[0]}; fix cohort.participant_regex")
+        seen[s.key] = s
+    return list(seen.values())
+
+
+def manifest_frame(sources: list[ScanSource]) -> pd.DataFrame:
+    """The manifest as a table: participant_id, visit, layout, modality, contrasts, n_files, first URI."""
+    return pd.DataFrame({
+        "participant_id": [s.participant_id for s in sources],
+        "visit": [s.visit for s in sources],
+        "layout": [s.layout for s in sources],
+        "modality": [s.modality for s in sources],
+        "contrasts": [",".join(s.contrasts) for s in sources],
+        "n_files": [len(s.uris) for s in sources],
+        "source_uri": [s.uris[0] if s.uris else "" for s in sources],
+    }, columns=["participant_id", "visit", "layout", "modality", "contrasts", "n_files", "source_uri"])

@@ -1,0 +1,134 @@
+"""The per-scan stages as plain functions (no Ray): read + stitch, and finish (export, measure, stage).
+
+:mod:`mrseg_cohort.pipeline.run` runs them as Ray tasks; tests call them directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+
+from mrseg_cohort.biomarkers.scan import measure_scan
+from mrseg_cohort.config import JobConfig
+from mrseg_cohort.geometry import Volume
+from mrseg_cohort.io.nifti import ReadLimits, write_volume
+from mrseg_cohort.io.storage import Store, join_uri
+from mrseg_cohort.loading import LoadedScan, load_scan
+from mrseg_cohort.manifest import ScanSource
+from mrseg_cohort.outputs import Outputs
+from mrseg_cohort.segmentation.segmenter import ModelSpec, Segmentation
+from mrseg_cohort.tables import to_table
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every stage of one run needs, shipped to workers once (plain data)."""
+
+    job: JobConfig
+    models: tuple[ModelSpec, ...]
+    run_id: str
+    versions: dict
+    device: str
+
+    @property
+    def limits(self) -> ReadLimits:
+        lim = self.job.limits
+        return ReadLimits(lim.max_file_mb, lim.max_decompressed_mb, lim.max_dim)
+
+    def input_store(self) -> Store:
+        return Store(self.job.input.storage.fsspec_options())
+
+    def outputs(self) -> Outputs:
+        return Outputs(Store(self.job.output.storage.fsspec_options()), self.job.output.uri)
+
+
+def read_and_stitch(ctx: RunContext, source: ScanSource) -> LoadedScan:
+    """Stage 1 (CPU): read every file of ``source`` and stitch each contrast onto one grid."""
+    job = ctx.job
+    loaded = load_scan(ctx.input_store(), source, job.contrasts, job.stitching, ctx.limits)
+    if job.stitching.save_stitched:
+        t = time.perf_counter()
+        out = ctx.outputs()
+        for contrast, image in loaded.images.items():
+            write_volume(out.store, join_uri(out.root, "stitched", *source.key, f"{contrast}.nii.gz"), image,
+                         np.float32)
+        loaded.seconds["write"] = time.perf_counter() - t
+    return loaded
+
+
+def segmentation_inputs(ctx: RunContext, loaded: LoadedScan) -> dict[str, Volume]:
+    """The images the segmentation actor needs (the contrasts to segment), nothing more."""
+    return {c: loaded.images[c] for c in ctx.job.contrasts.segment}
+
+
+def finish(ctx: RunContext, loaded: LoadedScan, segmentations: dict[str, Segmentation]) -> dict[str, pa.Table]:
+    """Stage 3 (CPU): write label files, measure, and stage the scan's rows; returns those rows.
+
+    Args:
+        segmentations: per segmented contrast, the labels of every model.
+    """
+    job, source = ctx.job, loaded.source
+    outputs = ctx.outputs()
+    key = source.key
+    contrasts = job.contrasts
+    structures, intensities, scans = [], [], []
+    seconds = {"read": 0.0, "stitch": 0.0, "write": 0.0, "measure": 0.0, **loaded.seconds}
+    for contrast, seg in segmentations.items():
+        for spec in ctx.models:
+            keys = {"participant_id": source.participant_id, "visit": source.visit, "contrast": contrast,
+                    "model": spec.name}
+            labels = seg.labels.get(spec.name)
+            if labels is None:
+                scans.append({**keys, **_scan_common(ctx, loaded, spec), "status": "skipped",
+                              "model_skipped_reason": seg.skipped.get(spec.name, "not run")})
+                continue
+            t = time.perf_counter()
+            uri = outputs.label_uri(key, contrast, spec.name, ctx.models[0].name)
+            volume = Volume(labels, loaded.grid)
+            write_volume(outputs.store, uri, volume, np.uint8)
+            t_write = time.perf_counter() - t
+            measures = measure_scan(volume, spec.label_map, loaded.images, _present(contrasts.fat, loaded),
+                                    _present(contrasts.water, loaded), job.measures, segmented=contrast)
+            t_measure = time.perf_counter() - t - t_write
+            structures += [{**keys, **r} for r in measures.structures]
+            intensities += [{**keys, **r} for r in measures.intensities]
+            scans.append({**keys, **_scan_common(ctx, loaded, spec), **measures.scan, "status": "ok",
+                          "label_uri": uri, **{f"seconds_{k}": v for k, v in seconds.items()},
+                          **{f"seconds_{k}": v for k, v in seg.seconds.items()},
+                          "seconds_write": seconds["write"] + t_write, "seconds_measure": t_measure})
+    tables = {"structures": to_table("structures", structures), "intensities": to_table("intensities", intensities),
+              "scans": to_table("scans", scans)}
+    outputs.stage(key, tables)
+    return tables
+
+
+def _present(contrast: str | None, loaded: LoadedScan) -> str | None:
+    return contrast if contrast and contrast in loaded.images else None
+
+
+def _scan_common(ctx: RunContext, loaded: LoadedScan, spec: ModelSpec) -> dict:
+    grid = loaded.grid
+    source = loaded.source
+    return {
+        "modality": source.modality, "layout": source.layout, "source_uris": list(source.uris),
+        "contrasts_available": sorted(loaded.images), "n_stations": loaded.n_stations,
+        "shape_z": grid.shape[0], "shape_y": grid.shape[1], "shape_x": grid.shape[2],
+        "spacing_z_mm": grid.spacing_mm[0], "spacing_y_mm": grid.spacing_mm[1], "spacing_x_mm": grid.spacing_mm[2],
+        "origin_mm": list(grid.origin_mm), "direction": list(grid.direction), "axis_codes": grid.axis_codes(),
+        "stitch_max_gap_mm": max((s.gap_mm for s in loaded.seams), default=0.0),
+        "stitch_max_fusion_cost": max((s.fusion_cost for s in loaded.seams if np.isfinite(s.fusion_cost)),
+                                      default=float("nan")),
+        "seams_json": json.dumps([s.__dict__ for s in loaded.seams]),
+        "weights_sha256": spec.sha256, "folds": ",".join(str(f) for f in spec.folds),
+        "software_version": ctx.versions.get("mrseg_cohort"), "nnunetv2_version": ctx.versions.get("nnunetv2"),
+        "torch_version": ctx.versions.get("torch"), "device": ctx.device, "input_bytes": loaded.input_bytes,
+        "run_id": ctx.run_id, "committed_at": datetime.now(timezone.utc),
+    }

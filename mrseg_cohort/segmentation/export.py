@@ -1,0 +1,101 @@
+"""Logits on the model grid -> uint8 labels on the scan grid, without 41-channel float arrays at
+scan resolution.
+
+nnU-Net resamples every logit channel to the scan grid (linear interpolation) and then takes the
+argmax. Two equivalent ways are used here:
+
+- :func:`labels_by_chunked_resampling` (GPU): the same interpolation, a few channels at a time, with
+  a running max/argmax; only one (Z, Y, X) float and one uint8 array live at scan resolution.
+- :func:`labels_by_boundary_band` (CPU): exact and much cheaper. Linear interpolation gives each scan
+  voxel a convex combination of the 8 model-grid voxels around it. If those 8 share one argmax c,
+  then for every class k, sum w_i l_i[c] >= sum w_i l_i[k], so the interpolated argmax is c too. Only
+  voxels whose 8 neighbours disagree (a thin band along label boundaries) need their logits
+  interpolated; all others take the neighbours' common label.
+
+Both use the sampling of ``torch.nn.functional.interpolate(mode="trilinear", align_corners=False)``
+(= skimage's ``resize(order=1, mode="edge")``, nnU-Net's export): source coordinate
+``(d + 0.5) * n_in / n_out - 0.5``, clamped to the edges.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def _axis_sampling(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lower index, upper index and upper weight of linear sampling along one axis."""
+    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    src = np.clip(src, 0.0, n_in - 1)
+    lo = np.floor(src).astype(np.int64)
+    hi = np.minimum(lo + 1, n_in - 1)
+    return lo, hi, (src - lo).astype(np.float32)
+
+
+def labels_by_chunked_resampling(logits: torch.Tensor, out_shape: tuple[int, int, int],
+                                 channels_per_chunk: int = 8) -> torch.Tensor:
+    """Argmax of trilinearly resampled ``logits`` ((C, z, y, x), any device) -> uint8 (Z, Y, X)."""
+    if tuple(logits.shape[1:]) == tuple(out_shape):
+        return logits.argmax(0).to(torch.uint8)
+    best_val = best_idx = None
+    for start in range(0, logits.shape[0], channels_per_chunk):
+        chunk = logits[start:start + channels_per_chunk][None].float()
+        up = torch.nn.functional.interpolate(chunk, size=tuple(out_shape), mode="trilinear",
+                                             align_corners=False)[0]
+        val, idx = up.max(0)
+        idx = (idx + start).to(torch.uint8)
+        if best_val is None:
+            best_val, best_idx = val, idx
+        else:
+            better = val > best_val
+            best_val = torch.where(better, val, best_val)
+            best_idx = torch.where(better, idx, best_idx)
+        del up, val, idx
+    return best_idx
+
+
+def labels_by_boundary_band(logits: torch.Tensor, out_shape: tuple[int, int, int],
+                            chunk_voxels: int = 1 << 18) -> np.ndarray:
+    """Exactly the argmax of trilinearly resampled ``logits`` (CPU tensor (C, z, y, x)), computed
+    by interpolating only where the 8 surrounding model-grid voxels disagree. Returns uint8 (Z, Y, X).
+    """
+    logits = logits.float()
+    if tuple(logits.shape[1:]) == tuple(out_shape):
+        return logits.argmax(0).to(torch.uint8).numpy()
+    coarse = logits.argmax(0).to(torch.uint8).numpy()  # (z, y, x) on the model grid
+    # uniform[z, y, x]: the 2x2x2 cell whose lower corner is (z, y, x) has one label (edges replicated)
+    padded = np.pad(coarse, ((0, 1), (0, 1), (0, 1)), mode="edge")
+    uniform = np.ones(coarse.shape, dtype=bool)
+    for dz in (0, 1):
+        for dy in (0, 1):
+            for dx in (0, 1):
+                if dz or dy or dx:
+                    uniform &= padded[dz:dz + coarse.shape[0], dy:dy + coarse.shape[1],
+                                      dx:dx + coarse.shape[2]] == coarse
+    (lz, hz, wz), (ly, hy, wy), (lx, hx, wx) = (_axis_sampling(n, m) for n, m in zip(coarse.shape, out_shape))
+    labels = coarse[np.ix_(lz, ly, lx)]
+    agree = uniform[np.ix_(lz, ly, lx)]
+    # a cell replicated at the upper edge (hi == lo) is still exact: weights on the replica are 0
+    band = np.flatnonzero(~agree.ravel())
+    if band.size:
+        zi, yi, xi = np.unravel_index(band, out_shape)
+        flat = labels.reshape(-1)
+        for start in range(0, band.size, chunk_voxels):
+            sl = slice(start, start + chunk_voxels)
+            flat[band[sl]] = _interpolated_argmax(
+                logits, (lz[zi[sl]], hz[zi[sl]], wz[zi[sl]]), (ly[yi[sl]], hy[yi[sl]], wy[yi[sl]]),
+                (lx[xi[sl]], hx[xi[sl]], wx[xi[sl]]))
+    return labels
+
+
+def _interpolated_argmax(logits: torch.Tensor, z, y, x) -> np.ndarray:
+    """Argmax over channels of trilinear interpolation at the given (lo, hi, w) per axis."""
+    acc = None
+    for zi, wz in ((z[0], 1 - z[2]), (z[1], z[2])):
+        for yi, wy in ((y[0], 1 - y[2]), (y[1], y[2])):
+            for xi, wx in ((x[0], 1 - x[2]), (x[1], x[2])):
+                w = torch.from_numpy(wz * wy * wx)
+                corner = logits[:, torch.from_numpy(zi), torch.from_numpy(yi), torch.from_numpy(xi)]
+                term = corner * w
+                acc = term if acc is None else acc.add_(term)
+    return acc.argmax(0).to(torch.uint8).numpy()

@@ -1,0 +1,116 @@
+"""The segmentation stage as a plain class: models loaded once, ``__call__`` segments one image.
+
+The pipeline wraps :class:`Segmenter` in a Ray actor (one per GPU, or CPU actors); tests call it
+directly. What leaves it is uint8 labels per model, never logits.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mrseg_cohort.config import ModelConfig, resolve_weights
+from mrseg_cohort.errors import ConfigError, ModelError, SegmentationError
+from mrseg_cohort.geometry import Volume
+from mrseg_cohort.labels import KNOWN_MAPS, LabelMap, check_label_map, label_map_from_dataset_json
+from mrseg_cohort.segmentation.engine import ModelRunner, StageTimes
+from mrseg_cohort.segmentation.model_folder import ModelFolder, open_model_folder, weights_checksum
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A checked model, ready to ship to workers (plain data, picklable)."""
+
+    name: str
+    path: str
+    folds: tuple
+    checkpoint: str
+    tile_step_size: float
+    mirroring: bool
+    modalities: tuple[str, ...]
+    contrasts: tuple[str, ...] | None
+    sha256: str
+    label_names: dict[int, str] = field(default_factory=dict)
+
+    def folder(self) -> ModelFolder:
+        return open_model_folder(self.path, self.folds, self.checkpoint, self.name)
+
+    @property
+    def label_map(self) -> LabelMap:
+        return label_map_from_dataset_json({"labels": {n: i for i, n in self.label_names.items()}}, self.name)
+
+
+def check_model(model: ModelConfig) -> ModelSpec:
+    """Open and verify a configured model (files, label map, checksum); raise ConfigError/ModelError."""
+    path = resolve_weights(model.weights)
+    if "://" in path and not path.startswith("file://"):
+        raise ConfigError(f"model {model.name!r}: weights at {path}: object-storage weights must be "
+                          "downloaded to a local folder first (see README, 'Model weights')")
+    folder = open_model_folder(Path(path.removeprefix("file://")), model.folds, model.checkpoint, model.name)
+    if model.labels != "any" and not model.allow_label_mismatch:
+        check_label_map(folder.label_map, KNOWN_MAPS[model.labels], f"model {model.name!r} ({path})")
+    digest = weights_checksum(folder.path, model.folds, model.checkpoint)
+    if model.checksum and model.checksum.lower() != digest:
+        raise ModelError(f"model {model.name!r}: weights checksum {digest[:16]}... does not match "
+                         f"model.checksum {model.checksum[:16]}...; wrong or corrupt weights at {path}")
+    folder.checkpoint_meta()  # fails early on a file that is not an nnU-Net checkpoint
+    return ModelSpec(model.name, str(folder.path), tuple(model.folds), model.checkpoint, model.tile_step_size,
+                     model.mirroring, tuple(model.modalities), model.contrasts, digest, folder.label_map.names)
+
+
+@dataclass
+class Segmentation:
+    """Labels per model for one image; models not run give their reason instead."""
+
+    labels: dict[str, np.ndarray]
+    skipped: dict[str, str]
+    seconds: dict[str, float]
+
+
+class Segmenter:
+    """Every configured model, loaded once on ``device``.
+
+    Args:
+        models: checked models (see :func:`check_model`).
+        device: ``"cpu"`` or ``"cuda"``.
+        threads: torch CPU threads (CPU inference), None keeps torch's default.
+    """
+
+    def __init__(self, models: list[ModelSpec], device: str = "cpu", threads: int | None = None):
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.models = models
+        self.device = device
+        self.runners = {m.name: ModelRunner(m.folder(), device, m.tile_step_size, m.mirroring) for m in models}
+
+    def __call__(self, image: Volume, modality: str, contrast: str) -> Segmentation:
+        times = StageTimes()
+        labels, skipped = {}, {}
+        for spec in self.models:
+            if modality not in spec.modalities:
+                skipped[spec.name] = f"model {spec.name} is {'/'.join(spec.modalities)}-only; scan is {modality}"
+                continue
+            if spec.contrasts is not None and contrast not in spec.contrasts:
+                skipped[spec.name] = f"model {spec.name} runs on contrasts {list(spec.contrasts)}, not {contrast}"
+                continue
+            try:
+                labels[spec.name] = self.runners[spec.name](image.array, image.grid.spacing_mm, times)
+            except MemoryError as err:
+                raise SegmentationError(f"out of memory segmenting with {spec.name}: {err}", stage="segment") from err
+            except RuntimeError as err:
+                if "out of memory" in str(err).lower():
+                    import torch
+
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                    raise SegmentationError(f"GPU out of memory with model {spec.name} on a "
+                                            f"{image.grid.shape} image: {err}", stage="segment") from err
+                raise
+        return Segmentation(labels, skipped, times.seconds)

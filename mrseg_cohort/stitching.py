@@ -1,0 +1,188 @@
+"""Stitch the stations of one scan into one whole-body image on one grid (DESIGN.md section 4).
+
+Pure: station Volumes in, a Volume and seam QC out.
+
+- Stations are ordered by their physical position along the target grid's slice axis.
+- Target grid: direction of the most superior station; in-plane spacing the finest of the stations
+  (or given); slice spacing the finest of the stations (or given); extent the union of the
+  stations' physical extents. :func:`target_grid` over *all* contrasts of a participant gives the
+  one grid they all share, so labels of one contrast apply voxel for voxel to the others.
+- Each station is resampled linearly onto its part of the target grid (a plain copy when its voxels
+  already lie on the target grid); overlaps are blended with linear ramps along z ("feathering":
+  each station's weight rises from its edge), which are monotone and sum to one.
+- Per seam: overlap (mm), gap (mm, nothing is filled in a gap) and a fusion cost, the mean absolute
+  difference of the two stations inside the overlap divided by their mean intensity there.
+- Overlapping stations whose orientation differs raise :class:`StitchError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from mrseg_cohort.errors import StitchError
+from mrseg_cohort.geometry import Grid, Volume
+
+DIRECTION_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class Seam:
+    """Junction between two consecutive stations (ordered inferior to superior)."""
+
+    lower: int
+    upper: int
+    overlap_mm: float
+    gap_mm: float
+    fusion_cost: float  # NaN when the stations do not overlap
+
+
+@dataclass(frozen=True)
+class Stitched:
+    volume: Volume
+    seams: tuple[Seam, ...]
+    order: tuple[int, ...]
+    """Indices of the input stations, inferior to superior."""
+
+    @property
+    def max_gap_mm(self) -> float:
+        return max((s.gap_mm for s in self.seams), default=0.0)
+
+    @property
+    def max_fusion_cost(self) -> float:
+        costs = [s.fusion_cost for s in self.seams if np.isfinite(s.fusion_cost)]
+        return max(costs, default=float("nan"))
+
+
+def _slice_axis_world(grid: Grid) -> np.ndarray:
+    """Unit world vector of the array's first (z) axis."""
+    return grid.direction_matrix[:, 2]
+
+
+def _z_extent(grid: Grid, axis: np.ndarray) -> tuple[float, float]:
+    """Min and max position of the grid's voxel centres projected on ``axis`` (mm)."""
+    proj = grid.corners_world() @ axis
+    return float(proj.min()), float(proj.max())
+
+
+def target_grid(stations: list[Grid], inplane_spacing_mm: float | None = None,
+                z_spacing_mm: float | None = None) -> Grid:
+    """The grid that covers all ``stations`` (see module docstring)."""
+    if not stations:
+        raise StitchError("no stations to stitch")
+    reference = max(stations, key=lambda g: _z_extent(g, np.array([0.0, 0.0, 1.0]))[1])
+    rotation = reference.direction_matrix  # columns: world direction of x, y, z index axes
+    s_inplane = inplane_spacing_mm or min(min(g.spacing_mm[1:]) for g in stations)
+    s_z = z_spacing_mm or min(g.spacing_mm[0] for g in stations)
+    # extent of all station voxel centres in the reference frame (coordinates along its axes)
+    local = np.concatenate([g.corners_world() @ rotation for g in stations])
+    lo, hi = local.min(axis=0), local.max(axis=0)
+    spacing_xyz = np.array([s_inplane, s_inplane, s_z])
+    shape_xyz = np.floor((hi - lo) / spacing_xyz + 1e-6).astype(int) + 1
+    origin = rotation @ lo
+    return Grid(tuple(int(v) for v in shape_xyz[::-1]), (s_z, s_inplane, s_inplane), tuple(origin),
+                tuple(rotation.ravel()))
+
+
+def _aligned_offset(station: Grid, target: Grid) -> tuple[int, int, int] | None:
+    """Integer (z, y, x) offset of ``station`` inside ``target`` when its voxels lie on the target grid."""
+    if not (np.allclose(station.spacing_mm, target.spacing_mm, atol=1e-4)
+            and np.allclose(station.direction, target.direction, atol=1e-5)):
+        return None
+    idx = target.world_to_zyx(np.asarray(station.origin_mm))
+    rounded = np.rint(idx)
+    if not np.allclose(idx, rounded, atol=1e-3):
+        return None
+    return tuple(int(v) for v in rounded)  # type: ignore[return-value]
+
+
+def _to_sitk(volume: Volume) -> sitk.Image:
+    img = sitk.GetImageFromArray(volume.array.astype(np.float32, copy=False))
+    img.SetSpacing(volume.grid.spacing_xyz_mm)
+    img.SetOrigin(volume.grid.origin_mm)
+    img.SetDirection(volume.grid.direction)
+    return img
+
+
+def _sitk_reference(grid: Grid) -> sitk.Image:
+    ref = sitk.Image(grid.shape[2], grid.shape[1], grid.shape[0], sitk.sitkFloat32)
+    ref.SetSpacing(grid.spacing_xyz_mm)
+    ref.SetOrigin(grid.origin_mm)
+    ref.SetDirection(grid.direction)
+    return ref
+
+
+def _station_on_target(station: Volume, target: Grid, z_range: tuple[int, int]) -> np.ndarray:
+    """The station sampled on target slices ``z_range`` (linear; 0 outside the station)."""
+    z0, z1 = z_range
+    sub = target.crop((z0, 0, 0), (z1, target.shape[1], target.shape[2]))
+    offset = _aligned_offset(station.grid, sub)
+    out = np.zeros(sub.shape, dtype=np.float32)
+    if offset is not None:
+        oz, oy, ox = offset
+        src = station.array
+        dst = tuple(slice(max(o, 0), min(o + n, m)) for o, n, m in zip(offset, src.shape, sub.shape))
+        srcs = tuple(slice(d.start - o, d.stop - o) for d, o in zip(dst, (oz, oy, ox)))
+        out[dst] = src[srcs]
+        return out
+    resampled = sitk.Resample(_to_sitk(station), _sitk_reference(sub), sitk.Transform(), sitk.sitkLinear,
+                              0.0, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(resampled)
+
+
+def stitch(stations: list[Volume], grid: Grid) -> Stitched:
+    """Resample and blend ``stations`` onto ``grid`` (from :func:`target_grid`)."""
+    axis = _slice_axis_world(grid)
+    origin_along = float(np.asarray(grid.origin_mm) @ axis)
+    extents = [_z_extent(s.grid, axis) for s in stations]
+    order = sorted(range(len(stations)), key=lambda i: extents[i][0])
+    half = grid.spacing_mm[0] / 2
+    z_pos = origin_along + grid.spacing_mm[0] * np.arange(grid.shape[0])
+    acc = np.zeros(grid.shape, dtype=np.float32)
+    wsum = np.zeros(grid.shape[0], dtype=np.float64)
+    per_station: dict[int, tuple[tuple[int, int], np.ndarray]] = {}
+    for i in order:
+        lo, hi = extents[i]
+        inside = np.flatnonzero((z_pos >= lo - half - 1e-6) & (z_pos <= hi + half + 1e-6))
+        if inside.size == 0:
+            continue
+        z_range = (int(inside[0]), int(inside[-1]) + 1)
+        values = _station_on_target(stations[i], grid, z_range)
+        # feathering weight: distance (mm) to the station's nearer z edge, plus half a slice
+        zz = z_pos[z_range[0]:z_range[1]]
+        w = np.clip(np.minimum(zz - lo, hi - zz) + half, 1e-6, None)
+        per_station[i] = (z_range, values)
+        acc[z_range[0]:z_range[1]] += values * w[:, None, None].astype(np.float32)
+        wsum[z_range[0]:z_range[1]] += w
+    covered = wsum > 0
+    acc[covered] /= wsum[covered][:, None, None].astype(np.float32)
+    seams = tuple(_seam(stations, order[k], order[k + 1], extents, per_station)
+                  for k in range(len(order) - 1))
+    return Stitched(Volume(acc, grid), seams, tuple(order))
+
+
+def _seam(stations: list[Volume], lower: int, upper: int, extents, per_station) -> Seam:
+    if not np.allclose(stations[lower].grid.direction, stations[upper].grid.direction, atol=DIRECTION_TOLERANCE):
+        overlapping = extents[upper][0] <= extents[lower][1]
+        if overlapping:
+            raise StitchError(f"stations {lower + 1} and {upper + 1} overlap but their orientations differ "
+                              f"({stations[lower].grid.axis_codes()} vs {stations[upper].grid.axis_codes()}); "
+                              "they cannot be blended", stage="stitch")
+    # physical extents reach half a slice beyond the outermost voxel centres
+    half_slices = (stations[lower].grid.spacing_mm[0] + stations[upper].grid.spacing_mm[0]) / 2
+    overlap = extents[lower][1] - extents[upper][0] + half_slices
+    gap = max(0.0, -overlap)
+    cost = float("nan")
+    if overlap > 0 and lower in per_station and upper in per_station:
+        (a0, a1), va = per_station[lower]
+        (b0, b1), vb = per_station[upper]
+        z0, z1 = max(a0, b0), min(a1, b1)
+        if z1 > z0:
+            sa, sb = va[z0 - a0:z1 - a0], vb[z0 - b0:z1 - b0]
+            both = (sa != 0) & (sb != 0)
+            if both.any():
+                mean = (np.abs(sa[both]).mean() + np.abs(sb[both]).mean()) / 2
+                cost = float(np.abs(sa[both] - sb[both]).mean() / mean) if mean > 0 else float("nan")
+    return Seam(lower, upper, max(overlap, 0.0), gap, cost)

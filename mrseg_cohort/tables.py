@@ -1,0 +1,99 @@
+"""Schemas of the published tables and the wide view (DESIGN.md section 5; docs/tables.md).
+
+Every part file of a table is cast to its schema here, so parts written by different batches and
+runs always combine (pandas, DuckDB and Polars read a table folder as one table).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pyarrow as pa
+
+from mrseg_cohort.biomarkers.scan import INTENSITY_COLUMNS, SCAN_COLUMNS, STRUCTURE_COLUMNS
+
+KEYS = [("participant_id", pa.string()), ("visit", pa.string()), ("contrast", pa.string()),
+        ("model", pa.string())]
+
+
+_ARROW = {"int8": pa.int8(), "int16": pa.int16(), "int32": pa.int32(), "int64": pa.int64(),
+          "float64": pa.float64(), "bool": pa.bool_(), "string": pa.string()}
+
+
+def _fields(columns: dict[str, str]) -> list[tuple[str, pa.DataType]]:
+    return [(name, _ARROW[kind]) for name, kind in columns.items()]
+
+
+STRUCTURES = pa.schema(KEYS + _fields(STRUCTURE_COLUMNS))
+INTENSITIES = pa.schema(KEYS + _fields(INTENSITY_COLUMNS))
+
+SCANS = pa.schema(KEYS + [
+    ("status", pa.string()), ("modality", pa.string()), ("layout", pa.string()),
+    ("source_uris", pa.list_(pa.string())), ("contrasts_available", pa.list_(pa.string())),
+    ("n_stations", pa.int16()),
+    ("shape_z", pa.int32()), ("shape_y", pa.int32()), ("shape_x", pa.int32()),
+    ("spacing_z_mm", pa.float64()), ("spacing_y_mm", pa.float64()), ("spacing_x_mm", pa.float64()),
+    ("origin_mm", pa.list_(pa.float64())), ("direction", pa.list_(pa.float64())), ("axis_codes", pa.string()),
+    ("stitch_max_gap_mm", pa.float64()), ("stitch_max_fusion_cost", pa.float64()), ("seams_json", pa.string()),
+    *_fields(SCAN_COLUMNS),
+    ("label_uri", pa.string()), ("model_skipped_reason", pa.string()),
+    ("weights_sha256", pa.string()), ("folds", pa.string()),
+    ("software_version", pa.string()), ("nnunetv2_version", pa.string()), ("torch_version", pa.string()),
+    ("device", pa.string()),
+    ("seconds_read", pa.float64()), ("seconds_stitch", pa.float64()), ("seconds_preprocess", pa.float64()),
+    ("seconds_network", pa.float64()), ("seconds_export", pa.float64()), ("seconds_measure", pa.float64()),
+    ("seconds_write", pa.float64()), ("input_bytes", pa.int64()),
+    ("run_id", pa.string()), ("committed_at", pa.timestamp("ms", tz="UTC")),
+])
+
+FAILURES = pa.schema([
+    ("participant_id", pa.string()), ("visit", pa.string()), ("stage", pa.string()),
+    ("error_type", pa.string()), ("message", pa.string()), ("uri", pa.string()), ("attempt", pa.int32()),
+    ("time", pa.timestamp("ms", tz="UTC")), ("run_id", pa.string()),
+])
+
+SCHEMAS = {"structures": STRUCTURES, "intensities": INTENSITIES, "scans": SCANS, "failures": FAILURES}
+
+WIDE_MEASURES = ("volume_ml", "ff_median_pct", "n_components", "touches_border")
+"""Measures in the wide view by default."""
+
+
+def to_table(name: str, rows: list[dict]) -> pa.Table:
+    """Rows (dicts) as a table of schema ``name``; absent columns become nulls, extra keys are dropped."""
+    schema = SCHEMAS[name]
+    columns = {f.name: [r.get(f.name) for r in rows] for f in schema}
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+def empty_table(name: str) -> pa.Table:
+    return SCHEMAS[name].empty_table()
+
+
+def failures_table(rows: list[dict]) -> pa.Table:
+    rows = [{**r, "time": pd.Timestamp(r["time"], unit="s", tz="UTC") if isinstance(r.get("time"), (int, float))
+             else r.get("time")} for r in rows]
+    return to_table("failures", rows)
+
+
+def wide_view(structures: pd.DataFrame, measures: tuple[str, ...] = WIDE_MEASURES,
+              contrast: str | None = None) -> pd.DataFrame:
+    """One row per participant x visit; columns ``<structure>__<measure>`` (``<model>:`` prefixed
+    names for models other than ``base``). Keys stay ``participant_id`` (string) and ``visit``.
+
+    Args:
+        structures: the ``structures`` table (or a filtered part of it).
+        measures: columns of ``structures`` to spread.
+        contrast: label contrast to use when several were segmented (default: the first per scan).
+    """
+    df = structures
+    if contrast is not None:
+        df = df[df["contrast"] == contrast]
+    else:
+        first = df.groupby(["participant_id", "visit"])["contrast"].transform("min")
+        df = df[df["contrast"] == first]
+    df = df.assign(_name=df["structure"].where(df["model"] == "base", df["model"] + ":" + df["structure"]))
+    frames = []
+    for measure in measures:
+        spread = df.pivot(index=["participant_id", "visit"], columns="_name", values=measure)
+        spread.columns = [f"{name}__{measure}" for name in spread.columns]
+        frames.append(spread)
+    return pd.concat(frames, axis=1).reset_index()

@@ -1,0 +1,84 @@
+"""NIfTI io: geometry against SimpleITK on real LPS and RAS scans, round trips, bad files."""
+
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import shared_file
+from mrseg_cohort.errors import BadScanError, ScanTooLargeError
+from mrseg_cohort.geometry import Grid, Volume
+from mrseg_cohort.io.nifti import ReadLimits, nifti_bytes, read_labels, read_volume, volume_from_nifti_bytes
+from mrseg_cohort.io.storage import Store
+
+
+@pytest.mark.parametrize("name,codes", [("mr.nii.gz", "LPS"), ("ct.nii.gz", "RAS")])
+def test_geometry_matches_simpleitk(name, codes):
+    path = shared_file(name)
+    volume = read_volume(Store(), str(path))
+    image = sitk.ReadImage(str(path))
+    assert np.array_equal(volume.array, sitk.GetArrayFromImage(image).astype(np.float32))
+    assert np.allclose(volume.grid.spacing_xyz_mm, image.GetSpacing())
+    assert np.allclose(volume.grid.origin_mm, image.GetOrigin(), atol=1e-4)
+    assert np.allclose(volume.grid.direction, image.GetDirection(), atol=1e-6)
+    assert volume.grid.axis_codes() == codes
+    # world position of a voxel agrees with SimpleITK's index -> physical point
+    zyx = np.array([3, 7, 11])
+    assert np.allclose(volume.grid.zyx_to_world(zyx), image.TransformIndexToPhysicalPoint([11, 7, 3]), atol=1e-4)
+    assert np.allclose(volume.grid.world_to_zyx(volume.grid.zyx_to_world(zyx)), zyx)
+
+
+@pytest.mark.parametrize("name", ["mr_seg_totalsegmentator_mri.nii.gz", "ct_seg_totalsegmentator.nii.gz"])
+def test_label_round_trip_keeps_values_and_geometry(tmp_path, name):
+    labels = read_labels(Store(), str(shared_file(name)))
+    out = tmp_path / "x.nii.gz"
+    out.write_bytes(nifti_bytes(labels, np.uint8))
+    again = read_labels(Store(), str(out))
+    assert again.grid.is_close(labels.grid) and np.array_equal(again.array, labels.array)
+    img = sitk.ReadImage(str(out))
+    assert img.GetPixelID() == sitk.sitkUInt8
+    assert np.allclose(img.GetOrigin(), labels.grid.origin_mm, atol=1e-4)
+    assert nifti_bytes(labels, np.uint8) == nifti_bytes(labels, np.uint8)  # deterministic bytes
+
+
+def _nifti(shape, dtype=np.float32, fill=None) -> bytes:
+    data = np.random.default_rng(0).normal(size=shape).astype(dtype) if fill is None else np.full(shape, fill, dtype)
+    return nib.Nifti1Image(data, np.eye(4)).to_bytes()
+
+
+@pytest.mark.parametrize("raw,message", [
+    (b"not an image at all" * 30, "not a NIfTI file"),
+    (gzip.compress(_nifti((8, 8, 8)))[:1000], "truncated"),
+    (_nifti((8, 8, 8))[:600], "truncated"),
+    (_nifti((8, 8)), "not 3-D"),
+    (_nifti((8, 8, 8, 3)), "4-D"),
+    (_nifti((8, 8, 8), fill=np.nan), "NaN"),
+])
+def test_bad_files_raise_clear_errors(raw, message):
+    with pytest.raises(BadScanError, match=message) as info:
+        volume_from_nifti_bytes(raw, "s3://bucket/p1/in.nii.gz")
+    assert "s3://bucket/p1/in.nii.gz" in str(info.value)
+
+
+def test_header_limits_checked_before_decompressing():
+    raw = gzip.compress(_nifti((64, 64, 64)))
+    with pytest.raises(ScanTooLargeError, match="max_dim"):
+        volume_from_nifti_bytes(raw, "x", ReadLimits(max_dim=32))
+    with pytest.raises(ScanTooLargeError, match="max_decompressed_mb"):
+        volume_from_nifti_bytes(raw, "x", ReadLimits(max_decompressed_mb=0.5))
+
+
+def test_single_volume_4d_is_accepted_as_3d():
+    v = volume_from_nifti_bytes(_nifti((5, 6, 7, 1)), "x")
+    assert v.grid.shape == (7, 6, 5)
+
+
+def test_grid_crop_and_world():
+    g = Grid((10, 20, 30), (3.0, 1.5, 1.0), (10.0, -5.0, 2.0))
+    sub = g.crop((2, 3, 4), (5, 10, 20))
+    assert sub.shape == (3, 7, 16)
+    assert np.allclose(sub.origin_mm, (10 + 4 * 1.0, -5 + 3 * 1.5, 2 + 2 * 3.0))
+    with pytest.raises(ValueError):
+        Volume(np.zeros((2, 2, 2)), g)

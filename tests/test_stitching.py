@@ -1,0 +1,105 @@
+"""Stitching: stations split from a known whole body come back to it (DESIGN.md section 4)."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from mrseg_cohort.errors import StitchError
+from mrseg_cohort.geometry import Grid, Volume
+from mrseg_cohort.phantom.cohort import PhantomSpec, render_spec_participant
+from mrseg_cohort.phantom.stations import station_layout, station_slices
+from mrseg_cohort.stitching import stitch, target_grid
+
+
+@pytest.fixture(scope="module")
+def body():
+    r = render_spec_participant(PhantomSpec(1, seed=21), 0)
+    return r
+
+
+def _stations(image: np.ndarray, grid: Grid, slices) -> list[Volume]:
+    return [Volume(image[s], grid.crop((s.start, 0, 0), (s.stop, *grid.shape[1:]))) for s in slices]
+
+
+def _resample(volume: Volume, grid: Grid) -> Volume:
+    def to_sitk(v):
+        img = sitk.GetImageFromArray(v.array.astype(np.float32))
+        img.SetSpacing(v.grid.spacing_xyz_mm), img.SetOrigin(v.grid.origin_mm), img.SetDirection(v.grid.direction)
+        return img
+
+    ref = sitk.Image(grid.shape[2], grid.shape[1], grid.shape[0], sitk.sitkFloat32)
+    ref.SetSpacing(grid.spacing_xyz_mm), ref.SetOrigin(grid.origin_mm), ref.SetDirection(grid.direction)
+    out = sitk.Resample(to_sitk(volume), ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return Volume(sitk.GetArrayFromImage(out), grid)
+
+
+def test_aligned_stations_stitch_back_exactly(body):
+    slices = station_slices(station_layout("ukbb", 2.0))
+    stations = _stations(body.in_phase, body.grid, slices)[::-1]  # order given must not matter
+    grid = target_grid([s.grid for s in stations])
+    assert grid.is_close(body.grid)
+    result = stitch(stations, grid)
+    np.testing.assert_allclose(result.volume.array, body.in_phase, rtol=1e-5)
+    assert len(result.seams) == 5 and all(s.gap_mm == 0 and s.overlap_mm == pytest.approx(12.0)
+                                          for s in result.seams)
+    assert all(s.fusion_cost == pytest.approx(0.0, abs=1e-6) for s in result.seams)
+
+
+def _smooth_field(grid: Grid) -> np.ndarray:
+    """A smooth, positive test image (variations over 10-40 cm) sampled at the grid's voxel centres."""
+    zz, yy, xx = np.meshgrid(*[np.arange(n) for n in grid.shape], indexing="ij")
+    x, y, z = np.moveaxis(grid.zyx_to_world(np.stack([zz, yy, xx], axis=-1)), -1, 0)
+    return (500 + 150 * np.sin(x / 60) * np.cos(y / 45) + 120 * np.cos(z / 70) + 60 * np.sin((x + z) / 90))
+
+
+def test_off_grid_stations_within_one_percent_away_from_seams(body):
+    """Stations on their own grids (shifted by fractions of a voxel) are resampled linearly and blended."""
+    slices = station_slices(station_layout("ukbb", 2.0))
+    rng = np.random.default_rng(0)
+    stations = []
+    for s in slices:
+        g = body.grid.crop((s.start, 0, 0), (s.stop, *body.grid.shape[1:]))
+        moved = Grid(g.shape, g.spacing_mm, tuple(np.add(g.origin_mm, rng.uniform(-0.5, 0.5, 3) * g.spacing_xyz_mm)),
+                     g.direction)
+        stations.append(Volume(_smooth_field(moved), moved))
+    result = stitch(stations, body.grid)
+    truth = _smooth_field(body.grid)
+    covered = result.volume.array > 0
+    covered[:, :2] = covered[:, -2:] = covered[:, :, :2] = covered[:, :, -2:] = False  # field-of-view edges
+    seam_rows = np.zeros(body.grid.shape[0], dtype=bool)
+    for s in slices[:-1]:
+        seam_rows[s.start - 1: s.start + station_layout("ukbb", 2.0).overlap_slices + 1] = True
+    err = np.abs(result.volume.array - truth) / truth.mean()
+    assert err[covered & ~seam_rows[:, None, None]].mean() < 0.01
+    assert err[covered & seam_rows[:, None, None]].mean() < 0.03
+    assert all(0 <= s.fusion_cost < 0.01 for s in result.seams)
+
+
+def test_contrasts_share_the_grid_so_labels_transfer(body):
+    slices = station_slices(station_layout("ukbb", 2.0))
+    water = _stations(body.water, body.grid, slices)
+    fat = _stations(body.fat, body.grid, slices)
+    grid = target_grid([s.grid for s in water + fat])
+    sw, sf = stitch(water, grid), stitch(fat, grid)
+    assert sw.volume.grid == sf.volume.grid == grid
+    liver = body.labels == 5
+    ff = sf.volume.array[liver] / (sf.volume.array[liver] + sw.volume.array[liver])
+    assert 100 * np.median(ff) == pytest.approx(body.ff_truth["liver"], abs=0.5)
+
+
+def test_gap_between_stations_is_flagged_not_filled(body):
+    slices = station_slices(station_layout("ukbb", 2.0))
+    stations = _stations(body.in_phase, body.grid, slices)
+    del stations[2]  # a missing middle station leaves a gap
+    result = stitch(stations, target_grid([s.grid for s in stations]))
+    assert max(s.gap_mm for s in result.seams) > 0
+    gap_rows = np.flatnonzero(result.volume.array.reshape(result.volume.grid.shape[0], -1).max(axis=1) == 0)
+    assert gap_rows.size > 0
+
+
+def test_overlapping_stations_with_different_orientation_are_refused(body):
+    slices = station_slices(station_layout("ukbb", 2.0))
+    a, b = _stations(body.in_phase, body.grid, slices[:2])
+    flipped = Grid(b.grid.shape, b.grid.spacing_mm, b.grid.origin_mm, (-1, 0, 0, 0, 1, 0, 0, 0, 1))
+    with pytest.raises(StitchError, match="orientations differ"):
+        stitch([a, Volume(b.array, flipped)], target_grid([a.grid, b.grid]))
