@@ -169,7 +169,7 @@ def canonical_structures() -> dict[str, list[Ellipsoid | Tube]]:
                            (-60, -45, 570), (60, -40, 570), (58, -30, 535), (-40, -35, 535)),
                           (13,) * 8)]
     s["colon"] = [t(((-85, 5, 560), (-92, 12, 680), (-80, -22, 716), (0, -58, 704), (85, -12, 732),
-                     (96, 16, 600), (86, 12, 520), (40, 12, 472), (0, 62, 448), (0, 58, 405)),
+                     (100, 0, 600), (88, 4, 520), (40, 12, 472), (0, 62, 448), (0, 58, 405)),
                     (20, 19, 18, 18, 18, 18, 18, 16, 16, 15))]
     s["urinary_bladder"] = [e((0, -36, 432), (40, 31, 31))]
     s["spine"] = [t(((0, 60, 470), (0, 52, 620), (0, 56, 800), (0, 64, 950), (0, 52, 1060)),
@@ -177,7 +177,7 @@ def canonical_structures() -> dict[str, list[Ellipsoid | Tube]]:
     s["sacrum"] = [e((0, 72, 440), (40, 16, 46), rot((-30, 0, 0)))]
     for side in ("left", "right"):
         m = lambda x, side=side: _mirror(x, side)  # noqa: E731
-        s[f"{side}_hip"] = [e((m(108), 42, 505), (13, 52, 58), rot((0, 0, m(-30)))),
+        s[f"{side}_hip"] = [e((m(105), 42, 505), (12, 45, 58)),
                             e((m(86), 12, 425), (24, 30, 30)),
                             t(((m(84), 10, 412), (m(18), -62, 402)), (12, 10))]
         s[f"{side}_femur"] = [e((m(88), 6, 422), (23, 23, 23)),
@@ -188,26 +188,26 @@ def canonical_structures() -> dict[str, list[Ellipsoid | Tube]]:
         s[f"{side}_iliopsoas_muscle"] = [t(((m(34), 46, 725), (m(52), 36, 565), (m(74), 4, 452),
                                             (m(88), -20, 392), (m(100), -12, 330)), (11, 19, 20, 18, 14))]
         s[f"{side}_gluteus_maximus"] = [e((m(82), 76, 420), (54, 24, 78))]
-        s[f"{side}_gluteus_medius"] = [e((m(126), 40, 520), (26, 38, 48))]
+        s[f"{side}_gluteus_medius"] = [e((m(128), 45, 525), (14, 36, 45))]
         s[f"{side}_gluteus_minimus"] = [e((m(128), 20, 466), (17, 26, 30))]
     s["aorta"] = [t(((10, -12, 880), (4, -6, 942), (10, 22, 962), (20, 42, 930), (18, 32, 800),
                      (12, 26, 650), (5, 26, 570)), (14, 13, 12, 12, 11, 10, 9))]
     for side in ("left", "right"):
         m = lambda x, side=side: _mirror(x, side)  # noqa: E731
-        s[f"{side}_iliac_artery"] = [t(((5, 26, 570), (5 + m(35), 21, 520), (5 + m(65), 6, 460),
+        s[f"{side}_iliac_artery"] = [t(((5, 26, 570), (5 + m(35), 15, 520), (5 + m(65), 6, 460),
                                         (5 + m(80), -16, 398)), (7, 6.5, 6.5, 6))]
         s[f"{side}_iliac_vena"] = [t(((-20, 42, 555), (-20 + m(45), 42, 520), (-20 + m(85), 24, 462),
                                       (-20 + m(102), 0, 400)), (8, 7.5, 7.5, 7))]
     s["inferior_vena_cava"] = [t(((-20, 42, 555), (-22, 36, 650), (-25, 25, 760), (-15, 0, 842)),
                                  (11, 11, 11, 12))]
-    s["portal_vein_and_splenic_vein"] = [t(((-45, 15, 730), (0, 25, 724), (50, 36, 734), (86, 42, 752)),
+    s["portal_vein_and_splenic_vein"] = [t(((-45, 2, 730), (0, 4, 722), (40, 12, 732), (86, 42, 752)),
                                            (7, 7, 6.5, 6))]
     return s
 
 
 # Painting order: later entries overwrite earlier ones where shapes overlap.
 PAINT_ORDER = (
-    "left_lung", "right_lung", "small_bowel", "colon", "stomach", "liver", "spleen", "heart",
+    "left_lung", "right_lung", "small_bowel", "stomach", "liver", "spleen", "colon", "heart",
     "urinary_bladder", "left_gluteus_maximus", "right_gluteus_maximus", "left_gluteus_medius",
     "right_gluteus_medius", "left_gluteus_minimus", "right_gluteus_minimus",
     "left_autochthonous_muscle", "right_autochthonous_muscle", "left_iliopsoas_muscle",

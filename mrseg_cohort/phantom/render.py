@@ -128,6 +128,9 @@ def render_participant(p: A.Participant, grid: Grid, broken_vessel: str | None =
         if name == broken_vessel:
             mask = _cut_middle(mask, grid)
         tissue[mask] = index[name]
+    keep = [i for i, n in enumerate(names) if n in MRSEG.names.values() or n in A.body_comp_wall_sectors()
+            or n.endswith("quadratus_lumborum")]
+    _drop_fragments(tissue, keep, index["lean"], skip=index.get(broken_vessel or "", -1))
     rng = np.random.default_rng([p.seed, p.index, 7])
     bias = _bias_field(grid, rng)
     s = signal[tissue].astype(np.float32) * bias
@@ -171,6 +174,27 @@ def _paint_cavity_and_wall(p: A.Participant, grid: Grid, z: np.ndarray, tissue: 
     for name, (lo, hi) in A.body_comp_wall_sectors().items():
         sector = (angle >= lo) & (angle <= hi) if hi <= 180 else (angle >= lo) | (angle <= hi - 360)
         tissue[in_z & lean_ring & sector] = index[name]
+
+
+def _drop_fragments(tissue: np.ndarray, tissues: list[int], fill: int, skip: int) -> None:
+    """Keep only the largest 26-connected piece of each tissue in ``tissues`` (pieces cut off by
+    structures painted later become ``fill``), so every truth structure is one connected object."""
+    import cc3d
+
+    selected = np.isin(tissue, tissues) & (tissue != skip)
+    components = cc3d.connected_components(np.where(selected, tissue, 0), connectivity=26)
+    sizes = np.bincount(components.ravel())
+    owner = np.zeros(sizes.size, dtype=np.int64)
+    owner[components.ravel()] = tissue.ravel()
+    largest = {}
+    for comp in np.flatnonzero(sizes[1:]) + 1:
+        t = owner[comp]
+        if t not in largest or sizes[comp] > sizes[largest[t]]:
+            largest[t] = comp
+    drop = np.ones(sizes.size, dtype=bool)
+    drop[0] = False
+    drop[list(largest.values())] = False
+    tissue[drop[components]] = fill
 
 
 def _cut_middle(mask: np.ndarray, grid: Grid) -> np.ndarray:
