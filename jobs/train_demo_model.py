@@ -210,7 +210,7 @@ def save_model_folder(out: Path, net, plans: dict, dataset_json: dict, args, ite
     (out / "fold_0").mkdir(parents=True, exist_ok=True)
     (out / "dataset.json").write_text(json.dumps(dataset_json, indent=1))
     (out / "plans.json").write_text(json.dumps(plans, indent=1))
-    weights = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    weights = {k: v.detach().cpu() for k, v in net.state_dict().items()}  # shared tensors saved once
     checkpoint = {
         "network_weights": weights,
         "trainer_name": "nnUNetTrainer",

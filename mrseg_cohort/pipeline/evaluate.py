@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Callable, Sequence
 
-from mrseg_cohort.evaluation import EvalOptions, Pair, PairResult, evaluate_pair
+from mrseg_cohort.evaluation import EvalOptions, Pair, PairResult, base_row, evaluate_pair
 from mrseg_cohort.io.storage import Store
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,5 @@ def _fetch(ray, ref, pair: Pair) -> PairResult:  # noqa: ANN001 - ray is importe
         return ray.get(ref)
     except (ray.exceptions.RayError, OSError) as err:  # worker died: the pair's boundary
         log.error("Ray task for pair %s failed: %s", pair.pair_id, err)
-        row = {"pair_id": pair.pair_id, "pred_uri": pair.pred_uri, "ref_uri": pair.ref_uri,
-               **dict(pair.groups), "status": "error", "error_type": type(err).__name__,
-               "error": f"Ray task failed: {str(err).splitlines()[0] if str(err) else err!r}"}
-        return PairResult(row)
+        reason = str(err).splitlines()[0] if str(err) else repr(err)
+        return PairResult(base_row(pair, "error", type(err).__name__, f"Ray task failed: {reason}"))
