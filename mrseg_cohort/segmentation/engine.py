@@ -10,9 +10,10 @@ of all classes at scan resolution (see :mod:`mrseg_cohort.segmentation.export`):
   labels come back;
 - on CPU: the same steps with torch, and the exact boundary-band export.
 
-Differences from nnU-Net's reference path (documented in benchmarks/README.md): the input is
-resampled trilinearly (nnU-Net: cubic spline, nearest along z for anisotropic data) and logits are
-accumulated in fp32 on the CPU. Both change labels only at a few boundary voxels.
+Difference from nnU-Net's reference path (documented in benchmarks/README.md): the input is
+resampled trilinearly (nnU-Net: cubic spline, nearest along z for anisotropic data), which changes
+labels only at a few boundary voxels. Logits are accumulated in fp16 as nnU-Net does; where no
+resampling is needed the labels are identical to nnU-Net's.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ class ModelRunner:
             self.networks.append(net.to(self.device).eval())
         self.is_cuda = self.device.type == "cuda"
         self.tiles_per_batch = tiles_per_batch or (4 if self.is_cuda else 1)
-        self.accumulate_dtype = torch.float16 if self.is_cuda else torch.float32
+        self.accumulate_dtype = torch.float16  # as nnU-Net, on GPU and CPU: same rounding, same labels
         self.gaussian = compute_gaussian(self.patch_size, sigma_scale=1.0 / 8, value_scaling_factor=10,
                                          dtype=self.accumulate_dtype, device=self.device)
 
@@ -152,7 +153,7 @@ class ModelRunner:
                     pred = self._forward(net, tiles)
                     for (z, y, x0), p in zip(batch_corners, pred):
                         out[:, z:z + self.patch_size[0], y:y + self.patch_size[1],
-                            x0:x0 + self.patch_size[2]] += (p * self.gaussian).to(self.accumulate_dtype)
+                            x0:x0 + self.patch_size[2]] += p * self.gaussian
         out /= weight  # as nnU-Net: weighted mean per fold-sum (argmax unaffected by the fold count)
         return out[(slice(None), *revert[1:])]
 

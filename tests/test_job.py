@@ -1,0 +1,126 @@
+"""The cohort job end to end on phantoms: labels, tables, agreement with nnU-Net, devices."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import write_job_yaml
+from mrseg_cohort.config import load_config
+from mrseg_cohort.errors import ConfigError
+from mrseg_cohort.io.nifti import read_labels, read_volume
+from mrseg_cohort.io.storage import Store
+from mrseg_cohort.labels import MRSEG
+from mrseg_cohort.pipeline.run import choose_device, run_job
+
+MAJOR = ("liver", "spleen", "right_kidney", "left_kidney", "left_lung", "right_lung", "heart", "left_femur",
+         "right_femur")
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, phantom_cohort, demo_model, ray_local):
+    out = tmp_path_factory.mktemp("run") / "out"
+    config = write_job_yaml(out.parent / "job.yaml", str(phantom_cohort), str(out))
+    job = load_config(config)
+    summary = run_job(job)
+    return job, summary, out
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1)
+
+
+def test_every_scan_done_and_tables_readable(demo_run):
+    job, summary, out = demo_run
+    assert (summary.done, summary.failed, summary.device) == (4, 0, "cpu")
+    structures = pd.read_parquet(out / "tables" / "structures")
+    scans = pd.read_parquet(out / "tables" / "scans")
+    assert len(structures) == 4 * 40 and len(scans) == 4
+    assert structures.groupby(["participant_id", "visit", "structure_id"]).size().max() == 1
+    assert set(structures["structure"]) == set(MRSEG.names.values())
+    assert structures["participant_id"].map(type).eq(str).all()
+    assert (scans["status"] == "ok").all() and scans["weights_sha256"].str.len().eq(64).all()
+
+
+def test_labels_match_phantom_truth(demo_run, phantom_cohort):
+    _, _, out = demo_run
+    store = Store()
+    pids = sorted(p.name for p in (out / "labels").iterdir())
+    assert len(pids) == 4
+    for pid in pids[:2]:
+        pred = read_labels(store, str(out / "labels" / pid / "0" / "in.nii.gz"))
+        truth = read_labels(store, str(phantom_cohort / "truth" / pid / "0" / "labels.nii.gz"))
+        assert pred.grid.is_close(truth.grid), pred.grid.mismatch(truth.grid)
+        scores = {name: dice(pred.array == i, truth.array == i) for i, name in MRSEG.names.items()}
+        assert all(np.any(pred.array == i) for i in MRSEG), "every structure found"
+        assert np.mean(list(scores.values())) >= 0.80, scores
+        assert min(scores[n] for n in MAJOR) >= 0.90, {n: scores[n] for n in MAJOR}
+
+
+def test_volume_is_an_exact_voxel_count(demo_run):
+    _, _, out = demo_run
+    structures = pd.read_parquet(out / "tables" / "structures")
+    pid = structures["participant_id"].iloc[0]
+    labels = read_labels(Store(), str(out / "labels" / pid / "0" / "in.nii.gz"))
+    rows = structures[structures.participant_id == pid].set_index("structure_id")
+    counts = np.bincount(labels.array.ravel(), minlength=41)
+    voxel_ml = float(np.prod(labels.grid.spacing_mm)) / 1000
+    assert (rows["n_voxels"].to_numpy() == counts[rows.index]).all()
+    assert (rows["volume_ml"].to_numpy() == counts[rows.index] * voxel_ml).all()
+
+
+def test_written_labels_equal_nnunets_predictor(demo_run, phantom_cohort, demo_model, tmp_path):
+    """nnU-Net's own predict_from_files on the same stitched image and model."""
+    from mrseg_cohort.io.nifti import write_volume
+    from mrseg_cohort.loading import load_scan
+    from mrseg_cohort.manifest import discover
+    from mrseg_cohort.segmentation.model_folder import make_nnunet_predictor, open_model_folder
+
+    job, _, out = demo_run
+    source = discover(job, Store())[0]
+    loaded = load_scan(Store(), source, job.contrasts, job.stitching, _limits(job))
+    (tmp_path / "in").mkdir()
+    write_volume(Store(), str(tmp_path / "in" / "case_0000.nii.gz"), loaded.images["in"], np.float32)
+    predictor = make_nnunet_predictor(open_model_folder(demo_model, (0,)), "cpu")
+    predictor.predict_from_files(str(tmp_path / "in"), str(tmp_path / "pred"), save_probabilities=False,
+                                 overwrite=True, num_processes_preprocessing=1,
+                                 num_processes_segmentation_export=1)
+    reference = read_labels(Store(), str(tmp_path / "pred" / "case.nii.gz"))
+    ours = read_labels(Store(), str(out / "labels" / source.participant_id / "0" / "in.nii.gz"))
+    assert reference.grid.is_close(ours.grid)
+    for i, name in MRSEG.names.items():
+        a, b = ours.array == i, reference.array == i
+        if a.any() or b.any():
+            assert dice(a, b) >= 0.999, name
+
+
+def _limits(job):
+    from mrseg_cohort.io.nifti import ReadLimits
+
+    return ReadLimits(job.limits.max_file_mb, job.limits.max_decompressed_mb, job.limits.max_dim)
+
+
+def test_rerun_does_no_work(demo_run):
+    job, _, out = demo_run
+    again = run_job(job)
+    assert (again.scheduled, again.done, again.already_done) == (0, 0, 4)
+    assert len(pd.read_parquet(out / "tables" / "structures")) == 4 * 40
+
+
+def test_device_choice():
+    assert choose_device("auto", 0) == "cpu" and choose_device("auto", 2) == "cuda"
+    assert choose_device("cpu", 4) == "cpu"
+    with pytest.raises(ConfigError, match="no GPU is present"):
+        choose_device("cuda", 0)
+
+
+def test_fake_cuda_on_a_cpu_machine_says_so_instead_of_hanging(tmp_path, phantom_cohort, demo_model, ray_local):
+    from typer.testing import CliRunner
+
+    from mrseg_cohort.cli import app
+
+    config = write_job_yaml(tmp_path / "job.yaml", str(phantom_cohort), str(tmp_path / "out"),
+                            model={"weights": str(demo_model), "device": "cuda"})
+    result = CliRunner().invoke(app, ["run", str(config), "--no-progress"])
+    assert result.exit_code == 2 and "no GPU is present" in result.output
