@@ -103,7 +103,7 @@ def training_cases(task: str, n_ukbb: int, n_nako: int, seed: int) -> list[tuple
     return cases
 
 
-def preprocess_cases(cases, plans: dict, dataset_json: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+def preprocess_cases(cases, plans: dict, dataset_json: dict) -> list[tuple[np.ndarray, np.ndarray, "ClassSlices"]]:
     """nnU-Net's DefaultPreprocessor on each case (crop, z-score, resample to the plans' spacing)."""
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -115,7 +115,8 @@ def preprocess_cases(cases, plans: dict, dataset_json: dict) -> list[tuple[np.nd
     for image, labels, spacing in cases:
         data, seg, _ = pre.run_case_npy(image[None], labels[None].astype(np.int16), {"spacing": list(spacing)},
                                         pm, cm, dataset_json)
-        out.append((data[0].astype(np.float32), np.clip(seg[0], 0, None).astype(np.int64)))
+        seg = np.clip(seg[0], 0, None).astype(np.int64)
+        out.append((data[0].astype(np.float32), seg, ClassSlices(seg)))
     return out
 
 
@@ -128,12 +129,20 @@ def center_pad(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.pad(a, pads)
 
 
-def sample_batch(data, rng: np.random.Generator, batch: int, patch: tuple[int, int, int]):
+def sample_batch(data, rng: np.random.Generator, batch: int, patch: tuple[int, int, int],
+                 class_fraction: float = 0.67):
+    """Random patches; ``class_fraction`` of them centred (in z) on a voxel of a random present class,
+    so that small structures are seen every few iterations (nnU-Net oversamples foreground too)."""
     xs, ys = [], []
     for _ in range(batch):
-        image, labels = data[rng.integers(len(data))]
+        image, labels, class_z = data[rng.integers(len(data))]
         image, labels = center_pad(image, patch), center_pad(labels, patch)
         starts = [int(rng.integers(0, s - p + 1)) for s, p in zip(image.shape, patch)]
+        if class_z and rng.random() < class_fraction:
+            zs = class_z[int(rng.integers(len(class_z)))]
+            z = int(zs[rng.integers(len(zs))]) + (image.shape[0] - class_z.shape_z) // 2
+            starts[0] = int(np.clip(z - patch[0] // 2 + rng.integers(-patch[0] // 4, patch[0] // 4 + 1),
+                                    0, image.shape[0] - patch[0]))
         window = tuple(slice(s, s + p) for s, p in zip(starts, patch))
         x = image[window] * rng.uniform(0.85, 1.15) + rng.uniform(-0.15, 0.15)
         x = x + rng.normal(0, rng.uniform(0, 0.08), size=x.shape)
@@ -142,8 +151,17 @@ def sample_batch(data, rng: np.random.Generator, batch: int, patch: tuple[int, i
     return torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(np.stack(ys))
 
 
+class ClassSlices(list):
+    """Per present class, the z indices (before padding) where it occurs."""
+
+    def __init__(self, labels: np.ndarray):
+        per_class = [np.flatnonzero(np.any(labels == c, axis=(1, 2))) for c in np.unique(labels) if c > 0]
+        super().__init__(per_class)
+        self.shape_z = labels.shape[0]
+
+
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy plus soft Dice over foreground classes (nnU-Net's default loss, no deep supervision)."""
+    """Cross-entropy plus soft Dice over foreground classes (nnU-Net's default loss)."""
     ce = F.cross_entropy(logits, target)
     probs = logits.softmax(1)
     onehot = F.one_hot(target, logits.shape[1]).permute(0, 4, 1, 2, 3).float()
@@ -152,6 +170,22 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     denom = probs.sum(dims) + onehot.sum(dims)
     dice = (2 * inter + 1e-5) / (denom + 1e-5)
     return ce + (1 - dice[1:].mean())
+
+
+def deep_supervision_loss(outputs: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """nnU-Net's deep supervision: the loss at each decoder resolution (nearest-downsampled target),
+    weighted 1, 1/2, 1/4, ... (lowest resolution dropped), normalised to sum 1."""
+    weights = np.array([1 / 2 ** i for i in range(len(outputs))])
+    weights[-1] = 0
+    weights /= weights.sum()
+    total = 0.0
+    for w, out in zip(weights, outputs):
+        if w == 0:
+            continue
+        t = target if out.shape[2:] == target.shape[1:] else F.interpolate(
+            target[:, None].float(), size=out.shape[2:], mode="nearest")[:, 0].long()
+        total = total + w * dice_ce_loss(out, t)
+    return total
 
 
 def train(args: argparse.Namespace) -> None:
@@ -179,7 +213,7 @@ def train(args: argparse.Namespace) -> None:
     arch = plans["configurations"]["3d_fullres"]["architecture"]
     device = torch.device(args.device)
     net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
-                                 1, len(label_map) + 1, deep_supervision=False).to(device)
+                                 1, len(label_map) + 1, deep_supervision=True).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     rng = np.random.default_rng(args.seed)
     t_train = time.time()
@@ -189,7 +223,7 @@ def train(args: argparse.Namespace) -> None:
             group["lr"] = lr
         x, y = sample_batch(data, rng, args.batch, DEMO_PATCH_ZYX)
         x, y = x.to(device), y.to(device)
-        loss = dice_ce_loss(net(x), y)
+        loss = deep_supervision_loss(net(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
@@ -232,7 +266,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--ukbb", type=int, default=24, help="training phantoms in the UK Biobank layout")
     ap.add_argument("--nako", type=int, default=8, help="training phantoms in the NAKO layout")
-    ap.add_argument("--iterations", type=int, default=2500)
+    ap.add_argument("--iterations", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--features", type=int, nargs="+", default=[8, 16, 32, 64, 96])

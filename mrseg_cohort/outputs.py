@@ -137,7 +137,7 @@ class Outputs:
             self._finish(batch_id, keys)  # type: ignore[arg-type]
             rolled.append(batch_id)
             log.info("completed interrupted batch %s (%d scans)", batch_id, len(keys))
-        staged = self._staged_keys()
+        staged = self.staged_keys()
         cleaned = 0
         for key in staged & in_batches:
             for table in ROW_TABLES:
@@ -146,7 +146,7 @@ class Outputs:
         unpublished = sorted(staged - in_batches)
         return RecoveryReport(rolled, unpublished, cleaned)
 
-    def _staged_keys(self) -> set[ScanKey]:
+    def staged_keys(self) -> set[ScanKey]:
         """Scans whose ``scans`` row is staged (it is written last, so all their rows are)."""
         uris = self.store.list_files(self._work("staged", "scans"), suffix=".parquet", recursive=False)
         return {key_from_name(u.rsplit("/", 1)[-1][: -len(".parquet")]) for u in uris}

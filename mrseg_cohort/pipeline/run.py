@@ -109,46 +109,28 @@ def _maybe_generate_phantoms(job: JobConfig, store: Store) -> None:
 
 def run_job(job: JobConfig, restart: bool = False, progress: ProgressFn | None = None) -> RunSummary:
     """Run (or resume) the job; returns the counts. Raises ConfigError before any work if it cannot start."""
-    import ray
-
     t0 = time.time()
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
     outputs, models, sources = prepare(job, restart)
-    started = _init_ray(job)
+    summary = RunSummary(run_id, job.output.uri, in_manifest=len(sources))
+    recovery = outputs.recover()
+    committed = outputs.committed_keys()
+    unpublished = set(recovery.unpublished)
+    todo = [s for s in sources if s.key not in committed and s.key not in unpublished]
+    summary.already_done = len(sources) - len(todo)
+    summary.scheduled = len(todo)
+    summary.republished = len(recovery.unpublished)
+    publisher = BatchPublisher(outputs, run_id, job.output.commit_every, job.output.commit_interval_s)
+    for key in recovery.unpublished:  # staged before a crash: publish without recomputing
+        publisher.add_rows(key, outputs.read_staged(key))
+    log.info("run %s: %d scans in the manifest, %d already done, %d to process", run_id, len(sources),
+             summary.already_done, len(todo))
     try:
-        cluster = ray.cluster_resources()
-        device = choose_device(job.model.device, int(cluster.get("GPU", 0)))
-        summary = RunSummary(run_id, job.output.uri, in_manifest=len(sources), device=device)
-        recovery = outputs.recover()
-        committed = outputs.committed_keys()
-        attempts = outputs.failed_attempts()
-        unpublished = set(recovery.unpublished)
-        todo = [s for s in sources if s.key not in committed and s.key not in unpublished]
-        summary.already_done = len(sources) - len(todo)
-        summary.scheduled = len(todo)
-        publisher = BatchPublisher(outputs, run_id, job.output.commit_every, job.output.commit_interval_s)
-        for key in recovery.unpublished:  # staged before a crash: publish without recomputing
-            publisher.add_rows(key, outputs.read_staged(key))
-        summary.republished = len(recovery.unpublished)
-        versions = software_versions()
-        ctx = stages.RunContext(job, tuple(models), run_id, versions, device)
-        outputs.write_run_metadata(run_id, {"run_id": run_id, "started": t0, "versions": versions,
-                                            "device": device, "cluster": cluster,
-                                            "config": job.model_dump(mode="json", exclude=_SECRETS),
-                                            "models": [{"name": m.name, "sha256": m.sha256, "folds": m.folds}
-                                                       for m in models],
-                                            "manifest": len(sources), "scheduled": len(todo)})
-        log.info("run %s: %d scans in the manifest, %d already done, %d to process", run_id, len(sources),
-                 summary.already_done, len(todo))
-        try:
-            if todo:
-                _run_on_ray(ctx, cluster, todo, publisher, attempts, summary, progress)
-        finally:
-            publisher.flush()
-            summary.seconds = time.time() - t0
+        if todo:
+            _run_on_ray(job, models, run_id, len(sources), todo, publisher, outputs, summary, progress, t0)
     finally:
-        if started:
-            ray.shutdown()
+        publisher.flush()
+        summary.seconds = time.time() - t0
     return summary
 
 
@@ -181,30 +163,45 @@ def _init_ray(job: JobConfig) -> bool:
     return True
 
 
-def _run_on_ray(ctx: stages.RunContext, cluster: dict, todo: list[ScanSource], publisher: BatchPublisher,
-                attempts: dict[ScanKey, int], summary: RunSummary, progress: ProgressFn | None) -> None:
+def _run_on_ray(job: JobConfig, models: list[ModelSpec], run_id: str, n_manifest: int, todo: list[ScanSource],
+                publisher: BatchPublisher, outputs: Outputs, summary: RunSummary, progress: ProgressFn | None,
+                t0: float) -> None:
     import ray
 
-    res = ctx.job.resources
-    device = ctx.device
-    gpus = int(cluster.get("GPU", 0))
-    n_actors = min(res.gpus or gpus, gpus) if device == "cuda" else res.cpu_segmenters
-    if device == "cuda" and n_actors < 1:
-        raise ConfigError("resources.gpus is 0 but model.device asks for a GPU")
-    total_cpus = max(1, int(cluster.get("CPU", 1)))
-    cpu_workers = res.cpu_workers or max(1, total_cpus - (0 if device == "cuda" else n_actors))
-    threads = res.threads_per_segmenter or (os.cpu_count() or 1)
-    memory = _task_memory(res.memory_gb_per_scan, cluster)
-    log.info("segmenting on %s with %d actor(s); %d CPU worker(s)", device, n_actors, cpu_workers)
-    ctx_ref = ray.put(ctx)
-    tasks = _remote_functions(res.max_retries, memory)
-    actor_options = {"num_gpus": 1, "num_cpus": 1} if device == "cuda" else {"num_cpus": 1}
-    actor_cls = ray.remote(SegmentActor).options(max_restarts=-1, max_task_retries=res.max_retries,
-                                                 **actor_options)
-    actors = [actor_cls.remote(list(ctx.models), device, None if device == "cuda" else threads)
-              for _ in range(n_actors)]
-    _drive(ctx, ctx_ref, tasks, actors, todo, publisher, attempts, summary, progress,
-           prefetch=cpu_workers + 2 * n_actors, per_actor=res.in_flight_per_worker)
+    started = _init_ray(job)
+    try:
+        cluster = ray.cluster_resources()
+        gpus = int(cluster.get("GPU", 0))
+        device = choose_device(job.model.device, gpus)  # before any work: a wrong ask never hangs
+        summary.device = device
+        res = job.resources
+        n_actors = min(res.gpus or gpus, gpus) if device == "cuda" else res.cpu_segmenters
+        if device == "cuda" and n_actors < 1:
+            raise ConfigError("resources.gpus is 0 but model.device asks for a GPU")
+        total_cpus = max(1, int(cluster.get("CPU", 1)))
+        cpu_workers = res.cpu_workers or max(1, total_cpus - (0 if device == "cuda" else n_actors))
+        threads = res.threads_per_segmenter or (os.cpu_count() or 1)
+        versions = software_versions()
+        ctx = stages.RunContext(job, tuple(models), run_id, versions, device)
+        outputs.write_run_metadata(run_id, {
+            "run_id": run_id, "started": t0, "versions": versions, "device": device, "cluster": cluster,
+            "config": job.model_dump(mode="json", exclude=_SECRETS),
+            "models": [{"name": m.name, "sha256": m.sha256, "folds": m.folds} for m in models],
+            "manifest": n_manifest, "scheduled": len(todo)})
+        log.info("segmenting on %s with %d actor(s); %d CPU worker(s)", device, n_actors, cpu_workers)
+        ctx_ref = ray.put(ctx)
+        tasks = _remote_functions(res.max_retries, _task_memory(res.memory_gb_per_scan, cluster))
+        actor_options = {"num_gpus": 1, "num_cpus": 1} if device == "cuda" else {"num_cpus": 1}
+        actor_cls = ray.remote(SegmentActor).options(max_restarts=-1, max_task_retries=res.max_retries,
+                                                     **actor_options)
+        actors = [actor_cls.remote(list(ctx.models), device, None if device == "cuda" else threads)
+                  for _ in range(n_actors)]
+        attempts = outputs.failed_attempts()
+        _drive(ctx, ctx_ref, tasks, actors, todo, publisher, attempts, summary, progress,
+               prefetch=cpu_workers + 2 * n_actors, per_actor=res.in_flight_per_worker)
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def _task_memory(gb_per_scan: float, cluster: dict) -> int:

@@ -1,0 +1,71 @@
+"""``mrseg-cohort plan`` and ``mrseg-cohort status``: what a job would do, and how far it is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from mrseg_cohort.cli import app
+from mrseg_cohort.cli._common import one_line_errors
+
+
+@app.command()
+def plan(
+    config: Path = typer.Argument(..., help="Job YAML file."),
+    sizes: bool = typer.Option(True, "--sizes/--no-sizes", help="Sum the input file sizes (one HEAD per file)."),
+    gpus: int = typer.Option(None, help="GPUs to plan for (default: resources.gpus, else 1)."),
+    cpu_workers: int = typer.Option(None, help="CPU workers to plan for (default: resources.cpu_workers, else 8)."),
+) -> None:
+    """What a run would do: scans to process, already done, failed before, input size, time estimate.
+
+    Nothing is written. Time and GPU-hours come from the per-stage seconds measured in this output's
+    scans table (run a few scans first, e.g. --first-n 3, to get them).
+    """
+    from mrseg_cohort.config import load_config
+    from mrseg_cohort.jobstate import estimate, job_state, measured_costs
+
+    with one_line_errors():
+        job = load_config(config)
+        state, _ = job_state(job, with_sizes=sizes)
+    todo = state.pending + state.failed
+    typer.echo(f"cohort {job.cohort.name} ({job.cohort.layout}) from {job.input.uri}")
+    typer.echo(f"manifest: {state.manifest} scans of {state.participants} participants")
+    typer.echo(f"already done: {state.done}; finished but unpublished: {state.staged} (published at start)")
+    typer.echo(f"failed before: {state.failed} (will be retried); new: {state.pending}; to process: {todo}")
+    if state.input_bytes is not None:
+        typer.echo(f"input size: {state.input_bytes / 1e9:.2f} GB ({state.input_bytes / max(state.manifest, 1) / 1e6:.1f} MB per scan)")
+    costs = measured_costs(state.costs)
+    if costs is None:
+        typer.echo("estimate: no per-scan costs measured in this output yet; run a few scans first "
+                   f"(mrseg-cohort run {config} --first-n 3) and plan again")
+        return
+    gpu_s, cpu_s, n = costs
+    devices = gpus or job.resources.gpus or 1
+    workers = cpu_workers or job.resources.cpu_workers or 8
+    est = estimate(todo, gpu_s, cpu_s, devices, workers, f"median of {n} scans in this output")
+    typer.echo(f"per scan ({est.source}): {gpu_s:.1f} s on the segmentation device, {cpu_s:.1f} s of CPU stages")
+    typer.echo(f"estimate for {todo} scans on {devices} device(s) and {workers} CPU worker(s): "
+               f"{est.wall_hours:.1f} h wall, {est.device_hours:.1f} device-hours")
+
+
+@app.command()
+def status(
+    config: Path = typer.Argument(..., help="Job YAML file."),
+    last: int = typer.Option(10, help="How many of the latest failures to show."),
+) -> None:
+    """Done / failed / pending counts for the job's output (safe while the job runs) and the last failures."""
+    from mrseg_cohort.config import load_config
+    from mrseg_cohort.jobstate import job_state
+
+    with one_line_errors():
+        job = load_config(config)
+        state, _ = job_state(job)
+    typer.echo(f"{job.output.uri}: {state.done} done, {state.staged} finished (publishing), "
+               f"{state.failed} failed, {state.pending} pending, of {state.manifest} scans")
+    if len(state.failures):
+        typer.echo(f"last failures (of {len(state.failures)} recorded attempts):")
+        for row in state.failures.head(last).itertuples():
+            where = f" ({row.uri})" if row.uri else ""
+            typer.echo(f"  {row.participant_id}/{row.visit} attempt {row.attempt} [{row.stage}] "
+                       f"{row.error_type}: {row.message}{where}")

@@ -1,0 +1,100 @@
+"""What a job has done and what it would do: the data behind ``plan`` and ``status``.
+
+Read-only: nothing here writes to the output (safe while a job runs).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from mrseg_cohort.config import JobConfig
+from mrseg_cohort.io.storage import Store
+from mrseg_cohort.io.tables import read_table_folder
+from mrseg_cohort.manifest import ScanSource, discover
+from mrseg_cohort.outputs import Outputs
+
+GPU_STAGES = ("preprocess", "network", "export")
+CPU_STAGES = ("read", "stitch", "measure", "write")
+
+
+@dataclass
+class JobState:
+    """Counts of scans (participant x visit) for one config's manifest and output."""
+
+    manifest: int
+    participants: int
+    done: int
+    staged: int
+    failed: int
+    pending: int
+    input_bytes: int | None
+    failures: pd.DataFrame = field(repr=False)
+    costs: pd.DataFrame | None = field(default=None, repr=False)
+
+
+def job_state(job: JobConfig, with_sizes: bool = False) -> tuple[JobState, list[ScanSource]]:
+    """Manifest anti-joined with the output: done, staged (finished, not yet published), failed
+    (not done, with a failure recorded), pending (everything else)."""
+    in_store = Store(job.input.storage.fsspec_options())
+    outputs = Outputs(Store(job.output.storage.fsspec_options()), job.output.uri)
+    sources = discover(job, in_store)
+    keys = {s.key for s in sources}
+    done = outputs.committed_keys() & keys
+    staged = (outputs.staged_keys() & keys) - done
+    failures_table = read_table_folder(outputs.store, outputs.table_uri("failures"))
+    failures = failures_table.to_pandas() if failures_table is not None else pd.DataFrame(
+        columns=["participant_id", "visit", "stage", "error_type", "message", "uri", "attempt", "time"])
+    failed_keys = set(zip(failures["participant_id"], failures["visit"])) & keys
+    failed = failed_keys - done - staged
+    n_bytes = None
+    if with_sizes:
+        n_bytes = sum(in_store.size(u) for s in sources for u in s.uris)
+    scans = read_table_folder(outputs.store, outputs.table_uri("scans"))
+    costs = scans.to_pandas() if scans is not None else None
+    state = JobState(len(sources), len({s.participant_id for s in sources}), len(done), len(staged),
+                     len(failed), len(keys) - len(done) - len(staged) - len(failed), n_bytes,
+                     failures.sort_values("time", ascending=False) if len(failures) else failures, costs)
+    return state, sources
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Wall time and GPU-hours for the scans still to do, from per-stage seconds per scan."""
+
+    scans: int
+    gpu_seconds_per_scan: float
+    cpu_seconds_per_scan: float
+    devices: int
+    cpu_workers: int
+    wall_hours: float
+    device_hours: float
+    source: str
+
+
+def estimate(scans: int, gpu_seconds_per_scan: float, cpu_seconds_per_scan: float, devices: int,
+             cpu_workers: int, source: str) -> Estimate:
+    """Throughput model: the device stage and the CPU stages run concurrently, so a run goes at the
+    pace of the slower of ``devices / gpu_s`` and ``cpu_workers / cpu_s`` scans per second.
+    ``device_hours`` counts the devices held for the whole run (what a cluster bills)."""
+    rate = min(devices / max(gpu_seconds_per_scan, 1e-9), cpu_workers / max(cpu_seconds_per_scan, 1e-9))
+    wall_h = scans / rate / 3600 if scans else 0.0
+    return Estimate(scans, gpu_seconds_per_scan, cpu_seconds_per_scan, devices, cpu_workers, wall_h,
+                    wall_h * devices, source)
+
+
+def measured_costs(costs: pd.DataFrame | None) -> tuple[float, float, int] | None:
+    """Median device-stage and CPU-stage seconds per scan from an output's scans table."""
+    if costs is None or costs.empty:
+        return None
+    ok = costs[costs["status"] == "ok"]
+    if ok.empty:
+        return None
+    per_scan = ok.groupby(["participant_id", "visit"]).sum(numeric_only=True)
+    gpu = sum(per_scan.get(f"seconds_{s}", pd.Series([0.0])).median() for s in GPU_STAGES)
+    cpu = sum(per_scan.get(f"seconds_{s}", pd.Series([0.0])).median() for s in CPU_STAGES)
+    if not (math.isfinite(gpu) and math.isfinite(cpu)):
+        return None
+    return float(gpu), float(cpu), len(per_scan)

@@ -1,0 +1,72 @@
+"""Run ``mrseg-cohort run CONFIG`` and SIGKILL this process at a chosen point (for resume tests).
+
+    python tests/crash_driver.py KILL_POINT CONFIG
+
+Kill points:
+    before-output      when the Ray stage starts, before any scan is read
+    mid-run            after the first scan is finished and staged (nothing published yet)
+    table-write        while publishing: after the first table part of a batch is written
+    before-cleanup     after a batch's done mark, before its staged files are deleted
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+
+def _die() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def install(point: str) -> None:
+    from mrseg_cohort import outputs
+    from mrseg_cohort.io import storage
+    from mrseg_cohort.pipeline import publisher, run
+
+    if point == "before-output":
+        original = run._drive
+
+        def drive(*args, **kwargs):
+            _die()
+            return original(*args, **kwargs)
+
+        run._drive = drive
+    elif point == "mid-run":
+        original_add = publisher.BatchPublisher.add_rows
+
+        def add_rows(self, key, tables):
+            original_add(self, key, tables)
+            _die()
+
+        publisher.BatchPublisher.add_rows = add_rows
+    elif point == "table-write":
+        original_write = storage.Store.write_bytes
+
+        def write_bytes(self, uri, data):
+            original_write(self, uri, data)
+            if "/tables/structures/part-" in uri:
+                _die()
+
+        storage.Store.write_bytes = write_bytes
+    elif point == "before-cleanup":
+        original_finish = outputs.Outputs._finish
+
+        def finish(self, batch_id, keys):
+            self.store.write_bytes(self._work("batches", f"{batch_id}.done"), b"")
+            _die()
+
+        outputs.Outputs._finish = finish
+    else:
+        raise SystemExit(f"unknown kill point {point}")
+
+
+if __name__ == "__main__":
+    point, config = sys.argv[1], sys.argv[2]
+    install(point)
+    from mrseg_cohort.cli import app
+
+    app(["run", config, "--no-progress"])

@@ -1,0 +1,92 @@
+"""Exactly-once resume: the driver killed (SIGKILL) at several points, then the same command again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import REPO, write_job_yaml
+from mrseg_cohort.io.nifti import read_labels
+from mrseg_cohort.io.storage import Store
+
+N_SCANS = 3
+
+
+def _kill_ray_processes(tmpdir: str) -> None:
+    """SIGKILL whatever a killed driver's local Ray left behind (found by its temp dir)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if tmpdir in cmdline and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _run(args: list[str], tmpdir: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_TMPDIR": tmpdir}
+    try:
+        return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+    finally:
+        _kill_ray_processes(tmpdir)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    from mrseg_cohort.phantom.cohort import PhantomSpec, write_phantom_cohort
+
+    out = tmp_path_factory.mktemp("resume") / "in"
+    write_phantom_cohort(Store(), str(out), PhantomSpec(participants=N_SCANS, seed=77))
+    return out
+
+
+def _check_exactly_once(out: Path) -> None:
+    structures = pd.read_parquet(out / "tables" / "structures")
+    scans = pd.read_parquet(out / "tables" / "scans")
+    intensities = pd.read_parquet(out / "tables" / "intensities")
+    assert len(scans) == N_SCANS and scans[["participant_id", "visit"]].duplicated().sum() == 0
+    assert len(structures) == N_SCANS * 40
+    assert structures[["participant_id", "visit", "structure_id"]].duplicated().sum() == 0
+    assert intensities[["participant_id", "visit", "structure_id", "image_contrast"]].duplicated().sum() == 0
+    for pid in scans["participant_id"]:
+        labels = read_labels(Store(), str(out / "labels" / pid / "0" / "in.nii.gz"))
+        n = structures[structures.participant_id == pid].set_index("structure_id")["n_voxels"]
+        counts = np.bincount(labels.array.ravel(), minlength=41)
+        assert (n.to_numpy() == counts[n.index]).all()  # the label file is the one the rows describe
+    leftovers = list((out / "_work" / "staged").rglob("*.parquet")) if (out / "_work" / "staged").exists() else []
+    assert leftovers == []
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]  # no temporary files left visible
+
+
+@pytest.mark.parametrize("point", ["before-output", "mid-run", "table-write", "before-cleanup"])
+def test_kill_driver_then_rerun_gives_each_row_once(point, cohort, demo_model, tmp_path):
+    out = tmp_path / "out"
+    config = write_job_yaml(tmp_path / "job.yaml", str(cohort), str(out),
+                            output={"uri": str(out), "commit_every": 2})
+    tmpdir = f"/tmp/rt{uuid.uuid4().hex[:6]}"
+    crashed = _run(["tests/crash_driver.py", point, str(config)], tmpdir)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    if point in ("table-write", "before-cleanup"):
+        assert list((out / "_work" / "batches").glob("*.json")), "the kill happened while publishing"
+    rerun = _run(["-m", "mrseg_cohort.cli", "run", str(config), "--no-progress"], tmpdir)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    _check_exactly_once(out)
+    if point == "mid-run":
+        assert "published from an interrupted run" in rerun.stdout + rerun.stderr
+        again = _run(["-m", "mrseg_cohort.cli", "run", str(config), "--no-progress"], tmpdir)
+        assert again.returncode == 0 and "0 done, 0 failed, 3 already done" in again.stdout + again.stderr
+        _check_exactly_once(out)
