@@ -35,7 +35,7 @@ def run(
         overrides["output.uri"] = output
     if first_n:
         overrides["limits.first_n"] = first_n
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     with one_line_errors():
         job = load_config(config, overrides)
         columns = (TextColumn("[bold]scans"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),

@@ -86,16 +86,17 @@ def volume_from_nifti_bytes(raw: bytes, uri: str, limits: ReadLimits = ReadLimit
             raise BadScanError(f"image has {bad} NaN or infinite voxels; fix or exclude the file", uri=uri)
     else:
         array = _as_integer_labels(array, dtype, uri)
-    return Volume(np.ascontiguousarray(array.transpose(2, 1, 0)), grid_from_affine(img.affine, array.shape))
+    return Volume(np.ascontiguousarray(array.transpose(2, 1, 0)), grid_from_affine(img.affine, array.shape, uri))
 
 
-def grid_from_affine(affine_ras: np.ndarray, shape_xyz: tuple[int, ...]) -> Grid:
+def grid_from_affine(affine_ras: np.ndarray, shape_xyz: tuple[int, ...], uri: str = "") -> Grid:
     """The :class:`Grid` of a nibabel image: RAS affine and (x, y, z) shape -> LPS and (z, y, x)."""
     lps = _LPS_FROM_RAS @ np.asarray(affine_ras, dtype=np.float64)
     columns = lps[:3, :3]
     spacing_xyz = np.linalg.norm(columns, axis=0)
     if np.any(spacing_xyz <= 0) or not np.all(np.isfinite(spacing_xyz)):
-        raise BadScanError(f"header spacing {tuple(spacing_xyz)} is not positive and finite")
+        shown = ", ".join(f"{v:.4g}" for v in spacing_xyz)
+        raise BadScanError(f"header voxel spacing ({shown}) mm is not positive and finite", uri=uri)
     direction = columns / spacing_xyz
     return Grid(tuple(int(s) for s in shape_xyz[:3][::-1]), tuple(spacing_xyz[::-1]),
                 tuple(lps[:3, 3]), tuple(direction.ravel()))
@@ -141,13 +142,16 @@ def _gunzip_prefix(raw: bytes, n: int, uri: str) -> bytes:
 
 
 def _gunzip_all(raw: bytes, n_bytes: int, uri: str) -> bytes:
+    """Decompress at most ``n_bytes`` (+1, to see that more follows); when the stream ends within that,
+    read it to its end so that zlib verifies the CRC (a corrupt file is refused, not read as noise)."""
     decomp = zlib.decompressobj(16 + zlib.MAX_WBITS)
     try:
         out = decomp.decompress(raw, n_bytes + 1)
+        if len(out) <= n_bytes and not decomp.eof:
+            out += decomp.decompress(decomp.unconsumed_tail, n_bytes + 1 - len(out))
     except zlib.error as err:
-        raise BadScanError(f"gzip data is corrupt: {err}; re-export or re-download the file",
-                           uri=uri) from err
-    if len(out) < n_bytes and not decomp.eof:
+        raise BadScanError(f"gzip data is corrupt ({err}); re-export or re-download the file", uri=uri) from err
+    if len(out) <= n_bytes and not decomp.eof:
         raise BadScanError(f"gzip stream is truncated after {len(out)} of {n_bytes} bytes; "
                            "re-download the file", uri=uri)
     return out
