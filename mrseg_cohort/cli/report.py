@@ -1,0 +1,43 @@
+"""``mrseg-cohort report CONFIG --out report.html``: the QC report of a job's output folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from mrseg_cohort.cli import app
+from mrseg_cohort.cli._common import one_line_errors
+
+
+@app.command()
+def report(
+    config: Path = typer.Argument(..., help="Job YAML file whose output folder is reported."),
+    out: str = typer.Option("report.html", "--out", "-o", help="HTML file to write (path or URI)."),
+    output: str = typer.Option(None, "--output", help="Override output.uri (the folder to report on)."),
+    sample: int = typer.Option(6, "--sample", min=0, help="Scans previewed at random, besides the outliers."),
+    contrast: str = typer.Option(None, "--contrast", help="Segmented contrast to report (default: the first)."),
+    z_threshold: float = typer.Option(3.5, "--z-threshold", min=0.0, help="|robust z| above which a value is an "
+                                      "outlier."),
+    min_scans: int = typer.Option(10, "--min-scans", min=1, help="Structures present in fewer scans are not "
+                                  "assessed for outliers."),
+    max_outlier_previews: int = typer.Option(200, "--max-outlier-previews", min=0,
+                                             help="Outlier scans previewed at most (most extreme first)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random preview sample."),
+) -> None:
+    """Render a self-contained HTML QC report: distributions, outliers, QC flags, vessel consistency,
+    failures, run metadata and overlay previews."""
+    from mrseg_cohort.config import load_config
+    from mrseg_cohort.report import ReportOptions, write_report
+
+    overrides = {"output.uri": output} if output else {}
+    out_uri = out if "://" in out else str(Path(out).resolve())
+    with one_line_errors():
+        job = load_config(config, overrides)
+        options = ReportOptions(sample=sample, contrast=contrast, z_threshold=z_threshold, min_scans=min_scans,
+                                max_outlier_previews=max_outlier_previews, seed=seed)
+        result = write_report(job, out_uri, options)
+    typer.echo(f"report of {result.scans} scans, {result.outliers} outlier values, {result.previews} previews: "
+               f"{out_uri}")
+    for error in result.preview_errors:
+        typer.echo(f"warning: no preview for {error}", err=True)

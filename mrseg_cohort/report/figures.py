@@ -1,0 +1,91 @@
+"""Report figures: per-structure distributions as box plots with the scans drawn as points.
+
+Pure: frames in, PNG bytes out. Figures are made with matplotlib's object API on the Agg canvas
+(no pyplot state, no display needed), so they can be drawn in any thread or worker.
+"""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+RGB = tuple[int, int, int]
+OUTLIER_COLOR = "#d62728"
+_HORIZONTAL = ({"orientation": "horizontal"}
+               if tuple(int(p) for p in matplotlib.__version__.split(".")[:2]) >= (3, 10) else {"vert": False})
+
+
+def distribution_png(values: pd.DataFrame, measure: str, label: str, order: list[str],
+                     colors: dict[str, RGB], outliers: pd.DataFrame | None = None, log_scale: bool = False,
+                     max_points: int = 2000, seed: int = 0) -> bytes | None:
+    """Horizontal box plot per structure of ``values[measure]``, with a strip of the scans' values.
+
+    Args:
+        values: rows with ``structure``, ``participant_id``, ``visit`` and ``measure`` (NaN left out).
+        measure: the column to plot; ``label`` its axis label (with unit).
+        order: structures top to bottom (those without values are left out).
+        colors: structure -> RGB of its box (the colour table's colour).
+        outliers: rows (participant_id, visit, structure, measure) drawn in red on top.
+        log_scale: logarithmic value axis (volumes span 1 to 2000 mL); non-positive values left out.
+        max_points: at most this many points per structure are drawn (a reproducible random subset,
+            outliers always drawn); the boxes use every value.
+
+    Returns:
+        PNG bytes, or None when no structure has a value.
+    """
+    data = values[["participant_id", "visit", "structure", measure]].dropna(subset=[measure])
+    data = data[np.isfinite(data[measure].astype(float))]
+    if log_scale:
+        data = data[data[measure] > 0]
+    by_structure = {name: group for name, group in data.groupby("structure", sort=False)}
+    shown = [name for name in order if name in by_structure]
+    if not shown:
+        return None
+    flagged = set()
+    if outliers is not None and len(outliers):
+        hits = outliers[outliers["measure"] == measure]
+        flagged = set(zip(hits["participant_id"], hits["visit"], hits["structure"]))
+
+    fig = Figure(figsize=(8.0, 1.2 + 0.26 * len(shown)), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    rng = np.random.default_rng(seed)
+    positions = np.arange(len(shown))[::-1]  # first structure at the top
+    series = [by_structure[name][measure].to_numpy(dtype=np.float64) for name in shown]
+    boxes = ax.boxplot(series, positions=positions, widths=0.6, patch_artist=True,
+                       showfliers=False, medianprops={"color": "black", "linewidth": 1.2}, **_HORIZONTAL)
+    for patch, name in zip(boxes["boxes"], shown):
+        r, g, b = colors.get(name, (160, 160, 160))
+        patch.set_facecolor((r / 255, g / 255, b / 255, 0.75))
+        patch.set_edgecolor("#444444")
+    for pos, name in zip(positions, shown):
+        group = by_structure[name]
+        is_outlier = np.array([(p, v, name) in flagged for p, v in zip(group["participant_id"], group["visit"])],
+                              dtype=bool)
+        x = group[measure].to_numpy(dtype=np.float64)
+        normal = np.flatnonzero(~is_outlier)
+        if normal.size > max_points:
+            normal = rng.choice(normal, max_points, replace=False)
+        jitter = rng.uniform(-0.18, 0.18, size=x.size)
+        ax.scatter(x[normal], pos + jitter[normal], s=6, color="#333333", alpha=0.45, linewidths=0, zorder=3)
+        if is_outlier.any():
+            ax.scatter(x[is_outlier], pos + jitter[is_outlier], s=22, color=OUTLIER_COLOR, edgecolors="black",
+                       linewidths=0.5, zorder=4)
+    ax.set_yticks(positions, [name.replace("_", " ") for name in shown], fontsize=8)
+    ax.set_ylim(-0.7, len(shown) - 0.3)
+    if log_scale:
+        ax.set_xscale("log")
+    ax.set_xlabel(label)
+    ax.grid(axis="x", color="#dddddd", linewidth=0.6)
+    ax.set_axisbelow(True)
+    n_scans = data[["participant_id", "visit"]].drop_duplicates().shape[0]
+    ax.set_title(f"{label}: {n_scans} scans (red: outliers, |robust z| > threshold)", fontsize=10)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()

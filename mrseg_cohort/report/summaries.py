@@ -1,0 +1,196 @@
+"""Cohort summaries for the QC report: outliers, QC flag counts, vessel consistency, failures, metadata.
+
+Pure: pandas frames of the published tables in, frames and records out.
+
+Outliers use the modified z-score of Iglewicz and Hoaglin (1993), per structure and measure over
+the scans where the structure is present:
+
+    z = 0.6745 * (x - median) / MAD,   MAD = median(|x - median|),
+
+and a value is an outlier when ``|z| > 3.5``. The median and MAD are robust: a few failed
+segmentations do not hide themselves by inflating the spread, as they would with mean and standard
+deviation. When MAD is 0 (more than half the values equal) the mean absolute deviation is used,
+``z = (x - median) / (1.253314 * mean|x - median|)``; when that is 0 too, nothing is an outlier.
+Structures present in fewer than ``min_scans`` scans are not assessed.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from mrseg_cohort.labels import VESSEL_NAMES
+
+Z_THRESHOLD = 3.5
+OUTLIER_MEASURES = {"volume_ml": "volume (mL)", "ff_median_pct": "fat fraction, median (%)"}
+"""Measures assessed for outliers, with their display names."""
+
+KEYS = ["participant_id", "visit"]
+_SECRET_KEYS = re.compile(r"(^|_)(key|secret|password|passwd|token|credentials?)$|^aws_", re.IGNORECASE)
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
+REDACTED = "***"
+
+
+def select(structures: pd.DataFrame, scans: pd.DataFrame, model: str,
+           contrast: str | None) -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
+    """Rows of one model and one segmented contrast (default: the first contrast in sort order).
+
+    Returns:
+        (structures, scans, contrast used); scans are those with status ``ok``.
+    """
+    s = structures[structures["model"] == model]
+    c = scans[(scans["model"] == model) & (scans["status"] == "ok")]
+    if contrast is None:
+        found = sorted(set(c["contrast"].dropna()) | set(s["contrast"].dropna()))
+        contrast = found[0] if found else None
+    return (s[s["contrast"] == contrast].reset_index(drop=True), c[c["contrast"] == contrast].reset_index(drop=True),
+            contrast)
+
+
+def robust_z(values: np.ndarray) -> np.ndarray:
+    """Modified z-scores of ``values`` (1-D, finite); zeros when the spread is 0 (module docstring)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return values
+    deviation = values - np.median(values)
+    mad = np.median(np.abs(deviation))
+    if mad > 0:
+        return 0.6745 * deviation / mad
+    mean_ad = np.mean(np.abs(deviation))
+    if mean_ad > 0:
+        return deviation / (1.253314 * mean_ad)
+    return np.zeros_like(values)
+
+
+def find_outliers(structures: pd.DataFrame, threshold: float = Z_THRESHOLD, min_scans: int = 10,
+                  measures: Iterable[str] = tuple(OUTLIER_MEASURES)) -> pd.DataFrame:
+    """Values with ``|robust z| > threshold`` per structure and measure, largest |z| first.
+
+    Returns:
+        columns participant_id, visit, structure, measure, value, median, z.
+    """
+    present = structures[structures["n_voxels"].fillna(0) > 0]
+    found = []
+    for measure in measures:
+        values = present[KEYS + ["structure", measure]].dropna(subset=[measure])
+        values = values[np.isfinite(values[measure].astype(float))]
+        for structure, group in values.groupby("structure", sort=True):
+            if len(group) < min_scans:
+                continue
+            x = group[measure].to_numpy(dtype=np.float64)
+            z = robust_z(x)
+            hit = np.abs(z) > threshold
+            if hit.any():
+                rows = group[hit]
+                found.append(pd.DataFrame({"participant_id": rows["participant_id"].to_numpy(),
+                                           "visit": rows["visit"].to_numpy(), "structure": structure,
+                                           "measure": measure, "value": x[hit], "median": float(np.median(x)),
+                                           "z": z[hit]}))
+    columns = ["participant_id", "visit", "structure", "measure", "value", "median", "z"]
+    if not found:
+        return pd.DataFrame(columns=columns)
+    out = pd.concat(found, ignore_index=True)
+    return out.iloc[np.argsort(-np.abs(out["z"].to_numpy()), kind="stable")].reset_index(drop=True)[columns]
+
+
+SCAN_FLAGS = [
+    ("swap_suspected", "fat-water swap suspected", lambda s: s["swap_suspected"].fillna(False).astype(bool)),
+    ("lr_implausible", "a left/right pair implausible",
+     lambda s: s["n_lr_implausible"].fillna(0).astype(int) > 0),
+    ("touches_border", "a structure touches the field-of-view border (cut off?)",
+     lambda s: s["n_touching_border"].fillna(0).astype(int) > 0),
+    ("fragmented", "a structure fragmented", lambda s: s["n_fragmented"].fillna(0).astype(int) > 0),
+    ("vessel_fragmented", "a vessel in several pieces",
+     lambda s: s["n_vessels_single_component"].fillna(0).astype(int)
+     < s["n_vessels_present"].fillna(0).astype(int)),
+    ("missing", "an expected structure missing", lambda s: s["n_missing"].fillna(0).astype(int) > 0),
+    ("unknown_labels", "label values not in the label map",
+     lambda s: s["n_voxels_unknown_label"].fillna(0).astype(int) > 0),
+]
+"""Scan-level QC flags: (name, description, rule on the scans frame)."""
+
+
+def scan_flags(scans: pd.DataFrame) -> pd.DataFrame:
+    """One boolean column per :data:`SCAN_FLAGS` entry, plus the keys."""
+    out = scans[KEYS].copy()
+    for name, _, rule in SCAN_FLAGS:
+        out[name] = rule(scans).to_numpy(dtype=bool) if len(scans) else pd.Series(dtype=bool)
+    return out
+
+
+def scan_flag_counts(scans: pd.DataFrame) -> pd.DataFrame:
+    """Scans raising each flag: columns flag, description, scans, percent."""
+    flags = scan_flags(scans)
+    n = max(len(scans), 1)
+    return pd.DataFrame([{"flag": name, "description": text, "scans": int(flags[name].sum()),
+                          "percent": 100.0 * flags[name].sum() / n} for name, text, _ in SCAN_FLAGS])
+
+
+def structure_flag_counts(structures: pd.DataFrame) -> pd.DataFrame:
+    """Per structure (label order): scans assessed and present, and counts of touches_border,
+    fragmented, missing and lr_plausible == False."""
+    s = structures.assign(present=structures["n_voxels"].fillna(0) > 0,
+                          lr_implausible=structures["lr_plausible"].eq(False))  # null (unpaired) is not False
+    grouped = s.groupby(["structure_id", "structure"], sort=True)
+    out = grouped.agg(scans=("present", "size"), present=("present", "sum"),
+                      touches_border=("touches_border", lambda v: int(v.fillna(False).astype(bool).sum())),
+                      fragmented=("fragmented", lambda v: int(v.fillna(False).astype(bool).sum())),
+                      missing=("missing", lambda v: int(v.fillna(False).astype(bool).sum())),
+                      lr_implausible=("lr_implausible", "sum")).reset_index()
+    return out.astype({"present": int, "lr_implausible": int})
+
+
+def vessel_consistency(structures: pd.DataFrame, vessels: Iterable[str] = VESSEL_NAMES) -> pd.DataFrame:
+    """Per vessel: scans where present, of them in one piece, and VC = the mean of single_component
+    over the scans where the vessel is present (NaN when never present)."""
+    rows = []
+    for vessel in vessels:
+        v = structures[(structures["structure"] == vessel) & (structures["n_voxels"].fillna(0) > 0)]
+        single = v["single_component"].dropna().astype(bool)
+        rows.append({"vessel": vessel, "present": len(v), "single_component": int(single.sum()),
+                     "vc": float(single.mean()) if len(single) else float("nan")})
+    return pd.DataFrame(rows, columns=["vessel", "present", "single_component", "vc"])
+
+
+def failures_with_status(failures: pd.DataFrame, scans: pd.DataFrame) -> pd.DataFrame:
+    """Failure rows, newest first, with ``resolved`` = the scan has been committed since."""
+    done = set(zip(scans["participant_id"], scans["visit"]))
+    out = failures.copy()
+    out["resolved"] = [k in done for k in zip(out["participant_id"], out["visit"])]
+    if "time" in out and len(out):
+        out = out.sort_values("time", ascending=False, kind="stable")
+    return out.reset_index(drop=True)
+
+
+def model_versions(scans: pd.DataFrame) -> pd.DataFrame:
+    """Distinct model, weights checksum, software versions and device, with scan counts."""
+    columns = ["model", "weights_sha256", "folds", "software_version", "nnunetv2_version", "torch_version",
+               "device"]
+    if scans.empty:
+        return pd.DataFrame(columns=columns + ["scans"])
+    return (scans[columns].fillna("").groupby(columns, sort=True).size().rename("scans").reset_index())
+
+
+def sample_keys(keys: Iterable[tuple[str, str]], n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """``n`` scan keys drawn without replacement, reproducibly (same keys and seed, same draw)."""
+    unique = sorted(set(keys))
+    if n >= len(unique):
+        return unique
+    return sorted(random.Random(seed).sample(unique, n))
+
+
+def redact(value: Any) -> Any:
+    """A copy of ``value`` (JSON-like) with credentials replaced by ``***``: values of keys named like
+    key, secret, password, token or credentials, and user:password@ parts of URLs."""
+    if isinstance(value, dict):
+        return {k: REDACTED if _SECRET_KEYS.search(str(k)) and v not in (None, "") else redact(v)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact(v) for v in value]
+    if isinstance(value, str):
+        return _URL_USERINFO.sub(lambda m: m["scheme"] + REDACTED + "@", value)
+    return value
