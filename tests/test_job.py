@@ -124,3 +124,45 @@ def test_fake_cuda_on_a_cpu_machine_says_so_instead_of_hanging(tmp_path, phantom
                             model={"weights": str(demo_model), "device": "cuda"})
     result = CliRunner().invoke(app, ["run", str(config), "--no-progress"])
     assert result.exit_code == 2 and "no GPU is present" in result.output
+
+
+def test_tables_load_in_duckdb_and_polars_and_the_wide_view_joins_phenotypes(demo_run, tmp_path):
+    import duckdb
+    import polars as pl
+    from typer.testing import CliRunner
+
+    from mrseg_cohort.cli import app
+
+    job, _, out = demo_run
+    folder = out / "tables" / "structures"
+    n_duck = duckdb.sql(f"select count(*) from read_parquet('{folder}/*.parquet')").fetchone()[0]
+    n_polars = pl.read_parquet(f"{folder}/*.parquet").height
+    assert n_duck == n_polars == len(pd.read_parquet(folder)) == 4 * 40
+
+    result = CliRunner().invoke(app, ["tables", "wide", job.source, "--out", str(tmp_path / "wide.parquet")])
+    assert result.exit_code == 0, result.output
+    wide = pd.read_parquet(tmp_path / "wide.parquet")
+    assert len(wide) == 4 and "liver__volume_ml" in wide.columns and "left_kidney__ff_median_pct" in wide.columns
+    phenotypes = pd.DataFrame({"participant_id": wide["participant_id"].tolist() + ["9999999"],
+                               "egfr": [90.0, 75.0, 60.0, 101.0, 50.0]})
+    joined = duckdb.sql("select p.egfr, w.left_kidney__volume_ml from phenotypes p "
+                        "join wide w using (participant_id)").df()
+    assert len(joined) == 4 and joined["left_kidney__volume_ml"].gt(0).all()
+    structures = pd.read_parquet(folder)
+    liver = structures[structures.structure == "liver"].set_index("participant_id")["volume_ml"]
+    assert (wide.set_index("participant_id")["liver__volume_ml"] == liver).all()
+
+    summary = CliRunner().invoke(app, ["summary", job.source, "--out", str(tmp_path / "dist.csv")])
+    assert summary.exit_code == 0, summary.output
+    dist = pd.read_csv(tmp_path / "dist.csv")
+    vol = dist[(dist.structure == "liver") & (dist.measure == "volume_ml")].iloc[0]
+    assert vol["n"] == 4 and vol["median"] == pytest.approx(liver.median())
+
+
+def test_colour_tables_beside_the_labels(demo_run):
+    from mrseg_cohort.colortables import parse_slicer_ctbl
+
+    _, _, out = demo_run
+    entries = parse_slicer_ctbl((out / "labels" / "base.ctbl").read_text())
+    assert {e.value: e.name for e in entries if e.value} == MRSEG.names
+    assert (out / "labels" / "base.label_description.txt").exists()

@@ -25,7 +25,7 @@ def main(
 
 
 def _register() -> None:
-    from mrseg_cohort.cli import phantom, run, state  # noqa: F401  (each module adds its commands to `app`)
+    from mrseg_cohort.cli import phantom, run, state, tables  # noqa: F401  (each module adds its commands to `app`)
     from mrseg_cohort.cli import measure  # noqa: F401
     from mrseg_cohort.cli import evaluate  # noqa: F401
     from mrseg_cohort.cli import report  # noqa: F401

@@ -23,7 +23,8 @@ from typing import Callable
 
 from mrseg_cohort.config import JobConfig
 from mrseg_cohort.errors import ConfigError, ScanError
-from mrseg_cohort.io.storage import Store
+from mrseg_cohort.io.colortables import write_color_tables
+from mrseg_cohort.io.storage import Store, join_uri
 from mrseg_cohort.manifest import ScanSource, discover
 from mrseg_cohort.outputs import Outputs, ScanKey
 from mrseg_cohort.pipeline import stages
@@ -188,6 +189,8 @@ def _run_on_ray(job: JobConfig, models: list[ModelSpec], run_id: str, n_manifest
             "config": job.model_dump(mode="json", exclude=_SECRETS),
             "models": [{"name": m.name, "sha256": m.sha256, "folds": m.folds} for m in models],
             "manifest": n_manifest, "scheduled": len(todo)})
+        for spec in models:  # names and colours for 3D Slicer and ITK-SNAP, beside the labels
+            write_color_tables(outputs.store, join_uri(outputs.root, "labels"), spec.label_map, spec.name)
         log.info("segmenting on %s with %d actor(s); %d CPU worker(s)", device, n_actors, cpu_workers)
         ctx_ref = ray.put(ctx)
         tasks = _remote_functions(res.max_retries, _task_memory(res.memory_gb_per_scan, cluster))

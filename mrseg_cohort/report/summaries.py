@@ -194,3 +194,21 @@ def redact(value: Any) -> Any:
     if isinstance(value, str):
         return _URL_USERINFO.sub(lambda m: m["scheme"] + REDACTED + "@", value)
     return value
+
+
+def structure_distributions(structures: pd.DataFrame,
+                            measures: Iterable[str] = ("volume_ml", "ff_median_pct")) -> pd.DataFrame:
+    """Per structure (label order) and measure, over the scans where the structure is present:
+    n, mean, sd, p5, p25, median, p75, p95 (NaN values, e.g. fat fraction without Dixon images, left out)."""
+    present = structures[structures["n_voxels"].fillna(0) > 0]
+    rows = []
+    for (sid, name), group in present.groupby(["structure_id", "structure"], sort=True):
+        for measure in measures:
+            values = group[measure].dropna().to_numpy(dtype=float)
+            q = np.percentile(values, [5, 25, 50, 75, 95]) if values.size else [np.nan] * 5
+            rows.append({"structure_id": sid, "structure": name, "measure": measure, "n": int(values.size),
+                         "mean": float(values.mean()) if values.size else np.nan,
+                         "sd": float(values.std(ddof=1)) if values.size > 1 else np.nan,
+                         "p5": q[0], "p25": q[1], "median": q[2], "p75": q[3], "p95": q[4]})
+    return pd.DataFrame(rows, columns=["structure_id", "structure", "measure", "n", "mean", "sd", "p5", "p25",
+                                       "median", "p75", "p95"])
