@@ -193,6 +193,9 @@ class JobConfig(Strict):
     contrasts: ContrastsConfig = ContrastsConfig()
     stitching: StitchingConfig = StitchingConfig()
     model: ModelConfig
+    """The base model (the first of ``models``); give either ``model`` or ``models``."""
+    models: tuple[ModelConfig, ...] = ()
+    """Every model run in the same pass (each scan read, stitched and preprocessed once)."""
     output: OutputConfig
     resources: ResourcesConfig = ResourcesConfig()
     limits: LimitsConfig = LimitsConfig()
@@ -201,9 +204,28 @@ class JobConfig(Strict):
     source: str = ""
     """Path of the YAML file this came from (set by :func:`load_config`)."""
 
-    @property
-    def models(self) -> tuple[ModelConfig, ...]:
-        return (self.model,)
+    @model_validator(mode="before")
+    @classmethod
+    def _one_or_many_models(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        has_one, has_many = data.get("model") is not None, bool(data.get("models"))
+        if has_one and has_many:
+            raise ValueError("give either 'model' (one model) or 'models' (a list), not both")
+        if has_many:
+            if not isinstance(data["models"], (list, tuple)):
+                raise ValueError("'models' must be a list of model sections")
+            data = {**data, "model": data["models"][0]}
+        elif has_one:
+            data = {**data, "models": [data["model"]]}
+        return data
+
+    @model_validator(mode="after")
+    def _unique_model_names(self) -> "JobConfig":
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"models: names must be unique, not {names}")
+        return self
 
 
 def resolve_local(value: str, base: Path) -> str:

@@ -119,32 +119,36 @@ class Outputs:
         return {t: read_table_file(self.store, self.staged_uri(t, key)) for t in ROW_TABLES}
 
     def recover(self) -> RecoveryReport:
-        """Finish interrupted batches; return staged scans that no batch holds (see module doc)."""
+        """Finish interrupted batches; return staged scans that no batch holds (see module doc).
+
+        Batch manifests of finished batches are read only when staged files remain to be matched
+        against them (a cheap listing otherwise, also on object stores).
+        """
         batch_files = self.store.list_files(self._work("batches"), recursive=False)
         done = {u.rsplit("/", 1)[-1][:-5] for u in batch_files if u.endswith(".done")}
-        rolled, in_batches = [], set()
-        for uri in batch_files:
-            if not uri.endswith(".json"):
+        manifests = {u.rsplit("/", 1)[-1][:-5]: u for u in batch_files if u.endswith(".json")}
+        rolled = []
+        for batch_id, uri in sorted(manifests.items()):
+            if batch_id in done:
                 continue
-            batch_id = uri.rsplit("/", 1)[-1][:-5]
             manifest = json.loads(self.store.read_bytes(uri))
             keys = [tuple(k) for k in manifest["scans"]]
-            if batch_id in done:
-                in_batches.update(keys)
-                continue
             rows = {k: self.read_staged(k) for k in keys}  # type: ignore[misc]
             self._write_parts(batch_id, rows, manifest["failures"])
             self._finish(batch_id, keys)  # type: ignore[arg-type]
             rolled.append(batch_id)
             log.info("completed interrupted batch %s (%d scans)", batch_id, len(keys))
         staged = self.staged_keys()
+        in_batches: set[ScanKey] = set()
+        if staged:
+            for batch_id in sorted(done & set(manifests)):
+                in_batches.update(tuple(k) for k in json.loads(self.store.read_bytes(manifests[batch_id]))["scans"])
         cleaned = 0
         for key in staged & in_batches:
             for table in ROW_TABLES:
                 self.store.remove(self.staged_uri(table, key))
             cleaned += 1
-        unpublished = sorted(staged - in_batches)
-        return RecoveryReport(rolled, unpublished, cleaned)
+        return RecoveryReport(rolled, sorted(staged - in_batches), cleaned)
 
     def staged_keys(self) -> set[ScanKey]:
         """Scans whose ``scans`` row is staged (it is written last, so all their rows are)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pandas as pd
 import pyarrow as pa
 
+from mrseg_cohort.biomarkers.body_composition import BODY_COMPOSITION_COLUMNS
 from mrseg_cohort.biomarkers.scan import INTENSITY_COLUMNS, SCAN_COLUMNS, STRUCTURE_COLUMNS
 
 KEYS = [("participant_id", pa.string()), ("visit", pa.string()), ("contrast", pa.string()),
@@ -34,7 +35,7 @@ SCANS = pa.schema(KEYS + [
     ("spacing_z_mm", pa.float64()), ("spacing_y_mm", pa.float64()), ("spacing_x_mm", pa.float64()),
     ("origin_mm", pa.list_(pa.float64())), ("direction", pa.list_(pa.float64())), ("axis_codes", pa.string()),
     ("stitch_max_gap_mm", pa.float64()), ("stitch_max_fusion_cost", pa.float64()), ("seams_json", pa.string()),
-    *_fields(SCAN_COLUMNS),
+    *_fields(SCAN_COLUMNS), *_fields(BODY_COMPOSITION_COLUMNS),
     ("label_uri", pa.string()), ("model_skipped_reason", pa.string()),
     ("weights_sha256", pa.string()), ("folds", pa.string()),
     ("software_version", pa.string()), ("nnunetv2_version", pa.string()), ("torch_version", pa.string()),
@@ -75,7 +76,7 @@ def failures_table(rows: list[dict]) -> pa.Table:
 
 
 def wide_view(structures: pd.DataFrame, measures: tuple[str, ...] = WIDE_MEASURES,
-              contrast: str | None = None) -> pd.DataFrame:
+              contrast: str | None = None, scans: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per participant x visit; columns ``<structure>__<measure>`` (``<model>:`` prefixed
     names for models other than ``base``). Keys stay ``participant_id`` (string) and ``visit``.
 
@@ -83,17 +84,27 @@ def wide_view(structures: pd.DataFrame, measures: tuple[str, ...] = WIDE_MEASURE
         structures: the ``structures`` table (or a filtered part of it).
         measures: columns of ``structures`` to spread.
         contrast: label contrast to use when several were segmented (default: the first per scan).
+        scans: the ``scans`` table; when given, its body-composition columns (VAT, SAT, ratios) are
+            added as ``<model>:<column>``.
     """
-    df = structures
-    if contrast is not None:
-        df = df[df["contrast"] == contrast]
-    else:
-        first = df.groupby(["participant_id", "visit"])["contrast"].transform("min")
-        df = df[df["contrast"] == first]
+    df = _one_contrast(structures, contrast)
     df = df.assign(_name=df["structure"].where(df["model"] == "base", df["model"] + ":" + df["structure"]))
     frames = []
     for measure in measures:
         spread = df.pivot(index=["participant_id", "visit"], columns="_name", values=measure)
         spread.columns = [f"{name}__{measure}" for name in spread.columns]
         frames.append(spread)
-    return pd.concat(frames, axis=1).reset_index()
+    wide = pd.concat(frames, axis=1)
+    if scans is not None and len(scans) and "vat_ml" in scans.columns:
+        depots = _one_contrast(scans, contrast).dropna(subset=["vat_ml"])
+        for model, rows in depots.groupby("model"):
+            extra = rows.set_index(["participant_id", "visit"])[list(BODY_COMPOSITION_COLUMNS)]
+            wide = wide.join(extra.add_prefix(f"{model}:"), how="left")
+    return wide.reset_index()
+
+
+def _one_contrast(df: pd.DataFrame, contrast: str | None) -> pd.DataFrame:
+    if contrast is not None:
+        return df[df["contrast"] == contrast]
+    first = df.groupby(["participant_id", "visit"])["contrast"].transform("min")
+    return df[df["contrast"] == first]

@@ -48,7 +48,8 @@ def wide(
         unknown = [m for m in chosen if m not in structures.columns]
         if unknown:
             fail(f"--measures: unknown column(s) {unknown}; see docs/tables.md")
-        frame = wide_view(structures, chosen, contrast)
+        scans = read_table_folder(outputs.store, outputs.table_uri("scans"))
+        frame = wide_view(structures, chosen, contrast, scans.to_pandas() if scans is not None else None)
         data = frame.to_csv(index=False).encode() if out.endswith(".csv") else table_bytes(frame)
         outputs.store.write_bytes(out if "://" in out else str(Path(out).resolve()), data)
     typer.echo(f"wrote {len(frame)} rows x {frame.shape[1]} columns to {out}")

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow as pa
 
+from mrseg_cohort.biomarkers.body_composition import depot_summary, is_body_composition
 from mrseg_cohort.biomarkers.scan import measure_scan
 from mrseg_cohort.config import JobConfig
 from mrseg_cohort.geometry import Volume
@@ -98,9 +99,10 @@ def finish(ctx: RunContext, loaded: LoadedScan, segmentations: dict[str, Segment
             measures = measure_scan(volume, spec.label_map, loaded.images, _present(contrasts.fat, loaded),
                                     _present(contrasts.water, loaded), job.measures, segmented=contrast)
             t_measure = time.perf_counter() - t - t_write
+            depots = depot_summary(measures.structures) if is_body_composition(set(spec.label_names.values())) else {}
             structures += [{**keys, **r} for r in measures.structures]
             intensities += [{**keys, **r} for r in measures.intensities]
-            scans.append({**keys, **_scan_common(ctx, loaded, spec), **measures.scan, "status": "ok",
+            scans.append({**keys, **_scan_common(ctx, loaded, spec), **measures.scan, **depots, "status": "ok",
                           "label_uri": uri, **{f"seconds_{k}": v for k, v in seconds.items()},
                           **{f"seconds_{k}": v for k, v in seg.seconds.items()},
                           "seconds_write": seconds["write"] + t_write, "seconds_measure": t_measure})

@@ -174,22 +174,47 @@ class ModelRunner:
         return labels_by_boundary_band(logits, shape)
 
     # -- all together ------------------------------------------------------------------------------
-    def __call__(self, image: np.ndarray, spacing_zyx: tuple[float, float, float],
-                 times: StageTimes | None = None) -> np.ndarray:
-        """uint8 labels (z, y, x) for ``image`` ((z, y, x) float, scan grid, ``spacing_zyx`` mm)."""
+    @property
+    def preprocess_key(self) -> tuple:
+        """Models with equal keys preprocess an image identically (so they can share the result)."""
+        props = self.plans_manager.foreground_intensity_properties_per_channel.get("0", {})
+        scheme = self.configuration.normalization_schemes[0]
+        return (self.spacing, scheme, bool(self.configuration.use_mask_for_norm[0]), str(self.device),
+                tuple(sorted(props.items())) if scheme == "CTNormalization" else ())
+
+    def prepare(self, image: np.ndarray, spacing_zyx: tuple[float, float, float],
+                times: StageTimes | None = None) -> "Prepared":
+        """Crop to the non-zero box and preprocess (shareable between models, see preprocess_key)."""
         times = times or StageTimes()
         t = time.perf_counter()
         box = nonzero_box(image)
-        cropped = image[box]
-        x = self.preprocess(cropped, spacing_zyx)
-        t = times.add("preprocess", t)
-        logits = self.logits(x)
+        prepared = Prepared(box, tuple(image.shape), image[box].shape, self.preprocess(image[box], spacing_zyx))
+        times.add("preprocess", t)
+        return prepared
+
+    def __call__(self, image: np.ndarray, spacing_zyx: tuple[float, float, float],
+                 times: StageTimes | None = None, prepared: "Prepared | None" = None) -> np.ndarray:
+        """uint8 labels (z, y, x) for ``image`` ((z, y, x) float, scan grid, ``spacing_zyx`` mm)."""
+        times = times or StageTimes()
+        prepared = prepared or self.prepare(image, spacing_zyx, times)
+        t = time.perf_counter()
+        logits = self.logits(prepared.network_input)
         _sync(self.device)
         t = times.add("network", t)
-        labels = np.zeros(image.shape, dtype=np.uint8)
-        labels[box] = self.export(logits, cropped.shape)
+        labels = np.zeros(prepared.shape, dtype=np.uint8)
+        labels[prepared.box] = self.export(logits, prepared.cropped_shape)
         times.add("export", t)
         return labels
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A scan cropped and preprocessed for one preprocessing plan."""
+
+    box: tuple[slice, slice, slice]
+    shape: tuple[int, int, int]
+    cropped_shape: tuple[int, int, int]
+    network_input: torch.Tensor
 
 
 class _null_context:

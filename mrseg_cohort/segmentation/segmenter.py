@@ -91,8 +91,11 @@ class Segmenter:
         self.runners = {m.name: ModelRunner(m.folder(), device, m.tile_step_size, m.mirroring) for m in models}
 
     def __call__(self, image: Volume, modality: str, contrast: str) -> Segmentation:
+        """Labels of every applicable model for one image; models sharing a preprocessing plan share
+        the preprocessed volume (one pass)."""
         times = StageTimes()
         labels, skipped = {}, {}
+        prepared: dict[tuple, object] = {}
         for spec in self.models:
             if modality not in spec.modalities:
                 skipped[spec.name] = f"model {spec.name} is {'/'.join(spec.modalities)}-only; scan is {modality}"
@@ -100,8 +103,12 @@ class Segmenter:
             if spec.contrasts is not None and contrast not in spec.contrasts:
                 skipped[spec.name] = f"model {spec.name} runs on contrasts {list(spec.contrasts)}, not {contrast}"
                 continue
+            runner = self.runners[spec.name]
             try:
-                labels[spec.name] = self.runners[spec.name](image.array, image.grid.spacing_mm, times)
+                if runner.preprocess_key not in prepared:
+                    prepared[runner.preprocess_key] = runner.prepare(image.array, image.grid.spacing_mm, times)
+                labels[spec.name] = runner(image.array, image.grid.spacing_mm, times,
+                                           prepared[runner.preprocess_key])
             except MemoryError as err:
                 raise SegmentationError(f"out of memory segmenting with {spec.name}: {err}", stage="segment") from err
             except RuntimeError as err:
