@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,26 +15,11 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, write_job_yaml
+from procs import kill_matching
 from mrseg_cohort.io.nifti import read_labels
 from mrseg_cohort.io.storage import Store
 
 N_SCANS = 3
-
-
-def _kill_ray_processes(tmpdir: str) -> None:
-    """SIGKILL whatever a killed driver's local Ray left behind (found by its temp dir)."""
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if tmpdir in cmdline and int(pid) != os.getpid():
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def _run(args: list[str], tmpdir: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -42,7 +28,7 @@ def _run(args: list[str], tmpdir: str, timeout: int = 600) -> subprocess.Complet
         return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
                               timeout=timeout)
     finally:
-        _kill_ray_processes(tmpdir)
+        kill_matching(tmpdir)
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +66,11 @@ def test_kill_driver_then_rerun_gives_each_row_once(point, cohort, demo_model, t
     tmpdir = f"/tmp/rt{uuid.uuid4().hex[:6]}"
     crashed = _run(["tests/crash_driver.py", point, str(config)], tmpdir)
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    if point == "mid-run":  # partly finished: status counts what is staged but not yet published
+        status = _run(["-m", "mrseg_cohort.cli", "status", str(config)], tmpdir)
+        counts = re.search(r"(\d+) done, (\d+) finished \(publishing\), (\d+) failed, (\d+) pending", status.stdout)
+        done, staged, failed, pending = map(int, counts.groups())
+        assert done == 0 and failed == 0 and staged >= 1 and staged + pending == N_SCANS, status.stdout
     if point in ("table-write", "before-cleanup"):
         assert list((out / "_work" / "batches").glob("*.json")), "the kill happened while publishing"
     rerun = _run(["-m", "mrseg_cohort.cli", "run", str(config), "--no-progress"], tmpdir)
