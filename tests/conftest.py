@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from s3_server import s3, s3_root, s3_server  # noqa: F401  (fixtures: the local S3 server)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "totalsegmentator-examples"
 DEMO_MODEL = REPO / "mrseg_cohort" / "models" / "demo"

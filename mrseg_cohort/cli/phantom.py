@@ -19,6 +19,9 @@ def phantom(
     scale: float = typer.Option(2.0, help="Coarsening factor: 2 = half the real matrix (fast), 1 = full size."),
     visit: str = typer.Option("0", help="Visit (instance) folder name."),
     wholebody: bool = typer.Option(False, help="Also write the unsplit whole-body images under truth/."),
+    fmt: str = typer.Option("nifti", "--format",
+                            help="nifti: station NIfTI files (layouts phantom/nako-nifti); dicom-zip: UK "
+                                 "Biobank field-20201 zips <eid>_20201_<visit>_0.zip (layout ukbb-dicom-zip)."),
 ) -> None:
     """Generate phantom participants (stations per Dixon contrast, truth labels and fat fractions)."""
     from mrseg_cohort.io.storage import Store
@@ -27,6 +30,10 @@ def phantom(
 
     if participants < 1:
         fail(f"--participants must be at least 1, not {participants}")
+    if fmt not in ("nifti", "dicom-zip"):
+        fail(f"--format must be nifti or dicom-zip, not {fmt!r}")
+    if fmt == "dicom-zip" and layout != "ukbb":
+        fail(f"--format dicom-zip writes UK Biobank zips and needs --layout ukbb, not {layout!r}")
     with one_line_errors():
         station_layout(layout, scale)  # validates layout and scale before any writing
         store = Store()
@@ -34,7 +41,7 @@ def phantom(
             out = str(Path(out).resolve())
         store.check_writable(out)
         spec = PhantomSpec(participants=participants, layout=layout, seed=seed, scale=scale, visit=visit,
-                           wholebody=wholebody)
+                           wholebody=wholebody, format=fmt)
         truth = write_phantom_cohort(store, out, spec)
-    typer.echo(f"wrote {participants} {layout} phantom participant(s) to {out} "
+    typer.echo(f"wrote {participants} {layout} phantom participant(s) as {fmt} to {out} "
                f"({truth['participant_id'].nunique()} ids; truth in {out}/truth/)")

@@ -13,6 +13,8 @@ This module is the only place that knows fsspec. Rules it keeps:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import random
@@ -93,18 +95,34 @@ class Store:
             try:
                 return fn()
             except _PERMANENT as err:
-                raise type(err)(f"{what} failed: {_reason(err)}: {uri}") from err
+                raise type(err)(f"{what} failed: {self._reason(err)}: {uri}") from err
             except Exception as err:  # noqa: BLE001 - classified right below
                 if not is_transient(err) or attempt == self.retries:
                     if is_transient(err):
-                        raise StorageError(f"{what} failed after {attempt} attempts: {_reason(err)}",
+                        raise StorageError(f"{what} failed after {attempt} attempts: {self._reason(err)}",
                                            uri) from err
                     raise
-                log.warning("%s of %s failed (%s); retry %d/%d in %.1f s", what, uri, _reason(err),
+                log.warning("%s of %s failed (%s); retry %d/%d in %.1f s", what, uri, self._reason(err),
                             attempt, self.retries - 1, delay)
                 time.sleep(delay * (1 + 0.25 * random.random()))
                 delay *= 2
         raise AssertionError("unreachable")
+
+    def _denied(self, err: BaseException) -> str:
+        """One line on a refused request, with what to check (no credentials)."""
+        cause = err.__cause__ or err
+        detail = self._reason(cause).split(": ", 1)[-1]
+        return (f"access denied ({detail}); check the storage credentials (key/secret/profile) and the "
+                "bucket policy")
+
+    def _reason(self, err: BaseException) -> str:
+        """:func:`_reason` with any credential of this store's options masked."""
+        text = _reason(err)
+        for name in ("key", "secret", "token"):
+            value = self.options.get(name)
+            if isinstance(value, str) and len(value) >= 4:
+                text = text.replace(value, "***")
+        return text
 
     # -- reading ----------------------------------------------------------------------------------
     def read_bytes(self, uri: str) -> bytes:
@@ -124,10 +142,14 @@ class Store:
         fs, path = self.fs_and_path(uri)
         return bool(self.retry("isdir", uri, lambda: fs.isdir(path)))
 
-    def open_read(self, uri: str):
-        """A seekable binary file object (for zip members and ranged reads); close it after use."""
+    def open_read(self, uri: str) -> RetryingReader:
+        """A seekable binary file object (for zip members and ranged reads); close it after use.
+
+        Reads are retried like every other call: after a transient error the file is reopened and
+        read on from the same offset, so a dropped connection costs one range, not the whole file.
+        """
         fs, path = self.fs_and_path(uri)
-        return self.retry("open", uri, lambda: fs.open(path, "rb"))
+        return RetryingReader(self, uri, lambda: fs.open(path, "rb"))
 
     def list_files(self, uri: str, suffix: str = "", recursive: bool = True) -> list[str]:
         """Full URIs of files under folder ``uri`` ending in ``suffix``, sorted; [] if none/missing.
@@ -189,15 +211,135 @@ class Store:
         if isinstance(fs, LocalFileSystem):
             self.retry("mkdir", uri, lambda: fs.makedirs(path, exist_ok=True))
 
+    def check_readable(self, uri: str) -> None:
+        """Preflight for an input location: one listing of ``uri`` (a folder or prefix).
+
+        Raises:
+            FileNotFoundError: the bucket or folder does not exist (or holds nothing).
+            PermissionError: the credentials are refused or may not list ``uri``.
+            StorageError: the store did not answer (after retries).
+        """
+        fs, path = self.fs_and_path(uri)
+
+        def _probe() -> bool:
+            if fs.isfile(path):
+                return True  # some stores (SeaweedFS) list an emptied prefix as its own marker:
+            return any(p.rstrip("/") != path.rstrip("/") for p in fs.ls(path, detail=False))
+
+        try:
+            found = self.retry("list", uri, _probe)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"cannot read {uri}: {_missing(uri, err)}") from err
+        except PermissionError as err:
+            raise PermissionError(f"cannot read {uri}: {self._denied(err)}") from err
+        if not found:
+            raise FileNotFoundError(f"cannot read {uri}: it does not exist or is empty")
+
     def check_writable(self, uri: str) -> None:
-        """Write and delete a probe object under ``uri``; raises a builtin naming ``uri``."""
+        """Write and delete a probe object under ``uri``; raises a builtin naming ``uri``.
+
+        Raises:
+            FileNotFoundError: the bucket does not exist.
+            PermissionError: writing is refused (credentials, policy, read-only folder).
+            StorageError: the store did not answer (after retries).
+        """
         probe = join_uri(uri, f".write-probe-{uuid.uuid4().hex}")
         try:
             self.make_dirs(uri)
             self.write_bytes(probe, b"")
             self.remove(probe)
-        except (OSError, StorageError) as err:
-            raise PermissionError(f"cannot write to {uri}: {_reason(err.__cause__ or err)}") from err
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"cannot write to {uri}: {_missing(uri, err)}") from err
+        except PermissionError as err:
+            raise PermissionError(f"cannot write to {uri}: {self._denied(err)}") from err
+        except StorageError:
+            raise
+        except OSError as err:
+            raise PermissionError(f"cannot write to {uri}: {self._reason(err.__cause__ or err)}") from err
+
+
+class RetryingReader(io.RawIOBase):
+    """A read-only, seekable file over a :class:`Store` object whose reads survive transient errors.
+
+    It keeps its own offset; when a read fails transiently, the underlying file is closed, reopened
+    (retried with the store's backoff) and read on from that offset. Permanent errors are raised as
+    :meth:`Store.retry` raises them, naming the URI.
+    """
+
+    def __init__(self, store: Store, uri: str, opener: Callable[[], Any]):
+        super().__init__()
+        self._store, self._uri, self._opener = store, uri, opener
+        self._file = store.retry("open", uri, opener)
+        self._pos = 0
+        self._size: int | None = getattr(self._file, "size", None)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self._length() + offset
+        else:
+            raise ValueError(f"whence must be 0, 1 or 2, not {whence}")
+        if pos < 0:
+            raise ValueError(f"negative seek position {pos}")
+        self._pos = pos
+        return pos
+
+    def read(self, size: int = -1) -> bytes:
+        if self.closed:
+            raise ValueError("read of a closed file")
+        failed = False
+
+        def _read() -> bytes:
+            nonlocal failed
+            if failed:  # the last attempt broke the connection: start a fresh one
+                self._reopen()
+            try:
+                self._file.seek(self._pos)
+                return self._file.read(size)
+            except Exception:
+                failed = True
+                raise
+
+        data = self._store.retry("read", self._uri, _read)
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._file.close()
+            finally:
+                super().close()
+
+    def _length(self) -> int:
+        if self._size is None:
+            self._size = self._store.size(self._uri)
+        return self._size
+
+    def _reopen(self) -> None:
+        with contextlib.suppress(Exception):  # the old handle is broken anyway
+            self._file.close()
+        self._file = self._opener()
 
 
 def _replace_local(path: str, data: bytes) -> None:
@@ -213,6 +355,14 @@ def _replace_local(path: str, data: bytes) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _missing(uri: str, err: BaseException) -> str:
+    """"bucket 'x' does not exist" where the store says so, else "it does not exist"."""
+    text = str(err.__cause__ or err).lower()
+    if "://" in uri and not uri.startswith("file://") and "bucket" in text:
+        return f"bucket {uri.split('://', 1)[1].split('/', 1)[0]!r} does not exist"
+    return "it does not exist"
 
 
 def _reason(err: BaseException) -> str:

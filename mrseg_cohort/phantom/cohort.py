@@ -4,6 +4,8 @@ Folder layout under the output URI (documented in docs/phantoms.md)::
 
     phantom.json                                   settings used (layout, seed, scale, version)
     <participant_id>/<visit>/<contrast>_station<k>.nii.gz   k = 1 (most superior) .. 6 (ukbb) or 4 (nako)
+    <participant_id>_20201_<visit>_0.zip            instead, with format "dicom-zip" (ukbb layout only;
+                                                    see mrseg_cohort.phantom.dicom)
     truth/<participant_id>/<visit>/labels.nii.gz    MRSegmentator truth on the stitched grid (uint8)
     truth/<participant_id>/<visit>/body_comp.nii.gz body-composition truth (uint8)
     truth/<participant_id>/<visit>/<contrast>.nii.gz  the unsplit images (only with ``wholebody``)
@@ -30,6 +32,7 @@ from mrseg_cohort.phantom.render import RenderedParticipant, render_participant
 from mrseg_cohort.phantom.stations import station_layout, station_slices, whole_body_grid
 
 CONTRASTS = ("in", "opp", "water", "fat")
+FORMATS = ("nifti", "dicom-zip")
 GENERATOR_VERSION = 1
 
 
@@ -47,6 +50,12 @@ class PhantomSpec:
     broken_vessel: str | None = None
     swap_fat_water: tuple[int, ...] = ()
     wholebody: bool = False
+    format: str = "nifti"
+    """``nifti`` (station files) or ``dicom-zip`` (UK Biobank field-20201 zips, ukbb layout)."""
+    drop_series: tuple[tuple[str, int], ...] = ()
+    """dicom-zip: (contrast, station) series left out of every zip (a broken participant)."""
+    repeat_stations: tuple[int, ...] = ()
+    """dicom-zip: stations acquired twice, the later acquisition being the right one."""
 
 
 def participant_id(seed: int, index: int) -> str:
@@ -65,10 +74,39 @@ def render_spec_participant(spec: PhantomSpec, index: int) -> RenderedParticipan
     return render_participant(draw_participant(spec.seed, index), grid, spec.broken_vessel)
 
 
+def station_volumes(spec: PhantomSpec, rendered: RenderedParticipant,
+                    slices: list[slice]) -> dict[str, list[Volume]]:
+    """Contrast -> int16 station volumes (station 1 most superior), fat/water swapped as ``spec`` says."""
+    images = contrast_images(rendered)
+    grid = rendered.grid
+    out: dict[str, list[Volume]] = {c: [] for c in CONTRASTS}
+    for k, zslice in enumerate(slices, start=1):
+        station_grid = grid.crop((zslice.start, 0, 0), (zslice.stop, *grid.shape[1:]))
+        for contrast in CONTRASTS:
+            source = contrast
+            if k in spec.swap_fat_water and contrast in ("water", "fat"):
+                source = "fat" if contrast == "water" else "water"
+            out[contrast].append(Volume(np.rint(images[source][zslice]).astype(np.int16), station_grid))
+    return out
+
+
+def write_nifti_stations(store: Store, out_uri: str, pid: str, visit: str,
+                         stations: dict[str, list[Volume]]) -> None:
+    """``<pid>/<visit>/<contrast>_station<k>.nii.gz`` under ``out_uri``."""
+    folder = join_uri(out_uri, pid, visit)
+    for contrast, volumes in stations.items():
+        for k, volume in enumerate(volumes, start=1):
+            write_volume(store, join_uri(folder, f"{contrast}_station{k}.nii.gz"), volume, np.int16)
+
+
 def write_phantom_cohort(store: Store, out_uri: str, spec: PhantomSpec) -> pd.DataFrame:
     """Generate ``spec.participants`` participants under ``out_uri``; returns the truth table."""
     if spec.participants < 1:
         raise ValueError(f"participants must be at least 1, not {spec.participants}")
+    if spec.format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, not {spec.format!r}")
+    if spec.format == "dicom-zip" and spec.layout != "ukbb":
+        raise ValueError(f"format dicom-zip writes UK Biobank zips: it needs layout ukbb, not {spec.layout!r}")
     layout = station_layout(spec.layout, spec.scale)
     grid = whole_body_grid(layout)
     slices = station_slices(layout)
@@ -78,16 +116,15 @@ def write_phantom_cohort(store: Store, out_uri: str, spec: PhantomSpec) -> pd.Da
         pid = participant_id(spec.seed, index)
         rendered = render_participant(draw_participant(spec.seed, index), grid, spec.broken_vessel)
         images = contrast_images(rendered)
-        folder = join_uri(out_uri, pid, spec.visit)
-        for k, zslice in enumerate(slices, start=1):
-            station_grid = grid.crop((zslice.start, 0, 0), (zslice.stop, *grid.shape[1:]))
-            for contrast in CONTRASTS:
-                source = contrast
-                if k in spec.swap_fat_water and contrast in ("water", "fat"):
-                    source = "fat" if contrast == "water" else "water"
-                data = np.rint(images[source][zslice]).astype(np.int16)
-                write_volume(store, join_uri(folder, f"{contrast}_station{k}.nii.gz"),
-                             Volume(data, station_grid), np.int16)
+        stations = station_volumes(spec, rendered, slices)
+        if spec.format == "dicom-zip":
+            from mrseg_cohort.phantom.dicom import write_ukbb_zip
+
+            write_ukbb_zip(store, out_uri, pid, spec.visit, stations, spec.seed, spec.drop_series,
+                           spec.repeat_stations)
+        else:
+            write_nifti_stations(store, out_uri, pid, spec.visit, stations)
+        del stations
         truth = join_uri(out_uri, "truth", pid, spec.visit)
         write_volume(store, join_uri(truth, "labels.nii.gz"), Volume(rendered.labels, grid), np.uint8)
         write_volume(store, join_uri(truth, "body_comp.nii.gz"), Volume(rendered.body_comp, grid), np.uint8)
@@ -100,7 +137,8 @@ def write_phantom_cohort(store: Store, out_uri: str, spec: PhantomSpec) -> pd.Da
     write_table(store, join_uri(out_uri, "truth", "structures.parquet"), table)
     meta = {"generator_version": GENERATOR_VERSION, "layout": spec.layout, "seed": spec.seed,
             "scale": spec.scale, "participants": spec.participants, "first_index": spec.first_index,
-            "visit": spec.visit, "broken_vessel": spec.broken_vessel,
+            "visit": spec.visit, "broken_vessel": spec.broken_vessel, "format": spec.format,
+            "drop_series": [list(d) for d in spec.drop_series], "repeat_stations": list(spec.repeat_stations),
             "swap_fat_water": list(spec.swap_fat_water), "grid": grid.to_dict(),
             "stations": [[s.start, s.stop] for s in slices], "contrasts": list(CONTRASTS)}
     store.write_bytes(join_uri(out_uri, "phantom.json"), json.dumps(meta, indent=1).encode())

@@ -1,0 +1,348 @@
+"""DICOM series out of zip files, as :class:`~mrseg_cohort.geometry.Volume` (UK Biobank field 20201).
+
+A UK Biobank whole-body Dixon zip (``<eid>_20201_<instance>_0.zip``) holds the ``.dcm`` slices of
+24 series: 6 stations x 4 contrasts, described ``Dixon_noBH_<c>`` or ``Dixon_BH_17s_<c>`` with
+``<c>`` one of ``in``, ``opp``, ``F`` (fat), ``W`` (water).
+
+Geometry: DICOM patient coordinates are LPS, as our :class:`~mrseg_cohort.geometry.Grid`. Per series,
+index axis x runs along the rows (first three ImageOrientationPatient values), y along the columns
+(last three), z along their cross product (the slice normal); slices are sorted by their position
+along that normal, so the array is (z, y, x) = (slice, row, column) with
+``spacing_mm = (slice spacing, PixelSpacing[0], PixelSpacing[1])`` and the first slice's
+ImagePositionPatient as origin. Voxel values are the modality values (RescaleSlope/Intercept applied),
+as float32.
+
+The zip is read once, as a stream through :meth:`Store.open_read` (members in file order); sizes
+and dimensions are checked against :class:`ReadLimits` before anything is decompressed or allocated.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import zipfile
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import pydicom
+from pydicom.pixels import apply_modality_lut
+
+from mrseg_cohort.errors import BadScanError, ScanTooLargeError
+from mrseg_cohort.geometry import Grid, Volume
+from mrseg_cohort.io.nifti import ReadLimits
+from mrseg_cohort.io.storage import Store
+
+log = logging.getLogger(__name__)
+
+UKBB_CONTRASTS: dict[str, str] = {"in": "in", "opp": "opp", "F": "fat", "W": "water"}
+"""SeriesDescription suffix (after the last ``_``) -> our contrast name."""
+UKBB_STATIONS = 6
+POSITION_TOLERANCE_MM = 0.01
+"""Absolute tolerance of slice positions (DICOM decimal strings carry about 16 digits)."""
+_REQUIRED = ("SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
+             "Rows", "Columns")
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """One series of a zip, assembled into a volume.
+
+    Attributes:
+        uid: SeriesInstanceUID.
+        description: SeriesDescription ("" when absent).
+        acquired: (date, seconds since midnight) of the earliest AcquisitionTime (else SeriesTime)
+            of its slices; ("", nan) when neither is present. Later acquisitions compare greater.
+        members: zip member names of its slices, in slice order.
+        volume: the slices as a (z, y, x) float32 volume on an LPS grid.
+    """
+
+    uid: str
+    description: str
+    acquired: tuple[str, float]
+    members: tuple[str, ...]
+    volume: Volume
+
+    @property
+    def z_center_mm(self) -> float:
+        """World S coordinate (LPS z, mm) of the volume's centre."""
+        return float(self.volume.grid.corners_world()[:, 2].mean())
+
+    @property
+    def z_extent_mm(self) -> tuple[float, float]:
+        z = self.volume.grid.corners_world()[:, 2]
+        return float(z.min()), float(z.max())
+
+
+@dataclass
+class _Slice:
+    member: str
+    position: np.ndarray      # ImagePositionPatient, LPS mm
+    orientation: np.ndarray   # ImageOrientationPatient, 6 direction cosines
+    spacing: tuple[float, float]  # PixelSpacing: between rows, between columns (mm)
+    pixels: np.ndarray        # (rows, columns) float32 modality values
+    acquired: tuple[str, float]
+    description: str
+
+
+def read_zip_series(store: Store, uri: str, limits: ReadLimits = ReadLimits()) -> list[DicomSeries]:
+    """Every DICOM series in the zip at ``uri``, members read once in file order.
+
+    Members not ending in ``.dcm`` (folders, UK Biobank's ``manifest.cvs``) are skipped.
+
+    Raises:
+        BadScanError: not a zip, a corrupt or truncated member, a ``.dcm`` member that is not DICOM or
+            lacks geometry, a series whose slices disagree (size, orientation) or are unevenly spaced;
+            the message names the member or series.
+        ScanTooLargeError: file size, decompressed size or dimensions beyond ``limits``.
+        FileNotFoundError / PermissionError / StorageError: from storage, naming ``uri``.
+    """
+    size = store.size(uri)
+    if size > limits.max_file_mb * 1e6:
+        raise ScanTooLargeError(f"zip is {size / 1e6:.0f} MB, above the limit of {limits.max_file_mb:.0f} MB "
+                                "(limits.max_file_mb)", stage="read", uri=uri)
+    by_series: dict[str, list[_Slice]] = {}
+    with store.open_read(uri) as raw:
+        try:
+            archive = zipfile.ZipFile(raw)
+        except (zipfile.BadZipFile, EOFError, ValueError) as err:
+            raise BadScanError(f"not a readable zip file ({err}); the file may be truncated: re-download it",
+                               stage="read", uri=uri) from err
+        with archive:
+            members = sorted((i for i in archive.infolist() if not i.is_dir()), key=lambda i: i.header_offset)
+            dicoms = []
+            for info in members:
+                if info.filename.lower().endswith(".dcm"):
+                    dicoms.append(info)
+                else:
+                    log.debug("skipping zip member %s of %s (not .dcm)", info.filename, uri)
+            total = sum(i.file_size for i in dicoms)
+            if total > limits.max_decompressed_mb * 1e6:
+                raise ScanTooLargeError(f"zip members hold {total / 1e6:.0f} MB uncompressed, above the limit of "
+                                        f"{limits.max_decompressed_mb:.0f} MB (limits.max_decompressed_mb)",
+                                        stage="read", uri=uri)
+            for info in dicoms:
+                uid, one = _read_slice(archive, info, uri, limits)
+                by_series.setdefault(uid, []).append(one)
+    if not by_series:
+        raise BadScanError("zip holds no .dcm files", stage="read", uri=uri)
+    out = []
+    for uid in list(by_series):  # pop as we go: slices and stacked volume are not all held twice
+        out.append(_assemble(uid, by_series.pop(uid), uri, limits))
+    return out
+
+
+def read_ukbb_zip(store: Store, uri: str, limits: ReadLimits = ReadLimits(),
+                  n_stations: int = UKBB_STATIONS) -> dict[str, list[Volume]]:
+    """The Dixon stations of a UK Biobank field-20201 zip: contrast -> station volumes.
+
+    Contrasts are ``in``, ``opp``, ``fat``, ``water``; stations are ordered by position, most superior
+    first. Two series of one contrast at the same position (a repeated station): the later
+    acquisition is kept and the other logged. Series of other descriptions are ignored (logged).
+
+    Raises:
+        BadScanError: fewer or more than ``n_stations`` stations in some contrast (the message names
+            the contrast and the position of the missing station), or anything :func:`read_zip_series`
+            raises.
+    """
+    series = read_zip_series(store, uri, limits)
+    by_contrast: dict[str, list[DicomSeries]] = {c: [] for c in UKBB_CONTRASTS.values()}
+    for s in series:
+        contrast = ukbb_contrast(s.description)
+        if contrast is None:
+            log.info("%s: ignoring series %r (%s): not a Dixon in/opp/F/W series", uri, s.description, s.uid)
+            continue
+        by_contrast[contrast].append(s)
+    stations = {c: _drop_repeats(c, found, uri) for c, found in by_contrast.items()}
+    _check_complete(stations, n_stations, uri)
+    return {c: [s.volume for s in found] for c, found in stations.items()}
+
+
+def ukbb_contrast(description: str) -> str | None:
+    """Our contrast name for a UK Biobank SeriesDescription (``Dixon_BH_17s_W`` -> ``water``), or None."""
+    suffix = description.strip().rsplit("_", 1)[-1] if "_" in description else ""
+    return UKBB_CONTRASTS.get(suffix)
+
+
+# -- one member -------------------------------------------------------------------------------------
+def _read_slice(archive: zipfile.ZipFile, info: zipfile.ZipInfo, uri: str,
+                limits: ReadLimits) -> tuple[str, _Slice]:
+    """(SeriesInstanceUID, slice) of one member."""
+    name = info.filename
+    try:
+        data = archive.read(info)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as err:
+        raise BadScanError(f"zip member {name} is corrupt or truncated ({err}); re-download the zip",
+                           stage="read", uri=uri) from err
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data))
+    except Exception as err:  # pydicom raises many types for files that are not DICOM
+        raise BadScanError(f"zip member {name} is not a DICOM file ({type(err).__name__}: {err})",
+                           stage="read", uri=uri) from err
+    missing = [k for k in _REQUIRED if k not in ds]
+    if missing or "PixelData" not in ds:
+        raise BadScanError(f"zip member {name} lacks {missing or ['PixelData']}; a station slice needs "
+                           "position, orientation, spacing and pixels", stage="read", uri=uri)
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    if max(rows, cols) > limits.max_dim:
+        raise ScanTooLargeError(f"zip member {name} is {rows} x {cols} pixels, above the limit of "
+                                f"{limits.max_dim} (limits.max_dim)", stage="read", uri=uri)
+    try:
+        pixels = ds.pixel_array
+        if pixels.shape != (rows, cols):
+            raise ValueError(f"pixel array of shape {pixels.shape}, expected ({rows}, {cols}) (one frame)")
+        values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
+        position = np.array([float(v) for v in ds.ImagePositionPatient], dtype=np.float64)
+        orientation = np.array([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64)
+        spacing = tuple(float(v) for v in ds.PixelSpacing)
+        if position.shape != (3,) or orientation.shape != (6,) or len(spacing) != 2:
+            raise ValueError("ImagePositionPatient needs 3 values, ImageOrientationPatient 6, PixelSpacing 2")
+    except Exception as err:  # pydicom/numpy raise many types for malformed pixel data or geometry
+        raise BadScanError(f"zip member {name}: unreadable pixels or geometry ({type(err).__name__}: {err})",
+                           stage="read", uri=uri) from err
+    if not np.all(np.isfinite(values)):
+        raise BadScanError(f"zip member {name} has NaN or infinite voxels", stage="read", uri=uri)
+    return str(ds.SeriesInstanceUID), _Slice(name, position, orientation, spacing, values, _acquired(ds),
+                                             str(ds.get("SeriesDescription", "")))
+
+
+def _acquired(ds: pydicom.Dataset) -> tuple[str, float]:
+    for date_key, time_key in (("AcquisitionDate", "AcquisitionTime"), ("SeriesDate", "SeriesTime"),
+                               ("ContentDate", "ContentTime")):
+        value = str(ds.get(time_key, "") or "").strip()
+        if value:
+            return str(ds.get(date_key, "") or ""), _seconds(value)
+    return "", float("nan")
+
+
+def _seconds(tm: str) -> float:
+    """DICOM TM ``HHMMSS.ffffff`` (or ``HH:MM:SS``) -> seconds since midnight; NaN when unparsable."""
+    tm = tm.replace(":", "")
+    try:
+        whole, _, frac = tm.partition(".")
+        h, m, s = int(whole[0:2]), int(whole[2:4] or 0), int(whole[4:6] or 0)
+        return h * 3600 + m * 60 + s + (float("0." + frac) if frac else 0.0)
+    except ValueError:
+        return float("nan")
+
+
+# -- one series -------------------------------------------------------------------------------------
+def _assemble(uid: str, slices: list[_Slice], uri: str, limits: ReadLimits) -> DicomSeries:
+    """Sort the slices of one series along their normal and stack them on one grid."""
+    first = slices[0]
+    what = f"series {first.description or uid!r}"
+    for s in slices[1:]:
+        if s.pixels.shape != first.pixels.shape:
+            raise BadScanError(f"{what}: member {s.member} is {s.pixels.shape} pixels, {first.member} is "
+                               f"{first.pixels.shape}; one series needs one slice size", stage="read", uri=uri)
+        if not np.allclose(s.orientation, first.orientation, atol=1e-4):
+            raise BadScanError(f"{what}: member {s.member} has another ImageOrientationPatient than "
+                               f"{first.member}", stage="read", uri=uri)
+        if not np.allclose(s.spacing, first.spacing, atol=1e-4):
+            raise BadScanError(f"{what}: member {s.member} has PixelSpacing {s.spacing}, {first.member} "
+                               f"{first.spacing}", stage="read", uri=uri)
+    if len(slices) < limits.min_dim or len(slices) > limits.max_dim:
+        raise (BadScanError if len(slices) < limits.min_dim else ScanTooLargeError)(
+            f"{what} has {len(slices)} slices; a station needs {limits.min_dim} to {limits.max_dim} "
+            "(limits.min_dim, limits.max_dim)", stage="read", uri=uri)
+    row, col = first.orientation[:3], first.orientation[3:]
+    if abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(col) - 1) > 1e-3 or abs(row @ col) > 1e-3:
+        raise BadScanError(f"{what}: ImageOrientationPatient {tuple(first.orientation)} is not two orthogonal "
+                           "unit vectors", stage="read", uri=uri)
+    normal = np.cross(row, col)
+    normal /= np.linalg.norm(normal)
+    slices = sorted(slices, key=lambda s: float(s.position @ normal))
+    along = np.array([s.position @ normal for s in slices])
+    steps = np.diff(along)
+    dz = float(np.median(steps))
+    tolerance = POSITION_TOLERANCE_MM + 1e-3 * abs(dz)
+    if dz <= tolerance:
+        k = int(np.argmin(steps))
+        raise BadScanError(f"{what}: members {slices[k].member} and {slices[k + 1].member} lie at the same "
+                           "position; one series must hold one volume", stage="read", uri=uri)
+    bad = np.flatnonzero(np.abs(steps - dz) > tolerance)
+    if bad.size:
+        k = int(bad[0])
+        raise BadScanError(f"{what}: slice spacing varies ({steps.min():.3f} to {steps.max():.3f} mm, median "
+                           f"{dz:.3f} mm); gap of {steps[k]:.3f} mm between members {slices[k].member} and "
+                           f"{slices[k + 1].member} (a missing or extra slice)", stage="read", uri=uri)
+    offsets = np.array([s.position - slices[0].position for s in slices]) - np.outer(along - along[0], normal)
+    if np.abs(offsets).max() > POSITION_TOLERANCE_MM + 1e-3 * abs(dz) * len(slices):
+        raise BadScanError(f"{what}: slice positions do not lie on a line along the slice normal (sheared or "
+                           "tilted stack); not a regular grid", stage="read", uri=uri)
+    rows, cols = first.pixels.shape
+    array = np.empty((len(slices), rows, cols), dtype=np.float32)
+    for k, s in enumerate(slices):
+        array[k] = s.pixels
+    direction = np.column_stack([row, col, normal])
+    grid = Grid((len(slices), rows, cols), (dz, first.spacing[0], first.spacing[1]),
+                tuple(slices[0].position), tuple(direction.ravel()))
+    acquired = min((s.acquired for s in slices if not math.isnan(s.acquired[1])), default=("", float("nan")))
+    return DicomSeries(uid, first.description, acquired, tuple(s.member for s in slices), Volume(array, grid))
+
+
+# -- UK Biobank stations ----------------------------------------------------------------------------
+def _same_station(a: DicomSeries, b: DicomSeries) -> bool:
+    """Series that cover (mostly) the same z range: their overlap exceeds half the shorter one."""
+    (a0, a1), (b0, b1) = a.z_extent_mm, b.z_extent_mm
+    overlap = min(a1, b1) - max(a0, b0)
+    return overlap > 0.5 * min(a1 - a0, b1 - b0)
+
+
+def _drop_repeats(contrast: str, found: list[DicomSeries], uri: str) -> list[DicomSeries]:
+    """One series per station position (the latest acquisition), most superior first."""
+    kept: list[DicomSeries] = []
+    for s in sorted(found, key=lambda s: _acquisition_order(s), reverse=True):  # latest first
+        twin = next((k for k in kept if _same_station(k, s)), None)
+        if twin is None:
+            kept.append(s)
+        else:
+            log.warning("%s: contrast %s has two series at z=%.1f mm: keeping the later acquisition %r (%s, %s), "
+                        "dropping %r (%s, %s)", uri, contrast, twin.z_center_mm, twin.description, twin.uid,
+                        _fmt_time(twin.acquired), s.description, s.uid, _fmt_time(s.acquired))
+    return sorted(kept, key=lambda s: s.z_center_mm, reverse=True)
+
+
+def _acquisition_order(s: DicomSeries) -> tuple:
+    date, seconds = s.acquired
+    return (date, -1.0 if math.isnan(seconds) else seconds, s.uid)
+
+
+def _fmt_time(acquired: tuple[str, float]) -> str:
+    date, seconds = acquired
+    if math.isnan(seconds):
+        return "time unknown"
+    h, m, s = int(seconds // 3600), int(seconds % 3600 // 60), seconds % 60
+    return f"{date + ' ' if date else ''}{h:02d}:{m:02d}:{s:04.1f}"
+
+
+def _check_complete(stations: dict[str, list[DicomSeries]], n_stations: int, uri: str) -> None:
+    """Raise naming every missing or extra station unless each contrast has ``n_stations``."""
+    counts = {c: len(v) for c, v in stations.items()}
+    if all(n == n_stations for n in counts.values()):
+        return
+    reference = max(stations, key=lambda c: counts[c])
+    ref = stations[reference]
+    problems = []
+    if counts[reference] != n_stations:
+        where = ", ".join(f"{s.z_center_mm:.1f}" for s in ref)
+        problems.append(f"contrast {reference} has {counts[reference]} stations (at z={where} mm), "
+                        f"expected {n_stations}")
+    for contrast, found in stations.items():
+        if contrast == reference or counts[contrast] == counts[reference]:
+            continue
+        if not found:
+            problems.append(f"contrast {contrast} has no series, expected {counts[reference]} like {reference}")
+            continue
+        missing = [s for s in ref if not any(_same_station(s, f) for f in found)]
+        extra = [f for f in found if not any(_same_station(s, f) for s in ref)]
+        detail = "; ".join([f"station at z={s.z_center_mm:.1f} mm missing ({reference}: {s.description!r})"
+                            for s in missing] + [f"extra station at z={f.z_center_mm:.1f} mm ({f.description!r})"
+                                                 for f in extra])
+        problems.append(f"contrast {contrast} has {counts[contrast]} stations, expected {counts[reference]} like "
+                        f"{reference}" + (f": {detail}" if detail else ""))
+    usable = sum(counts.values())
+    raise BadScanError(f"zip holds {usable} usable Dixon series, expected {n_stations * len(stations)} "
+                       f"({n_stations} stations x {len(stations)} contrasts): " + "; ".join(problems),
+                       stage="read", uri=uri)

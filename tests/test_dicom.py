@@ -1,0 +1,253 @@
+"""UK Biobank DICOM zips (mrseg_cohort.io.dicom): geometry against the phantom's NIfTI stations and against
+SimpleITK on real scans (LPS and RAS), repeated and missing stations, corrupt files, limits, streaming."""
+
+from __future__ import annotations
+
+import io
+import logging
+import zipfile
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import shared_file
+from mrseg_cohort.config import ContrastsConfig, StitchingConfig
+from mrseg_cohort.errors import BadScanError, ScanTooLargeError
+from mrseg_cohort.geometry import Grid, Volume
+from mrseg_cohort.io.dicom import read_ukbb_zip, read_zip_series, ukbb_contrast
+from mrseg_cohort.io.dicom_writer import (
+    SeriesHeader,
+    encode_series,
+    new_uid,
+    write_series_zip,
+    zip_bytes,
+)
+from mrseg_cohort.io.nifti import ReadLimits, read_volume
+from mrseg_cohort.io.storage import Store
+from mrseg_cohort.loading import load_scan
+from mrseg_cohort.manifest import ScanSource
+from mrseg_cohort.phantom.cohort import (
+    CONTRASTS,
+    PhantomSpec,
+    participant_id,
+    write_phantom_cohort,
+)
+from mrseg_cohort.phantom.dicom import ukbb_zip_bytes, ukbb_zip_name
+
+SEED = 1000  # as conftest's phantom_cohort, so participant 0 has the same images there
+PID = participant_id(SEED, 0)
+
+
+def _write_zip_cohort(folder, **faults) -> str:
+    """One dicom-zip phantom participant (seed 1000, index 0) under ``folder``; the zip's path."""
+    write_phantom_cohort(Store(), str(folder), PhantomSpec(1, seed=SEED, format="dicom-zip", wholebody=True,
+                                                           **faults))
+    return str(folder / ukbb_zip_name(PID, "0"))
+
+
+@pytest.fixture(scope="module")
+def phantom_zip(tmp_path_factory) -> str:
+    return _write_zip_cohort(tmp_path_factory.mktemp("dicom") / "cohort with spaces")
+
+
+@pytest.fixture(scope="module")
+def zip_stations(phantom_zip) -> dict[str, list[Volume]]:
+    return read_ukbb_zip(Store(), phantom_zip)
+
+
+def header(description: str = "series", modality: str = "MR", slope: float = 1.0) -> SeriesHeader:
+    return SeriesHeader("1000001", new_uid("study"), new_uid("series", description), new_uid("frame"),
+                        description, 1, 36000.0, modality=modality, rescale_slope=slope)
+
+
+# -- the phantom, through the zip ---------------------------------------------------------------------
+def test_zip_is_ukbb_like(phantom_zip):
+    import pydicom
+
+    with zipfile.ZipFile(phantom_zip) as archive:
+        names = archive.namelist()
+        ds = pydicom.dcmread(io.BytesIO(archive.read(names[0])))
+    assert "manifest.cvs" in names and len(names) == 1 + 24 * 32  # 6 stations x 4 contrasts x 32 slices
+    assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    assert (ds.PatientID, ds.Modality, ds.Manufacturer, float(ds.MagneticFieldStrength)) == (PID, "MR", "SIEMENS", 1.5)
+    assert ds.SeriesDescription.startswith(("Dixon_noBH_", "Dixon_BH_17s_")) and ds.BitsAllocated == 16
+    assert ukbb_contrast("Dixon_BH_17s_W") == "water" and ukbb_contrast("Dixon_noBH_F") == "fat"
+    assert ukbb_contrast("Dixon_noBH_opp") == "opp" and ukbb_contrast("localizer") is None
+
+
+def test_stations_equal_the_nifti_stations(zip_stations, phantom_cohort):
+    """Geometry and voxels of every station equal the NIfTI station written from the same phantom."""
+    assert sorted(zip_stations) == sorted(CONTRASTS) and all(len(v) == 6 for v in zip_stations.values())
+    store = Store()
+    for contrast, volumes in zip_stations.items():
+        for k, volume in enumerate(volumes, start=1):
+            nifti = read_volume(store, str(phantom_cohort / PID / "0" / f"{contrast}_station{k}.nii.gz"))
+            assert volume.grid.is_close(nifti.grid, atol_mm=1e-4, atol_direction=1e-9), \
+                f"{contrast} station {k}: {volume.grid.mismatch(nifti.grid)}"
+            assert volume.array.dtype == np.float32 and np.array_equal(volume.array, nifti.array)
+
+
+def test_stitched_zip_equals_the_whole_body_images(phantom_zip):
+    source = ScanSource(PID, "0", "ukbb-dicom-zip", "MRI", (("dicom-zip", (phantom_zip,)),))
+    loaded = load_scan(Store(), source, ContrastsConfig(), StitchingConfig(), ReadLimits())
+    assert loaded.n_stations == 6 and sorted(loaded.images) == sorted(CONTRASTS)
+    truth_folder = phantom_zip.rsplit("/", 1)[0] + f"/truth/{PID}/0"
+    for contrast, image in loaded.images.items():
+        truth = read_volume(Store(), f"{truth_folder}/{contrast}.nii.gz")
+        assert image.grid.is_close(truth.grid, atol_mm=1e-4), image.grid.mismatch(truth.grid)
+        np.testing.assert_allclose(image.array, np.rint(truth.array), atol=1e-3)
+
+
+# -- real scans: orientation ----------------------------------------------------------------------------
+@pytest.mark.parametrize("name,codes,modality", [("mr.nii.gz", "LPS", "MR"), ("ct.nii.gz", "RAS", "CT")])
+def test_real_scan_round_trip_matches_simpleitk(name, codes, modality, tmp_path):
+    """Each voxel read back from DICOM lies where SimpleITK puts the same voxel of the NIfTI file,
+    and SimpleITK's (GDCM's) own reading of our DICOM files agrees with ours."""
+    path = shared_file(name)
+    store = Store()
+    original = read_volume(store, str(path))
+    assert original.grid.axis_codes() == codes
+    uri = str(tmp_path / "series.zip")
+    write_series_zip(store, uri, original, header(modality=modality))
+    [series] = read_zip_series(store, uri)
+    volume = series.volume
+    reference = sitk.ReadImage(str(path))
+    ref_array = sitk.GetArrayFromImage(reference)
+    zyx = np.stack(np.meshgrid(*(np.arange(n) for n in volume.grid.shape), indexing="ij"), -1).reshape(-1, 3)
+    world = volume.grid.zyx_to_world(zyx)
+    ijk = np.array([reference.TransformPhysicalPointToContinuousIndex(tuple(p)) for p in world])
+    assert np.allclose(ijk, np.rint(ijk), atol=1e-3)  # every voxel centre lands on a voxel centre
+    i, j, k = np.rint(ijk).astype(int).T
+    assert np.array_equal(volume.array.reshape(-1), ref_array[k, j, i].astype(np.float32))
+    if modality == "CT":
+        assert volume.array.min() < 0  # stored unsigned with a negative RescaleIntercept, read back in HU
+    # SimpleITK reads the same files as the same image
+    with zipfile.ZipFile(uri) as archive:
+        archive.extractall(tmp_path / "dcm")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(tmp_path / "dcm")))
+    gdcm = reader.Execute()
+    assert np.allclose(gdcm.GetOrigin(), volume.grid.origin_mm, atol=1e-3)
+    assert np.allclose(gdcm.GetSpacing(), volume.grid.spacing_xyz_mm, atol=1e-4)
+    assert np.allclose(gdcm.GetDirection(), volume.grid.direction, atol=1e-6)
+    assert np.array_equal(sitk.GetArrayFromImage(gdcm).astype(np.float32), volume.array)
+
+
+def test_oblique_left_handed_grid_and_rescale_slope(tmp_path):
+    """A grid whose slice axis is minus the row x column normal comes back flipped, same world voxels."""
+    angle = np.deg2rad(20)
+    direction = np.array([[np.cos(angle), 0, np.sin(angle)], [0, 1, 0], [-np.sin(angle), 0, np.cos(angle)]])
+    direction[:, 2] *= -1  # left-handed: index z runs against the DICOM normal
+    grid = Grid((5, 6, 7), (3.0, 1.5, 1.25), (10.0, -20.0, 30.0), tuple(direction.ravel()))
+    array = (np.arange(5 * 6 * 7).reshape(5, 6, 7) * 2.0 - 40).astype(np.float32)
+    uri = str(tmp_path / "oblique.zip")
+    write_series_zip(Store(), uri, Volume(array, grid), header(slope=2.0))
+    [series] = read_zip_series(Store(), uri)
+    back = series.volume
+    assert np.allclose(back.array, array[::-1]) and back.grid.spacing_mm == pytest.approx(grid.spacing_mm)
+    assert np.allclose(back.grid.zyx_to_world([0, 0, 0]), grid.zyx_to_world([4, 0, 0]), atol=1e-4)
+    assert np.allclose(back.grid.zyx_to_world([4, 5, 6]), grid.zyx_to_world([0, 5, 6]), atol=1e-4)
+
+
+# -- repeated and missing series ------------------------------------------------------------------------
+def _zip_from(stations: dict[str, list[Volume]], folder, **faults) -> str:
+    """The phantom's zip rewritten from already read stations, with faults (no re-rendering)."""
+    uri = str(folder / ukbb_zip_name(PID, "0"))
+    Store().write_bytes(uri, ukbb_zip_bytes(PID, "0", stations, SEED, **faults))
+    return uri
+
+
+def test_repeated_station_keeps_the_later_acquisition(tmp_path, zip_stations, caplog):
+    uri = _zip_from(zip_stations, tmp_path, repeat_stations=(3,))
+    with caplog.at_level(logging.WARNING, logger="mrseg_cohort.io.dicom"):
+        stations = read_ukbb_zip(Store(), uri)
+    for contrast in CONTRASTS:
+        assert len(stations[contrast]) == 6
+        for got, want in zip(stations[contrast], zip_stations[contrast]):
+            assert np.array_equal(got.array, want.array)  # the earlier, halved acquisition is dropped
+    assert caplog.text.count("keeping the later acquisition") == 4
+
+
+def test_missing_series_names_contrast_and_position(tmp_path, zip_stations):
+    uri = _write_zip_cohort(tmp_path, drop_series=(("opp", 3),))
+    with pytest.raises(BadScanError) as info:
+        read_ukbb_zip(Store(), uri)
+    z = float(zip_stations["opp"][2].grid.corners_world()[:, 2].mean())
+    message = str(info.value)
+    assert f"contrast opp has 5 stations, expected 6 like in: station at z={z:.1f} mm missing" in message
+    assert "23 usable Dixon series, expected 24" in message and ukbb_zip_name(PID, "0") in message
+
+
+def test_missing_contrast(tmp_path, zip_stations):
+    uri = _zip_from(zip_stations, tmp_path, drop_series=tuple(("water", k) for k in range(1, 7)))
+    with pytest.raises(BadScanError, match="contrast water has no series, expected 6"):
+        read_ukbb_zip(Store(), uri)
+
+
+# -- broken files -------------------------------------------------------------------------------------
+def _one_series_members(n_slices: int = 4) -> list[tuple[str, bytes]]:
+    grid = Grid((n_slices, 8, 9), (3.0, 2.0, 2.0))
+    return encode_series(Volume(np.ones(grid.shape, np.float32), grid), header())
+
+
+@pytest.mark.parametrize("damage,match", [
+    ("truncated", "not a readable zip file"),
+    ("not a zip", "not a readable zip file"),
+    ("corrupt member", r"zip member .*\.dcm is corrupt"),
+    ("not dicom", "zip member notes.dcm is not a DICOM file"),
+    ("missing slice", r"slice spacing varies .* gap of 6.000 mm between members"),
+    ("empty", "holds no .dcm files"),
+])
+def test_broken_zips_are_bad_scans_naming_zip_and_member(damage, match, tmp_path):
+    members = _one_series_members()
+    data = zip_bytes(members)
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    elif damage == "not a zip":
+        data = b"<html>503 Service Unavailable</html>"
+    elif damage == "corrupt member":
+        raw = bytearray(data)
+        start = raw.index(members[1][0].encode()) + len(members[1][0]) + 40  # inside member 2's data
+        raw[start:start + 64] = bytes(64)
+        data = bytes(raw)
+    elif damage == "not dicom":
+        data = zip_bytes(members + [("notes.dcm", b"not a dicom file")])
+    elif damage == "missing slice":
+        data = zip_bytes(members[:1] + members[2:])  # members are in slice order
+    elif damage == "empty":
+        data = zip_bytes([("manifest.cvs", b"filename\n")])
+    uri = str(tmp_path / "1000001_20201_2_0.zip")
+    Store().write_bytes(uri, data)
+    with pytest.raises(BadScanError, match=match) as info:
+        read_zip_series(Store(), uri)
+    assert "1000001_20201_2_0.zip" in str(info.value) and info.value.stage == "read"
+
+
+@pytest.mark.parametrize("limits,match", [(ReadLimits(max_file_mb=0.001), "max_file_mb"),
+                                          (ReadLimits(max_decompressed_mb=0.002), "max_decompressed_mb"),
+                                          (ReadLimits(max_dim=7), "max_dim")])
+def test_limits_are_checked_before_reading(limits, match, tmp_path):
+    uri = str(tmp_path / "a.zip")
+    Store().write_bytes(uri, zip_bytes(_one_series_members()))
+    with pytest.raises(ScanTooLargeError, match=match):
+        read_zip_series(Store(), uri, limits)
+
+
+# -- streaming from object storage ----------------------------------------------------------------------
+def test_zip_streams_from_s3_once(s3_root, phantom_zip, zip_stations, monkeypatch):
+    """Read from S3 through a file object: the whole zip crosses the network once, not twice."""
+    import s3fs.core
+
+    store, root = s3_root
+    uri = f"{root}/Bulk/{ukbb_zip_name(PID, '0')}"
+    with open(phantom_zip, "rb") as f:
+        store.write_bytes(uri, f.read())
+    fetched = []
+    real = s3fs.core.S3File._fetch_range
+    monkeypatch.setattr(s3fs.core.S3File, "_fetch_range",
+                        lambda self, start, end: fetched.append(end - start) or real(self, start, end))
+    stations = read_ukbb_zip(store, uri)
+    assert sum(fetched) <= 1.05 * store.size(uri)
+    assert all(np.array_equal(a.array, b.array) for c in CONTRASTS
+               for a, b in zip(stations[c], zip_stations[c]))

@@ -1,0 +1,274 @@
+"""The storage contract (mrseg_cohort.io.storage), run on a local folder and on the local S3 server;
+then the S3-only failures (missing bucket, refused credentials, unreadable prefix) and retries."""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+
+import pytest
+
+from conftest import DEMO_MODEL
+from mrseg_cohort.config import JobConfig
+from mrseg_cohort.errors import ConfigError, StorageError
+from mrseg_cohort.io import storage
+from mrseg_cohort.io.storage import RetryingReader, Store, is_transient, join_uri
+
+QUICK_MODEL = "/tmp/models/quick"
+
+
+@pytest.fixture(params=["file", "s3"])
+def root(request, tmp_path) -> tuple[Store, str]:
+    """(store, root URI): a local folder whose path has a space, or a fresh prefix on the S3 server."""
+    if request.param == "file":
+        return Store(), str(tmp_path / "bulk folder")
+    return request.getfixturevalue("s3_root")
+
+
+# -- the contract -----------------------------------------------------------------------------------
+def test_write_read_size_exists(root):
+    store, uri = root
+    target = join_uri(uri, "p 1", "in.nii.gz")
+    assert not store.exists(target)
+    store.write_bytes(target, b"abc" * 1000)
+    assert store.read_bytes(target) == b"abc" * 1000
+    assert store.size(target) == 3000 and store.exists(target)
+    with pytest.raises(FileNotFoundError, match="missing.nii.gz"):
+        store.read_bytes(join_uri(uri, "missing.nii.gz"))
+
+
+def test_overwrite_is_atomic(root):
+    """Readers racing an overwrite see the old or the new object whole, never a part or a temp file."""
+    store, uri = root
+    target = join_uri(uri, "table.parquet")
+    old, new = b"o" * 2_000_000, b"n" * 2_500_000
+    store.write_bytes(target, old)
+    writer = threading.Thread(target=lambda: [store.write_bytes(target, d) for d in (new, old, new)])
+    writer.start()
+    seen = set()
+    while writer.is_alive():
+        data = store.read_bytes(target)
+        assert data in (old, new), f"partial object of {len(data)} bytes"
+        seen.add(len(data))
+    writer.join()
+    assert store.read_bytes(target) == new
+    assert store.list_files(uri) == [target]  # no temporary file left behind
+
+
+def test_list_files_skips_hidden_and_filters(root):
+    store, uri = root
+    for rel in ("a/1_20201_2_0.zip", "a/b/x.nii.gz", "c.txt", "a/.hidden.zip", ".staging/y.zip"):
+        store.write_bytes(join_uri(uri, rel), b"x")
+    assert store.list_files(uri) == [join_uri(uri, r) for r in ("a/1_20201_2_0.zip", "a/b/x.nii.gz", "c.txt")]
+    assert store.list_files(uri, suffix=".zip") == [join_uri(uri, "a/1_20201_2_0.zip")]
+    assert store.list_files(join_uri(uri, "a"), recursive=False) == [join_uri(uri, "a/1_20201_2_0.zip")]
+    assert store.list_dirs(uri) == ["a"]
+    assert store.list_files(join_uri(uri, "nothing here")) == []
+
+
+def test_remove(root):
+    store, uri = root
+    for rel in ("f.bin", "d/1.bin", "d/e/2.bin"):
+        store.write_bytes(join_uri(uri, rel), b"x")
+    store.remove(join_uri(uri, "f.bin"))
+    store.remove(join_uri(uri, "d"), recursive=True)
+    store.remove(join_uri(uri, "never-there.bin"))  # missing is not an error
+    assert store.list_files(uri) == []
+    assert not store.exists(join_uri(uri, "f.bin"))
+
+
+def test_open_read_seeks_and_reads_ranges(root):
+    store, uri = root
+    target = join_uri(uri, "scan.zip")
+    payload = bytes(range(256)) * 400
+    store.write_bytes(target, payload)
+    with store.open_read(target) as f:
+        assert f.seekable() and f.read(10) == payload[:10] and f.tell() == 10
+        f.seek(-5, io.SEEK_END)
+        assert f.read() == payload[-5:]
+        f.seek(1000)
+        buf = bytearray(20)
+        assert f.readinto(buf) == 20 and bytes(buf) == payload[1000:1020]
+        f.seek(0)
+        assert f.read() == payload
+
+
+def test_check_writable_and_readable(root):
+    store, uri = root
+    store.check_writable(uri)
+    assert store.list_files(uri) == []  # the probe is gone
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        store.check_readable(uri)  # nothing there yet
+    store.write_bytes(join_uri(uri, "x/1_20201_2_0.zip"), b"x")
+    store.check_readable(uri)
+    store.check_readable(join_uri(uri, "x/1_20201_2_0.zip"))
+
+
+# -- object-store failures: one clear line, before any work -------------------------------------------
+def test_missing_bucket(s3_server):
+    store = Store(s3_server.options())
+    with pytest.raises(FileNotFoundError) as info:
+        store.check_readable("s3://no-such-bucket/ukbb")
+    assert "no-such-bucket" in str(info.value) and "does not exist" in str(info.value)
+    with pytest.raises(FileNotFoundError, match="no-such-bucket"):
+        store.check_writable("s3://no-such-bucket/results")
+
+
+def test_wrong_credentials_named_never_shown(s3_server, caplog):
+    if not s3_server.auth:
+        pytest.skip("moto's server accepts any credentials")
+    secret = "Wr0ng-" + s3_server.secret[::-1]
+    store = Store(s3_server.options(secret=secret))
+    caplog.set_level(logging.DEBUG)
+    errors = []
+    for check in (store.check_readable, store.check_writable):
+        with pytest.raises(PermissionError) as info:
+            check(f"s3://{s3_server.bucket}/ukbb")
+        errors.append(info.value)
+    text = " ".join(f"{e} {e!r} {e.__cause__}" for e in errors)
+    assert "credentials" in str(errors[0]) and len(str(errors[0]).splitlines()) == 1
+    for value in (secret, s3_server.secret):
+        assert value not in text and value not in caplog.text
+    assert secret not in repr(store)
+
+
+def test_unreadable_prefix(s3_server):
+    if not s3_server.auth:
+        pytest.skip("moto's server has no per-prefix permissions")
+    admin = Store(s3_server.options())
+    for prefix in ("readable", "private"):
+        admin.write_bytes(f"s3://{s3_server.bucket}/{prefix}/1000001_20201_2_0.zip", b"x")
+    limited = Store(s3_server.options(s3_server.limited_key, s3_server.limited_secret))
+    limited.check_readable(f"s3://{s3_server.bucket}/readable")
+    with pytest.raises(PermissionError, match="private"):
+        limited.check_readable(f"s3://{s3_server.bucket}/private")
+
+
+def _job(input_uri: str, input_storage: dict, output_uri: str, output_storage: dict) -> JobConfig:
+    model = DEMO_MODEL if (DEMO_MODEL / "fold_0" / "checkpoint_final.pth").exists() else QUICK_MODEL
+    return JobConfig.model_validate({
+        "cohort": {"name": "t", "layout": "ukbb-dicom-zip"},
+        "input": {"uri": input_uri, "storage": input_storage},
+        "model": {"weights": str(model), "labels": "any"},
+        "output": {"uri": output_uri, "storage": output_storage}})
+
+
+@pytest.mark.parametrize("case", ["input bucket", "input credentials", "input prefix", "output bucket",
+                                  "output credentials"])
+def test_job_stops_before_any_work(case, s3_server, tmp_path):
+    """prepare() refuses with one ConfigError line naming the key; no output is written."""
+    from mrseg_cohort.pipeline.run import prepare
+
+    if not s3_server.auth and ("credentials" in case or "prefix" in case):
+        pytest.skip("moto's server does not check credentials")
+    good = {"endpoint_url": s3_server.endpoint_url, "key": s3_server.key, "secret": s3_server.secret}
+    bad_secret = "Wr0ng-" + s3_server.secret[::-1]
+    limited = {**good, "key": s3_server.limited_key, "secret": s3_server.limited_secret}
+    bucket = s3_server.bucket
+    Store(s3_server.options()).write_bytes(f"s3://{bucket}/private/1000001_20201_2_0.zip", b"x")
+    inp, inp_storage = f"s3://{bucket}/private", good
+    out, out_storage = str(tmp_path / "out"), {}
+    if case == "input bucket":
+        inp = "s3://no-such-bucket/ukbb"
+    elif case == "input credentials":
+        inp_storage = {**good, "secret": bad_secret}
+    elif case == "input prefix":
+        inp_storage = limited
+    elif case == "output bucket":
+        out, out_storage = "s3://no-such-bucket/results", good
+    else:
+        out, out_storage = f"s3://{bucket}/results", {**good, "secret": bad_secret}
+    with pytest.raises(ConfigError) as info:
+        prepare(_job(inp, inp_storage, out, out_storage))
+    message = str(info.value)
+    assert message.startswith("input.uri" if case.startswith("input") else "output.uri"), message
+    assert len(message.splitlines()) == 1 and bad_secret not in message and s3_server.secret not in message
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+# -- transient errors --------------------------------------------------------------------------------
+class _FlakyFS:
+    """Wraps a file system: the first ``failures`` calls of cat_file, and reads of opened files
+    once ``fail_read_at`` bytes have been read, raise ConnectionError."""
+
+    def __init__(self, fs, failures: int = 0, fail_read_at: int | None = None):
+        self.fs, self.failures, self.fail_read_at, self.opened = fs, failures, fail_read_at, 0
+
+    def cat_file(self, path):
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("Connection reset by peer")
+        return self.fs.cat_file(path)
+
+    def open(self, path, mode="rb"):
+        self.opened += 1
+        return _FlakyFile(self.fs.open(path, mode), self if self.opened == 1 else None)
+
+
+class _FlakyFile:
+    def __init__(self, f, owner):
+        self.f, self.owner, self.read_bytes = f, owner, 0
+
+    def seek(self, pos, whence=0):
+        return self.f.seek(pos, whence)
+
+    def read(self, size=-1):
+        if self.owner and self.owner.fail_read_at is not None and self.read_bytes >= self.owner.fail_read_at:
+            raise ConnectionError("Connection broken: IncompleteRead")
+        data = self.f.read(size)
+        self.read_bytes += len(data)
+        return data
+
+    def close(self):
+        self.f.close()
+
+
+@pytest.fixture
+def sleeps(monkeypatch) -> list[float]:
+    slept: list[float] = []
+    monkeypatch.setattr(storage.time, "sleep", slept.append)
+    return slept
+
+
+def _flaky_store(monkeypatch, flaky: _FlakyFS) -> Store:
+    store = Store(retries=4, backoff_s=0.1)
+    real = Store.fs_and_path
+    monkeypatch.setattr(Store, "fs_and_path", lambda self, uri: (flaky, real(self, uri)[1]))
+    return store
+
+
+def test_transient_errors_are_retried_with_backoff(tmp_path, monkeypatch, sleeps, caplog):
+    (tmp_path / "a.bin").write_bytes(b"payload")
+    flaky = _FlakyFS(Store().fs_and_path(str(tmp_path))[0], failures=2)
+    store = _flaky_store(monkeypatch, flaky)
+    assert store.read_bytes(str(tmp_path / "a.bin")) == b"payload"
+    assert len(sleeps) == 2 and 0.1 <= sleeps[0] < sleeps[1] <= 0.25  # doubled, with jitter
+    assert "retry 1/3" in caplog.text and "retry 2/3" in caplog.text
+
+
+def test_retries_give_up_with_storage_error(tmp_path, monkeypatch, sleeps):
+    (tmp_path / "a.bin").write_bytes(b"payload")
+    store = _flaky_store(monkeypatch, _FlakyFS(Store().fs_and_path(str(tmp_path))[0], failures=10))
+    with pytest.raises(StorageError, match="after 4 attempts") as info:
+        store.read_bytes(str(tmp_path / "a.bin"))
+    assert str(tmp_path / "a.bin") in str(info.value) and len(sleeps) == 3
+
+
+def test_permanent_errors_are_not_retried(tmp_path, sleeps):
+    with pytest.raises(FileNotFoundError):
+        Store().read_bytes(str(tmp_path / "missing.bin"))
+    assert sleeps == []
+    assert not is_transient(PermissionError("Forbidden")) and is_transient(TimeoutError())
+
+
+def test_open_read_reopens_and_resumes_after_a_dropped_connection(tmp_path, monkeypatch, sleeps):
+    payload = bytes(range(256)) * 100
+    (tmp_path / "a.zip").write_bytes(payload)
+    flaky = _FlakyFS(Store().fs_and_path(str(tmp_path))[0], fail_read_at=1000)
+    store = _flaky_store(monkeypatch, flaky)
+    with store.open_read(str(tmp_path / "a.zip")) as f:
+        assert isinstance(f, RetryingReader)
+        parts = [f.read(700) for _ in range(3)] + [f.read()]
+    assert b"".join(parts) == payload
+    assert flaky.opened == 2 and len(sleeps) == 1  # one reopen, reading on from byte 1400
