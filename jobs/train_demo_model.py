@@ -169,7 +169,8 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     inter = (probs * onehot).sum(dims)
     denom = probs.sum(dims) + onehot.sum(dims)
     dice = (2 * inter + 1e-5) / (denom + 1e-5)
-    return ce + (1 - dice[1:].mean())
+    present = onehot.sum(dims)[1:] > 0  # foreground classes in this batch (absent ones: CE only)
+    return ce + (1 - dice[1:][present].mean()) if present.any() else ce
 
 
 def deep_supervision_loss(outputs: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
@@ -214,11 +215,17 @@ def train(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
                                  1, len(label_map) + 1, deep_supervision=True).to(device)
+    # start from the class frequencies (log priors) instead of a uniform 1/41: the net skips the
+    # long phase of learning that most voxels are background, and foreground is learnt sooner
+    counts = np.bincount(np.concatenate([d[1].ravel() for d in data]), minlength=len(label_map) + 1) + 1.0
+    for layer in net.decoder.seg_layers:
+        layer.bias.data = torch.log(torch.tensor(counts / counts.sum(), dtype=torch.float32)).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     rng = np.random.default_rng(args.seed)
     t_train = time.time()
     for it in range(1, args.iterations + 1):
-        lr = args.lr * 0.5 * (1 + math.cos(math.pi * it / args.iterations))
+        warmup = min(1.0, it / 50)
+        lr = args.lr * warmup * 0.5 * (1 + math.cos(math.pi * it / args.iterations))
         for group in opt.param_groups:
             group["lr"] = lr
         x, y = sample_batch(data, rng, args.batch, DEMO_PATCH_ZYX)
@@ -268,7 +275,7 @@ def main() -> None:
     ap.add_argument("--nako", type=int, default=8, help="training phantoms in the NAKO layout")
     ap.add_argument("--iterations", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--features", type=int, nargs="+", default=[8, 16, 32, 64, 96])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)

@@ -36,9 +36,13 @@ class StorageConfig(Strict):
     anon: bool = False
     key: str | None = Field(None, repr=False)
     secret: str | None = Field(None, repr=False)
+    request_attempts: int = Field(3, ge=1)
+    """Attempts botocore makes per request; mrseg-cohort retries failed reads again on top
+    (with backoff), so a dead endpoint is given up on after about a minute, not many."""
 
     def fsspec_options(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {"config_kwargs": {"retries": {"max_attempts": self.request_attempts,
+                                                             "mode": "standard"}}}
         if self.endpoint_url:
             out["endpoint_url"] = self.endpoint_url
         if self.profile:

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from mrseg_cohort.config import ContrastsConfig, StitchingConfig
-from mrseg_cohort.errors import BadScanError, ScanError
+from mrseg_cohort.errors import BadScanError, ScanError, StorageError
 from mrseg_cohort.geometry import Volume
 from mrseg_cohort.io.nifti import ReadLimits, read_volume
 from mrseg_cohort.io.storage import Store
@@ -71,6 +71,8 @@ def load_scan(store: Store, source: ScanSource, contrasts: ContrastsConfig, stit
         raise err.with_context(source.participant_id, "read") from err
     except (FileNotFoundError, PermissionError) as err:
         raise BadScanError(f"cannot read input: {err}", source.participant_id, "read") from err
+    except StorageError as err:  # still failing after the retries: this scan fails, the next run retries it
+        raise ScanError(f"storage kept failing: {err.message}", source.participant_id, "read", err.uri) from err
     missing = [c for c in contrasts.segment if c not in stations]
     if missing:
         raise BadScanError(f"contrast(s) {missing} to segment not found (found: {sorted(stations) or 'none'}) "
