@@ -282,6 +282,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Jo
         node = data.get(section)
         if isinstance(node, dict) and isinstance(node.get(key), str):
             node[key] = resolve_local(node[key], base)
+    for node in data.get("models") or []:
+        if isinstance(node, dict) and isinstance(node.get("weights"), str):
+            node["weights"] = resolve_local(node["weights"], base)
     data["source"] = str(path)
     try:
         return JobConfig.model_validate(data)

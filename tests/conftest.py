@@ -12,6 +12,7 @@ from s3_server import s3, s3_root, s3_server  # noqa: F401  (fixtures: the local
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "totalsegmentator-examples"
 DEMO_MODEL = REPO / "mrseg_cohort" / "models" / "demo"
+DEMO_BODY_COMP_MODEL = REPO / "mrseg_cohort" / "models" / "demo_body_comp"
 
 
 def shared_file(name: str) -> Path:
@@ -38,6 +39,13 @@ def demo_model() -> Path:
     if not (DEMO_MODEL / "fold_0" / "checkpoint_final.pth").exists():
         pytest.fail(f"bundled demo model missing at {DEMO_MODEL}")
     return DEMO_MODEL
+
+
+@pytest.fixture(scope="session")
+def body_comp_model() -> Path:
+    if not (DEMO_BODY_COMP_MODEL / "fold_0" / "checkpoint_final.pth").exists():
+        pytest.fail(f"bundled body-composition demo model missing at {DEMO_BODY_COMP_MODEL}")
+    return DEMO_BODY_COMP_MODEL
 
 
 @pytest.fixture(scope="session")

@@ -67,3 +67,17 @@ def test_help_of_every_command():
     for name in commands:
         result = runner.invoke(app, [name, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output, name
+
+
+def test_a_list_of_models_resolves_each_weights_path(tmp_path):
+    text = GOOD.replace("model: {weights: bundled:demo}",
+                        "models:\n  - {name: base, weights: w/base}\n  - {name: body_comp, weights: w/bc, labels: body_comp}")
+    job = load_config(_write(tmp_path, text))
+    assert [m.name for m in job.models] == ["base", "body_comp"] and job.model.name == "base"
+    assert job.models[1].weights == str(tmp_path / "w" / "bc")
+    both = GOOD + "models: [{weights: x}]\n"
+    with pytest.raises(ConfigError, match="either 'model'"):
+        load_config(_write(tmp_path, both))
+    twice = GOOD.replace("model: {weights: bundled:demo}", "models: [{weights: a}, {weights: b}]")
+    with pytest.raises(ConfigError, match="names must be unique"):
+        load_config(_write(tmp_path, twice))
