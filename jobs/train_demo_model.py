@@ -220,6 +220,10 @@ def train(args: argparse.Namespace) -> None:
     counts = np.bincount(np.concatenate([d[1].ravel() for d in data]), minlength=len(label_map) + 1) + 1.0
     for layer in net.decoder.seg_layers:
         layer.bias.data = torch.log(torch.tensor(counts / counts.sum(), dtype=torch.float32)).to(device)
+    if args.init_from:  # fine-tune: continue from a trained model folder's weights
+        state = torch.load(Path(args.init_from) / "fold_0" / "checkpoint_final.pth", map_location="cpu",
+                           weights_only=False)["network_weights"]
+        net.load_state_dict(state)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     rng = np.random.default_rng(args.seed)
     t_train = time.time()
@@ -260,6 +264,7 @@ def save_model_folder(out: Path, net, plans: dict, dataset_json: dict, args, ite
         "inference_allowed_mirroring_axes": None,  # trained without mirroring: left/right matter
         "current_epoch": iterations,
         "training": {"script": "jobs/train_demo_model.py", "args": vars(args), "iterations": iterations,
+                     "history": getattr(args, "history", []),
                      "seconds": round(seconds), "torch": torch.__version__},
     }
     tmp = out / "fold_0" / "checkpoint_final.pth.tmp"
@@ -282,6 +287,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--checkpoint-every", type=int, default=250)
+    ap.add_argument("--init-from", default=None, help="start from this model folder's weights (fine-tuning)")
     train(ap.parse_args())
 
 
