@@ -264,7 +264,6 @@ def save_model_folder(out: Path, net, plans: dict, dataset_json: dict, args, ite
         "inference_allowed_mirroring_axes": None,  # trained without mirroring: left/right matter
         "current_epoch": iterations,
         "training": {"script": "jobs/train_demo_model.py", "args": vars(args), "iterations": iterations,
-                     "history": getattr(args, "history", []),
                      "seconds": round(seconds), "torch": torch.__version__},
     }
     tmp = out / "fold_0" / "checkpoint_final.pth.tmp"
