@@ -46,7 +46,7 @@ def test_every_scan_done_and_tables_readable(demo_run):
 def test_labels_match_phantom_truth(demo_run, phantom_cohort):
     _, _, out = demo_run
     store = Store()
-    pids = sorted(p.name for p in (out / "labels").iterdir())
+    pids = sorted(p.name for p in (out / "labels").iterdir() if p.is_dir())
     assert len(pids) == 4
     for pid in pids[:2]:
         pred = read_labels(store, str(out / "labels" / pid / "0" / "in.nii.gz"))
@@ -135,7 +135,7 @@ def test_tables_load_in_duckdb_and_polars_and_the_wide_view_joins_phenotypes(dem
 
     job, _, out = demo_run
     folder = out / "tables" / "structures"
-    n_duck = duckdb.sql(f"select count(*) from read_parquet('{folder}/*.parquet')").fetchone()[0]
+    n_duck = duckdb.sql(f"select count(*) from read_parquet('{folder}/*.parquet')").fetchall()[0][0]
     n_polars = pl.read_parquet(f"{folder}/*.parquet").height
     assert n_duck == n_polars == len(pd.read_parquet(folder)) == 4 * 40
 
