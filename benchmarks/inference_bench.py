@@ -227,7 +227,7 @@ def run_ours_steps(args, path: Path) -> dict:
         logits = runner.logits(x)
     with Stage(stages, "export", args.device):
         labels = np.zeros(volume.grid.shape, np.uint8)
-        labels[box] = runner.export(logits, volume.array[box].shape)
+        labels[box] = runner.export(logits, volume.array[box].shape, volume.grid.spacing_mm)
     with Stage(stages, "measure"):
         measure_scan(Volume(labels, volume.grid), runner.model.label_map, {"in": volume}, segmented="in")
     with Stage(stages, "write"):

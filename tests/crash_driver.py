@@ -53,7 +53,6 @@ def install(point: str) -> None:
 
         storage.Store.write_bytes = write_bytes
     elif point == "before-cleanup":
-        original_finish = outputs.Outputs._finish
 
         def finish(self, batch_id, keys):
             self.store.write_bytes(self._work("batches", f"{batch_id}.done"), b"")

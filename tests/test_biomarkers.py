@@ -47,7 +47,7 @@ def _mrseg_name(ts_name: str) -> str:
     """TotalSegmentator name -> MRSegmentator name (``kidney_left`` -> ``left_kidney``, lobes -> lung)."""
     renames = {"autochthon": "autochthonous_muscle", "iliopsoas": "iliopsoas_muscle"}
     for side in ("left", "right"):
-        if ts_name.startswith(f"lung_") and ts_name.endswith(f"_{side}"):
+        if ts_name.startswith("lung_") and ts_name.endswith(f"_{side}"):
             return f"{side}_lung"
         if ts_name.endswith(f"_{side}"):
             base = ts_name[: -len(side) - 1]

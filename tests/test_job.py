@@ -1,7 +1,5 @@
 """The cohort job end to end on phantoms: labels, tables, agreement with nnU-Net, devices."""
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,7 +7,7 @@ import pytest
 from conftest import write_job_yaml
 from mrseg_cohort.config import load_config
 from mrseg_cohort.errors import ConfigError
-from mrseg_cohort.io.nifti import read_labels, read_volume
+from mrseg_cohort.io.nifti import read_labels
 from mrseg_cohort.io.storage import Store
 from mrseg_cohort.labels import MRSEG
 from mrseg_cohort.pipeline.run import choose_device, run_job

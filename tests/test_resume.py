@@ -8,15 +8,12 @@ import signal
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 
 from conftest import REPO, write_job_yaml
+from exactly_once import assert_each_scan_once
 from procs import kill_matching
-from mrseg_cohort.io.nifti import read_labels
 from mrseg_cohort.io.storage import Store
 
 N_SCANS = 3
@@ -40,24 +37,6 @@ def cohort(tmp_path_factory):
     return out
 
 
-def _check_exactly_once(out: Path) -> None:
-    structures = pd.read_parquet(out / "tables" / "structures")
-    scans = pd.read_parquet(out / "tables" / "scans")
-    intensities = pd.read_parquet(out / "tables" / "intensities")
-    assert len(scans) == N_SCANS and scans[["participant_id", "visit"]].duplicated().sum() == 0
-    assert len(structures) == N_SCANS * 40
-    assert structures[["participant_id", "visit", "structure_id"]].duplicated().sum() == 0
-    assert intensities[["participant_id", "visit", "structure_id", "image_contrast"]].duplicated().sum() == 0
-    for pid in scans["participant_id"]:
-        labels = read_labels(Store(), str(out / "labels" / pid / "0" / "in.nii.gz"))
-        n = structures[structures.participant_id == pid].set_index("structure_id")["n_voxels"]
-        counts = np.bincount(labels.array.ravel(), minlength=41)
-        assert (n.to_numpy() == counts[n.index]).all()  # the label file is the one the rows describe
-    leftovers = list((out / "_work" / "staged").rglob("*.parquet")) if (out / "_work" / "staged").exists() else []
-    assert leftovers == []
-    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]  # no temporary files left visible
-
-
 @pytest.mark.parametrize("point", ["before-output", "mid-run", "table-write", "before-cleanup"])
 def test_kill_driver_then_rerun_gives_each_row_once(point, cohort, demo_model, tmp_path):
     out = tmp_path / "out"
@@ -75,9 +54,9 @@ def test_kill_driver_then_rerun_gives_each_row_once(point, cohort, demo_model, t
         assert list((out / "_work" / "batches").glob("*.json")), "the kill happened while publishing"
     rerun = _run(["-m", "mrseg_cohort.cli", "run", str(config), "--no-progress"], tmpdir)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    _check_exactly_once(out)
+    assert_each_scan_once(out, N_SCANS)
     if point == "mid-run":
         assert "published from an interrupted run" in rerun.stdout + rerun.stderr
         again = _run(["-m", "mrseg_cohort.cli", "run", str(config), "--no-progress"], tmpdir)
         assert again.returncode == 0 and "0 done, 0 failed, 3 already done" in again.stdout + again.stderr
-        _check_exactly_once(out)
+        assert_each_scan_once(out, N_SCANS)

@@ -8,12 +8,11 @@ import signal
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from conftest import REPO, write_job_yaml
+from exactly_once import assert_each_scan_once
 from procs import command_line, descendants, kill_matching
 from mrseg_cohort.config import load_config
 from mrseg_cohort.io.storage import Store
@@ -28,14 +27,6 @@ def cohort(tmp_path_factory):
     out = tmp_path_factory.mktemp("loss") / "in"
     write_phantom_cohort(Store(), str(out), PhantomSpec(participants=N_SCANS, seed=55))
     return out
-
-
-def _exactly_once(out: Path) -> None:
-    structures = pd.read_parquet(out / "tables" / "structures")
-    scans = pd.read_parquet(out / "tables" / "scans")
-    assert len(scans) == N_SCANS and not scans[["participant_id", "visit"]].duplicated().any()
-    assert len(structures) == N_SCANS * 40
-    assert not structures[["participant_id", "visit", "structure_id"]].duplicated().any()
 
 
 def test_segmentation_worker_killed_mid_run(cohort, demo_model, tmp_path, ray_local):
@@ -54,7 +45,7 @@ def test_segmentation_worker_killed_mid_run(cohort, demo_model, tmp_path, ray_lo
     summary = run_job(job, progress=kill_actor)
     assert killed, "the segmentation actor's process was found and killed"
     assert (summary.done, summary.failed) == (N_SCANS, 0), summary.failures
-    _exactly_once(out)
+    assert_each_scan_once(out, N_SCANS)
 
 
 def test_node_removed_mid_run(cohort, demo_model, tmp_path):
@@ -70,4 +61,4 @@ def test_node_removed_mid_run(cohort, demo_model, tmp_path):
     assert lines, proc.stderr[-3000:]
     result = json.loads(lines[-1][7:])
     assert result["removed"] and result["done"] == N_SCANS and result["failed"] == 0, result
-    _exactly_once(out)
+    assert_each_scan_once(out, N_SCANS)

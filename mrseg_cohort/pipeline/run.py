@@ -26,7 +26,7 @@ from mrseg_cohort.errors import ConfigError, ScanError
 from mrseg_cohort.io.colortables import write_color_tables
 from mrseg_cohort.io.storage import Store, join_uri
 from mrseg_cohort.manifest import ScanSource, discover
-from mrseg_cohort.outputs import Outputs, ScanKey
+from mrseg_cohort.outputs import Outputs
 from mrseg_cohort.pipeline import stages
 from mrseg_cohort.pipeline.publisher import BatchPublisher
 from mrseg_cohort.segmentation.segmenter import ModelSpec, Segmenter, check_model

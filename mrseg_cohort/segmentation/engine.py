@@ -10,10 +10,10 @@ of all classes at scan resolution (see :mod:`mrseg_cohort.segmentation.export`):
   labels come back;
 - on CPU: the same steps with torch, and the exact boundary-band export.
 
-Difference from nnU-Net's reference path (documented in benchmarks/README.md): the input is
-resampled trilinearly (nnU-Net: cubic spline, nearest along z for anisotropic data), which changes
-labels only at a few boundary voxels. Logits are accumulated in fp16 as nnU-Net does; where no
-resampling is needed the labels are identical to nnU-Net's.
+The input is resampled with nnU-Net's own operators (cubic spline, separate z for anisotropic data;
+:mod:`mrseg_cohort.segmentation.resampling`) applied as matrix products on the device. Logits are
+accumulated in fp16 as nnU-Net does. Remaining differences from nnU-Net's reference path are float
+rounding (float32 matrix products against float64 skimage), which moves single boundary voxels.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import torch
 from mrseg_cohort.errors import BadScanError, SegmentationError
 from mrseg_cohort.segmentation.export import labels_by_boundary_band, labels_by_chunked_resampling
 from mrseg_cohort.segmentation.model_folder import ModelFolder, build_network, load_fold_weights
+from mrseg_cohort.segmentation.resampling import ResamplingPlan, resample_image
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ class ModelRunner:
         self.plans_manager, self.configuration = plans_manager, configuration
         self.patch_size = tuple(int(p) for p in configuration.patch_size)
         self.spacing = tuple(float(s) for s in configuration.spacing)
+        self.data_resampling = ResamplingPlan.from_plans(configuration.configuration, "data")
+        self.probability_resampling = ResamplingPlan.from_plans(configuration.configuration, "probabilities")
         self.num_classes = plans_manager.get_label_manager(model.dataset_json).num_segmentation_heads
         meta = model.checkpoint_meta()
         axes = meta["inference_allowed_mirroring_axes"]
@@ -125,10 +128,18 @@ class ModelRunner:
                                         "supported", stage="segment")
             x = torch.from_numpy(cls(use_mask, props).run(image.astype(np.float32))).to(self.device)
         new_shape = tuple(int(s) for s in compute_new_shape(image.shape, spacing_zyx, self.spacing))
-        x = x[None, None]
         if new_shape != tuple(image.shape):
-            x = torch.nn.functional.interpolate(x, size=new_shape, mode="trilinear", align_corners=False)
-        return x[0]
+            x = self._resample_input(x, new_shape, spacing_zyx)
+        return x[None]
+
+    def _resample_input(self, x: torch.Tensor, new_shape: tuple[int, int, int],
+                        spacing_zyx: tuple[float, float, float]) -> torch.Tensor:
+        """nnU-Net's resampling of the normalised image to the model grid (see :mod:`resampling`)."""
+        if self.data_resampling is not None:
+            return resample_image(x, new_shape, spacing_zyx, self.spacing, self.data_resampling)
+        fn = self.configuration.resampling_fn_data  # a custom function named by the plans: nnU-Net's, on the CPU
+        out = fn(x.cpu().numpy()[None], new_shape, spacing_zyx, self.spacing)
+        return torch.from_numpy(np.ascontiguousarray(out[0], dtype=np.float32)).to(self.device)
 
     @torch.inference_mode()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -167,11 +178,18 @@ class ModelRunner:
             pred = pred / (len(combos) + 1)
         return pred
 
-    def export(self, logits: torch.Tensor, shape: tuple[int, int, int]) -> np.ndarray:
-        """uint8 labels of ``shape`` from model-grid logits (see :mod:`export`)."""
-        if self.is_cuda:
-            return labels_by_chunked_resampling(logits, shape).cpu().numpy()
-        return labels_by_boundary_band(logits, shape)
+    def export(self, logits: torch.Tensor, shape: tuple[int, int, int],
+               spacing_zyx: tuple[float, float, float]) -> np.ndarray:
+        """uint8 labels of ``shape`` (scan grid, ``spacing_zyx`` mm) from model-grid logits, resampled
+        as nnU-Net's export resamples probabilities (see :mod:`export`)."""
+        plan = self.probability_resampling
+        if plan is None:
+            raise SegmentationError(f"model {self.model.name}: its plans name a custom probability "
+                                    "resampling function, which is not supported", stage="segment")
+        matrices = plan.matrices(tuple(logits.shape[1:]), tuple(shape), self.spacing, spacing_zyx)
+        if self.is_cuda or plan.order > 1:
+            return labels_by_chunked_resampling(logits, shape, matrices).cpu().numpy()
+        return labels_by_boundary_band(logits, shape, matrices)
 
     # -- all together ------------------------------------------------------------------------------
     @property
@@ -188,7 +206,8 @@ class ModelRunner:
         times = times or StageTimes()
         t = time.perf_counter()
         box = nonzero_box(image)
-        prepared = Prepared(box, tuple(image.shape), image[box].shape, self.preprocess(image[box], spacing_zyx))
+        prepared = Prepared(box, tuple(image.shape), image[box].shape, tuple(spacing_zyx),
+                            self.preprocess(image[box], spacing_zyx))
         times.add("preprocess", t)
         return prepared
 
@@ -202,7 +221,7 @@ class ModelRunner:
         _sync(self.device)
         t = times.add("network", t)
         labels = np.zeros(prepared.shape, dtype=np.uint8)
-        labels[prepared.box] = self.export(logits, prepared.cropped_shape)
+        labels[prepared.box] = self.export(logits, prepared.cropped_shape, prepared.spacing_zyx)
         times.add("export", t)
         return labels
 
@@ -214,6 +233,7 @@ class Prepared:
     box: tuple[slice, slice, slice]
     shape: tuple[int, int, int]
     cropped_shape: tuple[int, int, int]
+    spacing_zyx: tuple[float, float, float]
     network_input: torch.Tensor
 
 

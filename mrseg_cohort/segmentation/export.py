@@ -1,8 +1,8 @@
 """Logits on the model grid -> uint8 labels on the scan grid, without 41-channel float arrays at
 scan resolution.
 
-nnU-Net resamples every logit channel to the scan grid (linear interpolation) and then takes the
-argmax. Two equivalent ways are used here:
+nnU-Net resamples every logit channel to the scan grid (linear interpolation; nearest along the
+low-resolution axis of anisotropic data) and then takes the argmax. Two equivalent ways are used here:
 
 - :func:`labels_by_chunked_resampling` (GPU): the same interpolation, a few channels at a time, with
   a running max/argmax; only one (Z, Y, X) float and one uint8 array live at scan resolution.
@@ -12,9 +12,9 @@ argmax. Two equivalent ways are used here:
   voxels whose 8 neighbours disagree (a thin band along label boundaries) need their logits
   interpolated; all others take the neighbours' common label.
 
-Both use the sampling of ``torch.nn.functional.interpolate(mode="trilinear", align_corners=False)``
-(= skimage's ``resize(order=1, mode="edge")``, nnU-Net's export): source coordinate
-``(d + 0.5) * n_in / n_out - 0.5``, clamped to the edges.
+Both use nnU-Net's own operators per axis (:mod:`mrseg_cohort.segmentation.resampling`: skimage's
+``resize(order=1, mode="edge")``, i.e. source coordinate ``(d + 0.5) * n_in / n_out - 0.5`` clamped
+to the edges, and scipy's nearest step for a separate z).
 """
 
 from __future__ import annotations
@@ -22,26 +22,26 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mrseg_cohort.segmentation.resampling import apply_matrices, sampling_of, spline_matrix
 
-def _axis_sampling(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Lower index, upper index and upper weight of linear sampling along one axis."""
-    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-    src = np.clip(src, 0.0, n_in - 1)
-    lo = np.floor(src).astype(np.int64)
-    hi = np.minimum(lo + 1, n_in - 1)
-    return lo, hi, (src - lo).astype(np.float32)
+
+def linear_matrices(in_shape, out_shape) -> list[np.ndarray]:
+    """nnU-Net's export operators when no axis is resampled separately: order-1 resize per axis."""
+    return [spline_matrix(int(n), int(m), 1) for n, m in zip(in_shape, out_shape)]
 
 
 def labels_by_chunked_resampling(logits: torch.Tensor, out_shape: tuple[int, int, int],
+                                 matrices: list[np.ndarray] | None = None,
                                  channels_per_chunk: int = 8) -> torch.Tensor:
-    """Argmax of trilinearly resampled ``logits`` ((C, z, y, x), any device) -> uint8 (Z, Y, X)."""
+    """Argmax of resampled ``logits`` ((C, z, y, x), any device) -> uint8 (Z, Y, X).
+
+    ``matrices``: one operator per axis (:mod:`resampling`; default: linear on every axis)."""
     if tuple(logits.shape[1:]) == tuple(out_shape):
         return logits.argmax(0).to(torch.uint8)
+    matrices = matrices or linear_matrices(logits.shape[1:], out_shape)
     best_val = best_idx = None
     for start in range(0, logits.shape[0], channels_per_chunk):
-        chunk = logits[start:start + channels_per_chunk][None].float()
-        up = torch.nn.functional.interpolate(chunk, size=tuple(out_shape), mode="trilinear",
-                                             align_corners=False)[0]
+        up = apply_matrices(logits[start:start + channels_per_chunk].float(), matrices)
         val, idx = up.max(0)
         idx = (idx + start).to(torch.uint8)
         if best_val is None:
@@ -55,10 +55,12 @@ def labels_by_chunked_resampling(logits: torch.Tensor, out_shape: tuple[int, int
 
 
 def labels_by_boundary_band(logits: torch.Tensor, out_shape: tuple[int, int, int],
-                            chunk_voxels: int = 1 << 18) -> np.ndarray:
-    """Exactly the argmax of trilinearly resampled ``logits`` (CPU tensor (C, z, y, x)), computed
-    by interpolating only where the 8 surrounding model-grid voxels disagree. Returns uint8 (Z, Y, X).
-    """
+                            matrices: list[np.ndarray] | None = None, chunk_voxels: int = 1 << 18) -> np.ndarray:
+    """Exactly the argmax of resampled ``logits`` (CPU tensor (C, z, y, x)), computed by interpolating
+    only where the 8 surrounding model-grid voxels disagree. Returns uint8 (Z, Y, X).
+
+    ``matrices``: linear or nearest operator per axis (default: linear on every axis). Nearest is a
+    convex combination too (weights 1 and 0), so the argument of the module docstring holds."""
     logits = logits.float()
     if tuple(logits.shape[1:]) == tuple(out_shape):
         return logits.argmax(0).to(torch.uint8).numpy()
@@ -72,7 +74,8 @@ def labels_by_boundary_band(logits: torch.Tensor, out_shape: tuple[int, int, int
                 if dz or dy or dx:
                     uniform &= padded[dz:dz + coarse.shape[0], dy:dy + coarse.shape[1],
                                       dx:dx + coarse.shape[2]] == coarse
-    (lz, hz, wz), (ly, hy, wy), (lx, hx, wx) = (_axis_sampling(n, m) for n, m in zip(coarse.shape, out_shape))
+    matrices = matrices or linear_matrices(coarse.shape, out_shape)
+    (lz, hz, wz), (ly, hy, wy), (lx, hx, wx) = (sampling_of(m) for m in matrices)
     labels = coarse[np.ix_(lz, ly, lx)]
     agree = uniform[np.ix_(lz, ly, lx)]
     # a cell replicated at the upper edge (hi == lo) is still exact: weights on the replica are 0
