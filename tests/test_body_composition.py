@@ -71,6 +71,11 @@ def test_one_pass_reads_every_file_once_and_measures_both_models(mrseg_root, pha
     vat = rows.loc[BODY_COMPOSITION.id_of("visceral_fat"), "volume_ml"]
     assert scans.loc["body_comp", "vat_ml"] == pytest.approx(vat)
     assert np.isnan(scans.loc["base", "vat_ml"])
+    # shared stages counted once (on the first model's row); each model's own stages on its row
+    for stage in ("read", "stitch", "preprocess"):
+        assert scans.loc["base", f"seconds_{stage}"] > 0 and scans.loc["body_comp", f"seconds_{stage}"] == 0
+    for stage in ("network", "export", "measure", "write"):
+        assert (scans[f"seconds_{stage}"] > 0).all()
 
 
 def test_fat_depots_found_and_their_fat_fraction(body_comp_model):

@@ -81,7 +81,9 @@ def finish(ctx: RunContext, loaded: LoadedScan, segmentations: dict[str, Segment
     key = source.key
     contrasts = job.contrasts
     structures, intensities, scans = [], [], []
-    seconds = {"read": 0.0, "stitch": 0.0, "write": 0.0, "measure": 0.0, **loaded.seconds}
+    # the scan's shared stages (read, stitch) are counted on its first row, so that summing a scan's
+    # rows gives its cost and each further row what that model added
+    shared = {"read": 0.0, "stitch": 0.0, "write": 0.0, **loaded.seconds}
     for contrast, seg in segmentations.items():
         for spec in ctx.models:
             keys = {"participant_id": source.participant_id, "visit": source.visit, "contrast": contrast,
@@ -102,10 +104,12 @@ def finish(ctx: RunContext, loaded: LoadedScan, segmentations: dict[str, Segment
             depots = depot_summary(measures.structures) if is_body_composition(set(spec.label_names.values())) else {}
             structures += [{**keys, **r} for r in measures.structures]
             intensities += [{**keys, **r} for r in measures.intensities]
+            stage_seconds = {"read": shared["read"], "stitch": shared["stitch"], "preprocess": 0.0,
+                             **seg.seconds.get(spec.name, {}), "write": shared["write"] + t_write,
+                             "measure": t_measure}
+            shared = {stage: 0.0 for stage in shared}
             scans.append({**keys, **_scan_common(ctx, loaded, spec), **measures.scan, **depots, "status": "ok",
-                          "label_uri": uri, **{f"seconds_{k}": v for k, v in seconds.items()},
-                          **{f"seconds_{k}": v for k, v in seg.seconds.items()},
-                          "seconds_write": seconds["write"] + t_write, "seconds_measure": t_measure})
+                          "label_uri": uri, **{f"seconds_{k}": v for k, v in stage_seconds.items()}})
     tables = {"structures": to_table("structures", structures), "intensities": to_table("intensities", intensities),
               "scans": to_table("scans", scans)}
     outputs.stage(key, tables)

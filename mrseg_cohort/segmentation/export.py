@@ -61,10 +61,13 @@ def labels_by_boundary_band(logits: torch.Tensor, out_shape: tuple[int, int, int
 
     ``matrices``: linear or nearest operator per axis (default: linear on every axis). Nearest is a
     convex combination too (weights 1 and 0), so the argument of the module docstring holds."""
-    logits = logits.float()
-    if tuple(logits.shape[1:]) == tuple(out_shape):
-        return logits.argmax(0).to(torch.uint8).numpy()
-    coarse = logits.argmax(0).to(torch.uint8).numpy()  # (z, y, x) on the model grid
+    n_classes, grid = logits.shape[0], tuple(logits.shape[1:])
+    # one float32 row of class logits per model-grid voxel: the band's corners are gathered as rows
+    table = torch.empty((*grid, n_classes), dtype=torch.float32).copy_(logits.permute(1, 2, 3, 0))
+    table = table.view(-1, n_classes)
+    coarse = table.argmax(1).to(torch.uint8).numpy().reshape(grid)
+    if grid == tuple(out_shape):
+        return coarse
     # uniform[z, y, x]: the 2x2x2 cell whose lower corner is (z, y, x) has one label (edges replicated)
     padded = np.pad(coarse, ((0, 1), (0, 1), (0, 1)), mode="edge")
     uniform = np.ones(coarse.shape, dtype=bool)
@@ -86,19 +89,20 @@ def labels_by_boundary_band(logits: torch.Tensor, out_shape: tuple[int, int, int
         for start in range(0, band.size, chunk_voxels):
             sl = slice(start, start + chunk_voxels)
             flat[band[sl]] = _interpolated_argmax(
-                logits, (lz[zi[sl]], hz[zi[sl]], wz[zi[sl]]), (ly[yi[sl]], hy[yi[sl]], wy[yi[sl]]),
+                table, grid, (lz[zi[sl]], hz[zi[sl]], wz[zi[sl]]), (ly[yi[sl]], hy[yi[sl]], wy[yi[sl]]),
                 (lx[xi[sl]], hx[xi[sl]], wx[xi[sl]]))
     return labels
 
 
-def _interpolated_argmax(logits: torch.Tensor, z, y, x) -> np.ndarray:
-    """Argmax over channels of trilinear interpolation at the given (lo, hi, w) per axis."""
+def _interpolated_argmax(table: torch.Tensor, grid: tuple[int, int, int], z, y, x) -> np.ndarray:
+    """Argmax over classes of the interpolation at the given (lo, hi, w) per axis; ``table`` holds
+    one row of class logits per voxel of ``grid`` (C-order)."""
     acc = None
     for zi, wz in ((z[0], 1 - z[2]), (z[1], z[2])):
         for yi, wy in ((y[0], 1 - y[2]), (y[1], y[2])):
             for xi, wx in ((x[0], 1 - x[2]), (x[1], x[2])):
-                w = torch.from_numpy(wz * wy * wx)
-                corner = logits[:, torch.from_numpy(zi), torch.from_numpy(yi), torch.from_numpy(xi)]
-                term = corner * w
+                w = torch.from_numpy(wz * wy * wx)[:, None]
+                rows = table.index_select(0, torch.from_numpy((zi * grid[1] + yi) * grid[2] + xi))
+                term = rows.mul_(w)
                 acc = term if acc is None else acc.add_(term)
-    return acc.argmax(0).to(torch.uint8).numpy()
+    return acc.argmax(1).to(torch.uint8).numpy()

@@ -69,7 +69,9 @@ class Segmentation:
 
     labels: dict[str, np.ndarray]
     skipped: dict[str, str]
-    seconds: dict[str, float]
+    seconds: dict[str, dict[str, float]]
+    """Per model, wall seconds per stage it added; a preprocessing shared by several models is
+    counted on the first of them."""
 
 
 class Segmenter:
@@ -93,7 +95,7 @@ class Segmenter:
     def __call__(self, image: Volume, modality: str, contrast: str) -> Segmentation:
         """Labels of every applicable model for one image; models sharing a preprocessing plan share
         the preprocessed volume (one pass)."""
-        times = StageTimes()
+        seconds: dict[str, dict[str, float]] = {}
         labels, skipped = {}, {}
         prepared: dict[tuple, object] = {}
         for spec in self.models:
@@ -104,11 +106,13 @@ class Segmenter:
                 skipped[spec.name] = f"model {spec.name} runs on contrasts {list(spec.contrasts)}, not {contrast}"
                 continue
             runner = self.runners[spec.name]
+            times = StageTimes()
             try:
                 if runner.preprocess_key not in prepared:
                     prepared[runner.preprocess_key] = runner.prepare(image.array, image.grid.spacing_mm, times)
                 labels[spec.name] = runner(image.array, image.grid.spacing_mm, times,
                                            prepared[runner.preprocess_key])
+                seconds[spec.name] = times.seconds
             except MemoryError as err:
                 raise SegmentationError(f"out of memory segmenting with {spec.name}: {err}", stage="segment") from err
             except RuntimeError as err:
@@ -120,4 +124,4 @@ class Segmenter:
                     raise SegmentationError(f"GPU out of memory with model {spec.name} on a "
                                             f"{image.grid.shape} image: {err}", stage="segment") from err
                 raise
-        return Segmentation(labels, skipped, times.seconds)
+        return Segmentation(labels, skipped, seconds)
