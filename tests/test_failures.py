@@ -132,3 +132,16 @@ def test_cli_exit_status_and_summary_name_the_failures(mixed_cohort, demo_model,
     assert "2 scan(s) failed" in text and "tables/failures" in text
     status = CliRunner().invoke(app, ["status", str(config)])
     assert "2 done" in status.output and "2 failed" in status.output
+
+    plan = CliRunner().invoke(app, ["plan", str(config)])
+    assert plan.exit_code == 0, plan.output
+    assert "manifest: 4 scans of 4 participants" in plan.output, plan.output
+    assert "already done: 2;" in plan.output and "failed before: 2 (will be retried); new: 0; to process: 2" in plan.output
+    # the estimate, recomputed from the scans table: medians over scans of the summed stage seconds
+    scans = pd.read_parquet(tmp_path / "out" / "tables" / "scans").groupby("participant_id").sum(numeric_only=True)
+    cpu_s = sum(scans[f"seconds_{s}"].median() for s in ("read", "stitch", "measure", "write"))
+    whole = CliRunner().invoke(app, ["plan", str(config), "--scans", "100000", "--gpus", "8", "--cpu-workers", "16",
+                                     "--device-seconds", "5"])
+    hours = 100000 / min(8 / 5, 16 / cpu_s) / 3600
+    assert f"estimate for 100000 scans on 8 device(s) and 16 CPU worker(s): {hours:.1f} h wall, " \
+           f"{8 * hours:.1f} device-hours" in " ".join(whole.output.split()), whole.output

@@ -16,6 +16,10 @@ def plan(
     sizes: bool = typer.Option(True, "--sizes/--no-sizes", help="Sum the input file sizes (one HEAD per file)."),
     gpus: int = typer.Option(None, help="GPUs to plan for (default: resources.gpus, else 1)."),
     cpu_workers: int = typer.Option(None, help="CPU workers to plan for (default: resources.cpu_workers, else 8)."),
+    scans: int = typer.Option(None, help="Plan for this many scans instead of those left in the manifest "
+                                         "(e.g. the whole cohort, from a pilot run)."),
+    device_seconds: float = typer.Option(None, help="Seconds per scan on the segmentation device, instead of "
+                                                    "the measured ones (e.g. from a GPU benchmark)."),
 ) -> None:
     """What a run would do: scans to process, already done, failed before, input size, time estimate.
 
@@ -41,12 +45,17 @@ def plan(
                    f"(mrseg-cohort run {config} --first-n 3) and plan again")
         return
     gpu_s, cpu_s, n = costs
+    source = f"median of {n} scans in this output"
+    if device_seconds is not None:
+        gpu_s, source = device_seconds, f"device seconds given; CPU stages: {source}"
     devices = gpus or job.resources.gpus or 1
     workers = cpu_workers or job.resources.cpu_workers or 8
-    est = estimate(todo, gpu_s, cpu_s, devices, workers, f"median of {n} scans in this output")
+    planned = todo if scans is None else scans
+    est = estimate(planned, gpu_s, cpu_s, devices, workers, source)
     typer.echo(f"per scan ({est.source}): {gpu_s:.1f} s on the segmentation device, {cpu_s:.1f} s of CPU stages")
-    typer.echo(f"estimate for {todo} scans on {devices} device(s) and {workers} CPU worker(s): "
-               f"{est.wall_hours:.1f} h wall, {est.device_hours:.1f} device-hours")
+    typer.echo(f"estimate for {planned} scans on {devices} device(s) and {workers} CPU worker(s): "
+               f"{est.wall_hours:.1f} h wall, {est.device_hours:.1f} device-hours "
+               f"({'device' if gpu_s / devices >= cpu_s / workers else 'CPU stages'}-bound)")
 
 
 @app.command()
