@@ -187,7 +187,7 @@ class ModelRunner:
             raise SegmentationError(f"model {self.model.name}: its plans name a custom probability "
                                     "resampling function, which is not supported", stage="segment")
         matrices = plan.matrices(tuple(logits.shape[1:]), tuple(shape), self.spacing, spacing_zyx)
-        if self.is_cuda or plan.order > 1:
+        if self.is_cuda or plan.order > 1 or plan.order_z > 1:  # the band needs linear or nearest weights
             return labels_by_chunked_resampling(logits, shape, matrices).cpu().numpy()
         return labels_by_boundary_band(logits, shape, matrices)
 
