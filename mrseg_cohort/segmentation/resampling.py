@@ -34,7 +34,7 @@ class ResamplingPlan:
     order: int
     order_z: int = 0
     force_separate_z: bool | None = None
-    separate_z_anisotropy_threshold: float = 3.0
+    separate_z_anisotropy_threshold: float = 3.0  # nnunetv2.configuration.ANISO_THRESHOLD
 
     @classmethod
     def from_plans(cls, configuration: dict, which: str) -> "ResamplingPlan | None":
@@ -59,10 +59,6 @@ class ResamplingPlan:
         z_axis = self.low_res_axis(current_spacing, new_spacing)
         return [nearest_matrix(n, m, self.order_z) if a == z_axis else spline_matrix(n, m, self.order)
                 for a, (n, m) in enumerate(zip(in_shape, out_shape))]
-
-    def clip_axis(self, current_spacing, new_spacing) -> int | None:
-        """Axis along which skimage's clip is per slice (separate z), None for one global range."""
-        return self.low_res_axis(current_spacing, new_spacing)
 
 
 @lru_cache(maxsize=64)
@@ -108,7 +104,7 @@ def resample_image(x: torch.Tensor, out_shape, current_spacing, new_spacing,
     if tuple(x.shape) == tuple(out_shape):
         return x
     mats = plan.matrices(tuple(x.shape), tuple(out_shape), current_spacing, new_spacing)
-    clip_axis = plan.clip_axis(current_spacing, new_spacing)
+    clip_axis = plan.low_res_axis(current_spacing, new_spacing)  # separate z: skimage clips per slice
     if clip_axis is None:
         lo, hi = x.min(), x.max()
         return apply_matrices(x, mats).clamp_(lo, hi)
