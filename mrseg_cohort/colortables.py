@@ -144,10 +144,7 @@ def itksnap_label_description(label_map: LabelMap, title: str = "") -> str:
 def parse_slicer_ctbl(text: str) -> list[LabelColor]:
     """Rows of a ``.ctbl`` file (comments and blank lines skipped); alpha returned in 0..1."""
     out = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
+    for n, line in _data_lines(text):
         parts = line.split()
         if len(parts) != 6:
             raise ValueError(f"ctbl line {n}: expected 'value name R G B A', not {line!r}")
@@ -159,10 +156,7 @@ def parse_slicer_ctbl(text: str) -> list[LabelColor]:
 def parse_itksnap_label_description(text: str) -> list[LabelColor]:
     """Rows of an ITK-SNAP label description file (the quoted label is the name)."""
     out = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
+    for n, line in _data_lines(text):
         parts = shlex.split(line)
         if len(parts) != 8:
             raise ValueError(f"label description line {n}: expected 'IDX R G B A VIS MSH \"LABEL\"', "
@@ -178,6 +172,14 @@ def delta_e(rgb_a: RGB, rgb_b: RGB) -> float:
 
 
 # -- helpers ----------------------------------------------------------------------------------------
+def _data_lines(text: str):
+    """(1-based line number, stripped line) of the lines that are neither blank nor ``#`` comments."""
+    for n, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            yield n, line
+
+
 def _base_name(s: Structure) -> str:
     for side in ("left", "right"):
         if s.name.startswith(side + "_"):

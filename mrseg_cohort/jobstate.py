@@ -38,8 +38,8 @@ class JobState:
 def job_state(job: JobConfig, with_sizes: bool = False) -> tuple[JobState, list[ScanSource]]:
     """Manifest anti-joined with the output: done, staged (finished, not yet published), failed
     (not done, with a failure recorded), pending (everything else)."""
-    in_store = Store(job.input.storage.fsspec_options())
-    outputs = Outputs(Store(job.output.storage.fsspec_options()), job.output.uri)
+    in_store = Store.from_config(job.input.storage)
+    outputs = Outputs.for_job(job)
     sources = discover(job, in_store)
     keys = {s.key for s in sources}
     done = outputs.committed_keys() & keys

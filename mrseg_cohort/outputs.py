@@ -30,12 +30,16 @@ import logging
 import time
 import urllib.parse
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from mrseg_cohort.io.storage import Store, join_uri
 from mrseg_cohort.io.tables import read_table_file, read_table_folder, table_bytes
 from mrseg_cohort.tables import SCHEMAS, empty_table, failures_table
+
+if TYPE_CHECKING:
+    from mrseg_cohort.config import JobConfig
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +73,19 @@ class Outputs:
         self.store = store
         self.root = root.rstrip("/")
 
+    @classmethod
+    def for_job(cls, job: "JobConfig") -> "Outputs":
+        """The output location of a job config (``output.uri`` with ``output.storage``)."""
+        return cls(Store.from_config(job.output.storage), job.output.uri)
+
     # -- locations ---------------------------------------------------------------------------------
     def label_uri(self, key: ScanKey, contrast: str, model: str, base_model: str = "base") -> str:
         suffix = "" if model == base_model else f".{model}"
         return join_uri(self.root, "labels", key[0], key[1], f"{contrast}{suffix}.nii.gz")
+
+    def stitched_uri(self, key: ScanKey, contrast: str) -> str:
+        """Where a stitched image is saved when ``stitching.save_stitched`` is on."""
+        return join_uri(self.root, "stitched", key[0], key[1], f"{contrast}.nii.gz")
 
     def table_uri(self, table: str) -> str:
         return join_uri(self.root, "tables", table)

@@ -7,7 +7,7 @@ import pytest
 from conftest import write_job_yaml
 from mrseg_cohort.config import load_config
 from mrseg_cohort.errors import ConfigError
-from mrseg_cohort.io.nifti import read_labels
+from mrseg_cohort.io.nifti import ReadLimits, read_labels
 from mrseg_cohort.io.storage import Store
 from mrseg_cohort.labels import MRSEG
 from mrseg_cohort.pipeline.run import choose_device, run_job
@@ -77,7 +77,7 @@ def test_written_labels_equal_nnunets_predictor(demo_run, phantom_cohort, demo_m
 
     job, _, out = demo_run
     source = discover(job, Store())[0]
-    loaded = load_scan(Store(), source, job.contrasts, job.stitching, _limits(job))
+    loaded = load_scan(Store(), source, job.contrasts, job.stitching, ReadLimits.from_config(job.limits))
     (tmp_path / "in").mkdir()
     write_volume(Store(), str(tmp_path / "in" / "case_0000.nii.gz"), loaded.images["in"], np.float32)
     predictor = make_nnunet_predictor(open_model_folder(demo_model, (0,)), "cpu")
@@ -91,12 +91,6 @@ def test_written_labels_equal_nnunets_predictor(demo_run, phantom_cohort, demo_m
         a, b = ours.array == i, reference.array == i
         if a.any() or b.any():
             assert dice(a, b) >= 0.999, name
-
-
-def _limits(job):
-    from mrseg_cohort.io.nifti import ReadLimits
-
-    return ReadLimits(job.limits.max_file_mb, job.limits.max_decompressed_mb, job.limits.max_dim)
 
 
 def test_rerun_does_no_work(demo_run):

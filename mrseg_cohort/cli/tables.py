@@ -15,11 +15,10 @@ app.add_typer(tables_app, name="tables")
 
 def _output(config: Path, output: str | None):
     from mrseg_cohort.config import load_config
-    from mrseg_cohort.io.storage import Store
     from mrseg_cohort.outputs import Outputs
 
     job = load_config(config, {"output.uri": output} if output else None)
-    return job, Outputs(Store(job.output.storage.fsspec_options()), job.output.uri)
+    return job, Outputs.for_job(job)
 
 
 @tables_app.command("wide")

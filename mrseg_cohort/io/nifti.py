@@ -11,6 +11,7 @@ import gzip
 import io
 import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
@@ -18,6 +19,9 @@ import numpy as np
 from mrseg_cohort.errors import BadScanError, ScanTooLargeError
 from mrseg_cohort.geometry import Grid, Volume
 from mrseg_cohort.io.storage import Store
+
+if TYPE_CHECKING:
+    from mrseg_cohort.config import LimitsConfig
 
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -37,6 +41,11 @@ class ReadLimits:
     max_decompressed_mb: float = 4000.0
     max_dim: int = 2048
     min_dim: int = 2
+
+    @classmethod
+    def from_config(cls, limits: "LimitsConfig") -> "ReadLimits":
+        """The bounds of a config's ``limits`` section."""
+        return cls(limits.max_file_mb, limits.max_decompressed_mb, limits.max_dim)
 
 
 def read_volume(store: Store, uri: str, limits: ReadLimits = ReadLimits(),

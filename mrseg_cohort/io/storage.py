@@ -21,13 +21,16 @@ import random
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import fsspec
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 from mrseg_cohort.errors import StorageError
+
+if TYPE_CHECKING:
+    from mrseg_cohort.config import StorageConfig
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -74,6 +77,11 @@ class Store:
     options: dict[str, Any] = field(default_factory=dict, repr=False)
     retries: int = 5
     backoff_s: float = 0.2
+
+    @classmethod
+    def from_config(cls, storage: "StorageConfig") -> "Store":
+        """The store for a config's ``input.storage`` or ``output.storage`` section."""
+        return cls(storage.fsspec_options())
 
     def __getstate__(self) -> dict:
         return {"options": self.options, "retries": self.retries, "backoff_s": self.backoff_s}

@@ -72,8 +72,8 @@ def software_versions() -> dict[str, str]:
 
 def prepare(job: JobConfig, restart: bool = False) -> tuple[Outputs, list[ModelSpec], list[ScanSource]]:
     """Checks that stop a job before any work (input, output, models), then the manifest."""
-    in_store = Store(job.input.storage.fsspec_options())
-    out_store = Store(job.output.storage.fsspec_options())
+    in_store = Store.from_config(job.input.storage)
+    out_store = Store.from_config(job.output.storage)
     models = [check_model(m) for m in job.models]
     try:
         out_store.check_writable(job.output.uri)

@@ -19,7 +19,7 @@ from mrseg_cohort.biomarkers.scan import measure_scan
 from mrseg_cohort.config import JobConfig
 from mrseg_cohort.geometry import Volume
 from mrseg_cohort.io.nifti import ReadLimits, write_volume
-from mrseg_cohort.io.storage import Store, join_uri
+from mrseg_cohort.io.storage import Store
 from mrseg_cohort.loading import LoadedScan, load_scan
 from mrseg_cohort.manifest import ScanSource
 from mrseg_cohort.outputs import Outputs
@@ -41,14 +41,13 @@ class RunContext:
 
     @property
     def limits(self) -> ReadLimits:
-        lim = self.job.limits
-        return ReadLimits(lim.max_file_mb, lim.max_decompressed_mb, lim.max_dim)
+        return ReadLimits.from_config(self.job.limits)
 
     def input_store(self) -> Store:
-        return Store(self.job.input.storage.fsspec_options())
+        return Store.from_config(self.job.input.storage)
 
     def outputs(self) -> Outputs:
-        return Outputs(Store(self.job.output.storage.fsspec_options()), self.job.output.uri)
+        return Outputs.for_job(self.job)
 
 
 def read_and_stitch(ctx: RunContext, source: ScanSource) -> LoadedScan:
@@ -59,7 +58,7 @@ def read_and_stitch(ctx: RunContext, source: ScanSource) -> LoadedScan:
         t = time.perf_counter()
         out = ctx.outputs()
         for contrast, image in loaded.images.items():
-            write_volume(out.store, join_uri(out.root, "stitched", *source.key, f"{contrast}.nii.gz"), image,
+            write_volume(out.store, out.stitched_uri(source.key, contrast), image,
                          np.float32)
         loaded.seconds["write"] = time.perf_counter() - t
     return loaded

@@ -72,13 +72,13 @@ def anchor_for(key: Key) -> str:
 def write_report(job: JobConfig, out_uri: str, options: ReportOptions = ReportOptions()) -> ReportResult:
     """Build the report (:func:`build_report`) and publish it at ``out_uri`` (a path or URI)."""
     result = build_report(job, options)
-    Store(job.output.storage.fsspec_options()).write_bytes(out_uri, result.html.encode("utf-8"))
+    Store.from_config(job.output.storage).write_bytes(out_uri, result.html.encode("utf-8"))
     return result
 
 
 def build_report(job: JobConfig, options: ReportOptions = ReportOptions()) -> ReportResult:
     """Read the output folder of ``job`` and render its QC report as one self-contained HTML page."""
-    outputs = Outputs(Store(job.output.storage.fsspec_options()), job.output.uri)
+    outputs = Outputs.for_job(job)
     data = read_output(outputs)
     structures, scans, contrast = S.select(data.structures, data.scans, job.model.name, options.contrast)
     label_map = _label_map(structures, job)

@@ -16,7 +16,7 @@ from mrseg_cohort.config import ContrastsConfig, JobConfig
 from mrseg_cohort.errors import BadScanError
 from mrseg_cohort.geometry import Volume
 from mrseg_cohort.io.nifti import ReadLimits, read_labels, read_volume
-from mrseg_cohort.io.storage import Store, join_uri
+from mrseg_cohort.io.storage import Store
 from mrseg_cohort.loading import load_scan
 from mrseg_cohort.manifest import ScanSource, pattern_regex
 from mrseg_cohort.outputs import Outputs
@@ -28,16 +28,6 @@ class ScanImages:
     labels: Volume
     image_origin: str
     """Where the image came from, for the caption."""
-
-
-def stitched_uri(output_uri: str, participant_id: str, visit: str, contrast: str) -> str:
-    """Where :func:`mrseg_cohort.pipeline.stages.read_and_stitch` saves a stitched image."""
-    return join_uri(output_uri, "stitched", participant_id, visit, f"{contrast}.nii.gz")
-
-
-def read_limits(job: JobConfig) -> ReadLimits:
-    lim = job.limits
-    return ReadLimits(lim.max_file_mb, lim.max_decompressed_mb, lim.max_dim)
 
 
 def source_from_row(job: JobConfig, row: Mapping[str, Any]) -> ScanSource:
@@ -79,17 +69,17 @@ def scan_images(job: JobConfig, outputs: Outputs, row: Mapping[str, Any]) -> Sca
         FileNotFoundError, PermissionError, ScanError: from reading (name the file).
     """
     pid, visit, contrast = str(row["participant_id"]), str(row["visit"]), str(row["contrast"])
-    limits = read_limits(job)
+    limits = ReadLimits.from_config(job.limits)
     label_uri = row.get("label_uri") or outputs.label_uri((pid, visit), contrast, str(row["model"]),
                                                           job.model.name)
     labels = read_labels(outputs.store, str(label_uri), limits)
-    saved = stitched_uri(outputs.root, pid, visit, contrast)
+    saved = outputs.stitched_uri((pid, visit), contrast)
     if outputs.store.exists(saved):
         image, origin = read_volume(outputs.store, saved, limits), f"stitched image {saved}"
     else:
         source = source_from_row(job, row)
         only = ContrastsConfig(available=(contrast,), segment=(contrast,), fat=None, water=None)
-        loaded = load_scan(Store(job.input.storage.fsspec_options()), source, only, job.stitching, limits)
+        loaded = load_scan(Store.from_config(job.input.storage), source, only, job.stitching, limits)
         image = loaded.images[contrast]
         origin = f"re-stitched from {len(source.stations(contrast)) or len(source.uris)} station file(s)"
     mismatch = labels.grid.mismatch(image.grid)
