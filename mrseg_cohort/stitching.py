@@ -8,8 +8,12 @@ Pure: station Volumes in, a Volume and seam QC out.
   stations' physical extents. :func:`target_grid` over *all* contrasts of a participant gives the
   one grid they all share, so labels of one contrast apply voxel for voxel to the others.
 - Each station is resampled linearly onto its part of the target grid (a plain copy when its voxels
-  already lie on the target grid); overlaps are blended with linear ramps along z ("feathering":
-  each station's weight rises from its edge), which are monotone and sum to one.
+  already lie on the target grid), together with its field-of-view mask (1 where the station has
+  data: within half a voxel of its outermost voxel centres, as ITK's resampler decides "inside").
+- Blending is per voxel: a station's weight is a linear ramp along z ("feathering": rising from its
+  z edges) times its field-of-view mask, and each voxel is the weighted mean of the stations that
+  cover it. Where one station covers a voxel (stations of unequal in-plane extent, as UK Biobank's
+  224 x 156..174) that voxel is the station's own value; where two do, their blend; where none does, 0.
 - Per seam: overlap (mm), gap (mm, nothing is filled in a gap) and a fusion cost, the mean absolute
   difference of the two stations inside the overlap divided by their mean intensity there.
 - Overlapping stations whose orientation differs raise :class:`StitchError`.
@@ -100,36 +104,41 @@ def _aligned_offset(station: Grid, target: Grid) -> tuple[int, int, int] | None:
 
 def _to_sitk(volume: Volume) -> sitk.Image:
     img = sitk.GetImageFromArray(volume.array.astype(np.float32, copy=False))
-    img.SetSpacing(volume.grid.spacing_xyz_mm)
-    img.SetOrigin(volume.grid.origin_mm)
-    img.SetDirection(volume.grid.direction)
+    img.CopyInformation(_to_sitk_geometry(volume.grid))
     return img
 
 
-def _sitk_reference(grid: Grid) -> sitk.Image:
-    ref = sitk.Image(grid.shape[2], grid.shape[1], grid.shape[0], sitk.sitkFloat32)
-    ref.SetSpacing(grid.spacing_xyz_mm)
-    ref.SetOrigin(grid.origin_mm)
-    ref.SetDirection(grid.direction)
-    return ref
+def _to_sitk_geometry(grid: Grid) -> sitk.Image:
+    """A 1-byte-per-voxel image carrying ``grid``'s geometry (for CopyInformation)."""
+    img = sitk.Image(grid.shape[2], grid.shape[1], grid.shape[0], sitk.sitkUInt8)
+    img.SetSpacing(grid.spacing_xyz_mm)
+    img.SetOrigin(grid.origin_mm)
+    img.SetDirection(grid.direction)
+    return img
 
 
-def _station_on_target(station: Volume, target: Grid, z_range: tuple[int, int]) -> np.ndarray:
-    """The station sampled on target slices ``z_range`` (linear; 0 outside the station)."""
+def _station_on_target(station: Volume, target: Grid, z_range: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The station sampled on target slices ``z_range`` (linear, float32 (Z, Y, X), 0 outside the
+    station) and its field-of-view mask there (bool (Z, Y, X))."""
     z0, z1 = z_range
     sub = target.crop((z0, 0, 0), (z1, target.shape[1], target.shape[2]))
     offset = _aligned_offset(station.grid, sub)
-    out = np.zeros(sub.shape, dtype=np.float32)
     if offset is not None:
-        oz, oy, ox = offset
+        values = np.zeros(sub.shape, dtype=np.float32)
+        inside = np.zeros(sub.shape, dtype=bool)
         src = station.array
         dst = tuple(slice(max(o, 0), min(o + n, m)) for o, n, m in zip(offset, src.shape, sub.shape))
-        srcs = tuple(slice(d.start - o, d.stop - o) for d, o in zip(dst, (oz, oy, ox)))
-        out[dst] = src[srcs]
-        return out
-    resampled = sitk.Resample(_to_sitk(station), _sitk_reference(sub), sitk.Transform(), sitk.sitkLinear,
-                              0.0, sitk.sitkFloat32)
-    return sitk.GetArrayFromImage(resampled)
+        srcs = tuple(slice(d.start - o, d.stop - o) for d, o in zip(dst, offset))
+        values[dst] = src[srcs]
+        inside[dst] = True
+        return values, inside
+    reference = _to_sitk_geometry(sub)
+    values = sitk.Resample(_to_sitk(station), reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    # the mask goes through the same resampler, so "inside" is exactly where values were sampled
+    ones = sitk.GetImageFromArray(np.ones(station.grid.shape, dtype=np.uint8))
+    ones.CopyInformation(_to_sitk_geometry(station.grid))
+    inside = sitk.Resample(ones, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return sitk.GetArrayFromImage(values), sitk.GetArrayFromImage(inside).astype(bool)
 
 
 def stitch(stations: list[Volume], grid: Grid) -> Stitched:
@@ -141,23 +150,22 @@ def stitch(stations: list[Volume], grid: Grid) -> Stitched:
     half = grid.spacing_mm[0] / 2
     z_pos = origin_along + grid.spacing_mm[0] * np.arange(grid.shape[0])
     acc = np.zeros(grid.shape, dtype=np.float32)
-    wsum = np.zeros(grid.shape[0], dtype=np.float64)
-    per_station: dict[int, tuple[tuple[int, int], np.ndarray]] = {}
+    wsum = np.zeros(grid.shape, dtype=np.float32)
+    per_station: dict[int, tuple[tuple[int, int], np.ndarray, np.ndarray]] = {}
     for i in order:
         lo, hi = extents[i]
-        inside = np.flatnonzero((z_pos >= lo - half - 1e-6) & (z_pos <= hi + half + 1e-6))
-        if inside.size == 0:
+        slices = np.flatnonzero((z_pos >= lo - half - 1e-6) & (z_pos <= hi + half + 1e-6))
+        if slices.size == 0:
             continue
-        z_range = (int(inside[0]), int(inside[-1]) + 1)
-        values = _station_on_target(stations[i], grid, z_range)
+        z_range = (int(slices[0]), int(slices[-1]) + 1)
+        values, inside = _station_on_target(stations[i], grid, z_range)
         # feathering weight: distance (mm) to the station's nearer z edge, plus half a slice
         zz = z_pos[z_range[0]:z_range[1]]
-        w = np.clip(np.minimum(zz - lo, hi - zz) + half, 1e-6, None)
-        per_station[i] = (z_range, values)
-        acc[z_range[0]:z_range[1]] += values * w[:, None, None].astype(np.float32)
-        wsum[z_range[0]:z_range[1]] += w
-    covered = wsum > 0
-    acc[covered] /= wsum[covered][:, None, None].astype(np.float32)
+        ramp = np.clip(np.minimum(zz - lo, hi - zz) + half, 1e-6, None).astype(np.float32)[:, None, None]
+        per_station[i] = (z_range, values, inside)
+        acc[z_range[0]:z_range[1]] += values * ramp
+        wsum[z_range[0]:z_range[1]] += inside * ramp
+    np.divide(acc, wsum, out=acc, where=wsum > 0)
     seams = tuple(_seam(stations, order[k], order[k + 1], extents, per_station)
                   for k in range(len(order) - 1))
     return Stitched(Volume(acc, grid), seams, tuple(order))
@@ -176,12 +184,12 @@ def _seam(stations: list[Volume], lower: int, upper: int, extents, per_station) 
     gap = max(0.0, -overlap)
     cost = float("nan")
     if overlap > 0 and lower in per_station and upper in per_station:
-        (a0, a1), va = per_station[lower]
-        (b0, b1), vb = per_station[upper]
+        (a0, a1), va, ma = per_station[lower]
+        (b0, b1), vb, mb = per_station[upper]
         z0, z1 = max(a0, b0), min(a1, b1)
         if z1 > z0:
             sa, sb = va[z0 - a0:z1 - a0], vb[z0 - b0:z1 - b0]
-            both = (sa != 0) & (sb != 0)
+            both = ma[z0 - a0:z1 - a0] & mb[z0 - b0:z1 - b0]
             if both.any():
                 mean = (np.abs(sa[both]).mean() + np.abs(sb[both]).mean()) / 2
                 cost = float(np.abs(sa[both] - sb[both]).mean() / mean) if mean > 0 else float("nan")

@@ -103,3 +103,53 @@ def test_overlapping_stations_with_different_orientation_are_refused(body):
     flipped = Grid(b.grid.shape, b.grid.spacing_mm, b.grid.origin_mm, (-1, 0, 0, 0, 1, 0, 0, 0, 1))
     with pytest.raises(StitchError, match="orientations differ"):
         stitch([a, Volume(b.array, flipped)], target_grid([a.grid, b.grid]))
+
+
+def _unequal_stations(value: float, off_grid: bool) -> list[Volume]:
+    """Six UK Biobank-like stations, 224 columns x 156..174 rows x 44 slices at 2.232 x 2.232 x 3 mm,
+    centred on one in-plane axis and overlapping by 4 slices; ``off_grid``: odd row differences and a
+    sub-voxel in-plane shift, so that stations do not lie on one grid."""
+    rows = (174, 156, 168, 161, 172, 159) if off_grid else (174, 156, 168, 162, 172, 160)
+    stations, z0 = [], 0.0
+    for i, n_rows in enumerate(rows):
+        shift = 0.37 * i if off_grid else 0.0
+        origin = (-112 * 2.232 + shift, -(n_rows / 2) * 2.232 + shift / 2, z0)
+        grid = Grid((44, n_rows, 224), (3.0, 2.232, 2.232), origin)
+        stations.append(Volume(np.full(grid.shape, value, np.float32), grid))
+        z0 += 40 * 3.0
+    return stations
+
+
+@pytest.mark.parametrize("off_grid", [False, True])
+def test_unequal_fields_of_view_stitch_a_constant_to_a_constant(off_grid):
+    """Where only one station covers a voxel it gives that voxel's value: no dimming in overlaps
+    of stations with different row counts (issue 14: a constant 100 came out 25 -> 55 -> 95)."""
+    stations = _unequal_stations(100.0, off_grid)
+    grid = target_grid([s.grid for s in stations])
+    result = stitch(stations, grid)
+    image = result.volume.array
+    covered = np.zeros(grid.shape, dtype=bool)
+    for s in stations:
+        covered |= _resample(Volume(np.ones(s.grid.shape, np.float32), s.grid), grid).array > 0
+    assert covered.mean() > 0.9 and (image[~covered] == 0).all()
+    np.testing.assert_allclose(image[covered], 100.0, rtol=0.005)
+    assert len(result.seams) == 5 and all(s.fusion_cost == pytest.approx(0.0, abs=1e-4) for s in result.seams)
+
+
+def test_a_voxel_only_one_station_covers_is_that_stations_value():
+    rng = np.random.default_rng(5)
+    stations = [Volume(rng.uniform(50, 150, s.grid.shape).astype(np.float32), s.grid)
+                for s in _unequal_stations(0.0, off_grid=True)]
+    grid = target_grid([s.grid for s in stations])
+    image = stitch(stations, grid).volume.array
+    on_target = [_resample(s, grid).array for s in stations]
+    coverage = [_resample(Volume(np.ones(s.grid.shape, np.float32), s.grid), grid).array > 0 for s in stations]
+    n_covering = np.sum(coverage, axis=0)
+    for values, inside in zip(on_target, coverage):
+        only = inside & (n_covering == 1)
+        assert only.sum() > 1000
+        np.testing.assert_allclose(image[only], values[only], rtol=1e-6)
+    both = n_covering == 2
+    lo = np.minimum.reduce([np.where(c, v, np.inf) for v, c in zip(on_target, coverage)])
+    hi = np.maximum.reduce([np.where(c, v, -np.inf) for v, c in zip(on_target, coverage)])
+    assert both.sum() > 1000 and ((image[both] >= lo[both] - 1e-3) & (image[both] <= hi[both] + 1e-3)).all()

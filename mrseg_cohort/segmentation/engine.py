@@ -1,23 +1,27 @@
 """Inference for one nnU-Net model: scan array in, uint8 labels on the scan grid out.
 
-The steps are nnU-Net's (crop to the non-zero box, normalise per the plans, resample to the model
-spacing, Gaussian-weighted sliding window over all folds, resample logits back, argmax, un-crop),
+The steps are nnU-Net's predictor's, in its order and with its rounding (transpose per the plans,
+crop to the non-zero box, normalise, resample to the model spacing, Gaussian-weighted sliding
+window per fold, average of the folds, resample logits back, argmax, un-crop, transpose back),
 reusing its step and Gaussian functions, but kept on the device and never producing a float array
 of all classes at scan resolution (see :mod:`mrseg_cohort.segmentation.export`):
 
-- on CUDA: normalisation, trilinear resampling, the sliding window in fp16 autocast with batches of
-  tiles, the logit accumulation (fp16, as nnU-Net) and the export all run on the GPU; only uint8
-  labels come back;
-- on CPU: the same steps with torch, and the exact boundary-band export.
+- normalisation statistics with numpy on the array nnU-Net would see; the image resampled with
+  nnU-Net's own operators (cubic spline, separate z for anisotropic data;
+  :mod:`mrseg_cohort.segmentation.resampling`) as float64 matrix products, rounded to float32;
+- per fold, tile logits weighted and accumulated in float16 and divided by the summed weights;
+  the folds summed in float16 and divided by their number (nnU-Net's
+  ``predict_logits_from_preprocessed_data``); non-finite logits are an error naming the fold;
+- on CUDA the sliding window runs in fp16 autocast with batches of tiles and the export on the GPU;
+  on CPU one tile at a time (as nnU-Net) and the exact boundary-band export.
 
-The input is resampled with nnU-Net's own operators (cubic spline, separate z for anisotropic data;
-:mod:`mrseg_cohort.segmentation.resampling`) applied as matrix products on the device. Logits are
-accumulated in fp16 as nnU-Net does. Remaining differences from nnU-Net's reference path are float
-rounding (float32 matrix products against float64 skimage), which moves single boundary voxels.
+The caller gives the image as the network should see it (MRSegmentator's LPS orientation, see
+:mod:`mrseg_cohort.orientation`); :class:`~mrseg_cohort.segmentation.segmenter.Segmenter` does that.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import time
@@ -26,12 +30,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from mrseg_cohort.errors import BadScanError, SegmentationError
+from mrseg_cohort.errors import BadScanError, ModelError, SegmentationError
 from mrseg_cohort.segmentation.export import labels_by_boundary_band, labels_by_chunked_resampling
 from mrseg_cohort.segmentation.model_folder import ModelFolder, build_network, load_fold_weights
 from mrseg_cohort.segmentation.resampling import ResamplingPlan, resample_image
 
 log = logging.getLogger(__name__)
+
+
+SUPPORTED_NORMALISATIONS = ("ZScoreNormalization", "CTNormalization", "NoNormalization",
+                            "RescaleTo01Normalization", "RGBTo01Normalization")
 
 
 @dataclass
@@ -83,6 +91,8 @@ class ModelRunner:
         self.data_resampling = ResamplingPlan.from_plans(configuration.configuration, "data")
         self.probability_resampling = ResamplingPlan.from_plans(configuration.configuration, "probabilities")
         self.num_classes = plans_manager.get_label_manager(model.dataset_json).num_segmentation_heads
+        self.transpose_forward, self.transpose_backward = plans_transposes(model)
+        self._check_supported()
         meta = model.checkpoint_meta()
         axes = meta["inference_allowed_mirroring_axes"]
         self.mirror_axes = tuple(axes) if (mirroring and axes) else ()
@@ -91,17 +101,30 @@ class ModelRunner:
             net = build_network(model)[0] if self.networks else network
             net.load_state_dict(weights)
             self.networks.append(net.to(self.device).eval())
+        self.fold_names = tuple(str(f) for f in model.folds)
         self.is_cuda = self.device.type == "cuda"
         self.tiles_per_batch = tiles_per_batch or (4 if self.is_cuda else 1)
         self.accumulate_dtype = torch.float16  # as nnU-Net, on GPU and CPU: same rounding, same labels
         self.gaussian = compute_gaussian(self.patch_size, sigma_scale=1.0 / 8, value_scaling_factor=10,
                                          dtype=self.accumulate_dtype, device=self.device)
 
-    # -- the steps ---------------------------------------------------------------------------------
-    def preprocess(self, image: np.ndarray, spacing_zyx: tuple[float, float, float]) -> torch.Tensor:
-        """Normalised image resampled to the model spacing: (1, z, y, x) float32 on the device."""
-        from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
+    def _check_supported(self) -> None:
+        """Refuse, at load time, plans whose steps this engine does not reproduce (ModelError)."""
+        scheme = self.configuration.normalization_schemes[0]
+        if scheme not in SUPPORTED_NORMALISATIONS:
+            raise ModelError(f"model {self.model.name}: plans.json normalization_schemes {scheme!r} is not "
+                             f"supported (supported: {', '.join(SUPPORTED_NORMALISATIONS)})")
+        if self.probability_resampling is None:
+            raise ModelError(f"model {self.model.name}: plans.json names a custom "
+                             "resampling_fn_probabilities, which is not supported")
 
+    # -- the steps ---------------------------------------------------------------------------------
+    def normalise(self, image: np.ndarray) -> torch.Tensor:
+        """``image`` (the cropped (z, y, x) float32 array) normalised per the plans, on the device.
+
+        Statistics are taken with numpy on the same array nnU-Net's preprocessor sees (a crop view
+        of a C-contiguous float32 image), so they round as nnU-Net's do; they are applied with torch.
+        """
         scheme = self.configuration.normalization_schemes[0]
         use_mask = bool(self.configuration.use_mask_for_norm[0])
         props = self.plans_manager.foreground_intensity_properties_per_channel.get("0", {})
@@ -110,23 +133,30 @@ class ModelRunner:
             if use_mask:
                 from scipy.ndimage import binary_fill_holes
 
-                mask = torch.from_numpy(binary_fill_holes(image != 0)).to(self.device)
-                values = x[mask]
-                x = torch.where(mask, (x - values.mean()) / max(float(values.std(unbiased=False)), 1e-8), x)
-            else:
-                x = (x - x.mean()) / max(float(x.std(unbiased=False)), 1e-8)
-        elif scheme == "CTNormalization":
-            x = (x.clamp(props["percentile_00_5"], props["percentile_99_5"]) - props["mean"]) / \
-                max(props["std"], 1e-8)
-        else:  # other schemes: nnU-Net's own class on the CPU
-            from nnunetv2.preprocessing.normalization.default_normalization_schemes import (
-                NoNormalization, RescaleTo01Normalization, RGBTo01Normalization)
-            cls = {"NoNormalization": NoNormalization, "RescaleTo01Normalization": RescaleTo01Normalization,
-                   "RGBTo01Normalization": RGBTo01Normalization}.get(scheme)
-            if cls is None:
-                raise SegmentationError(f"normalisation scheme {scheme} of model {self.model.name} is not "
-                                        "supported", stage="segment")
-            x = torch.from_numpy(cls(use_mask, props).run(image.astype(np.float32))).to(self.device)
+                mask_np = binary_fill_holes(image != 0)
+                values = image[mask_np]
+                mean, std = values.mean(), max(values.std(), 1e-8)
+                mask = torch.from_numpy(mask_np).to(self.device)
+                return torch.where(mask, (x - float(mean)) / float(std), x)
+            mean, std = image.mean(), max(image.std(), 1e-8)
+            return (x - float(mean)) / float(std)
+        if scheme == "CTNormalization":
+            lower, upper = float(props["percentile_00_5"]), float(props["percentile_99_5"])
+            return (x.clamp(lower, upper) - float(props["mean"])) / max(float(props["std"]), 1e-8)
+        # other schemes: nnU-Net's own class on the CPU
+        from nnunetv2.preprocessing.normalization import default_normalization_schemes as schemes
+
+        cls = getattr(schemes, scheme)
+        return torch.from_numpy(cls(use_mask, props).run(image.astype(np.float32))).to(self.device)
+
+    def preprocess(self, image: np.ndarray, spacing_zyx: tuple[float, float, float]) -> torch.Tensor:
+        """Normalised image resampled to the model spacing: (1, z, y, x) float32 on the device.
+
+        ``image`` and ``spacing_zyx`` are already transposed (:attr:`transpose_forward`) and cropped.
+        The resampling runs in float64, as nnU-Net's (skimage) does, and is rounded to float32."""
+        from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
+
+        x = self.normalise(image)
         new_shape = tuple(int(s) for s in compute_new_shape(image.shape, spacing_zyx, self.spacing))
         if new_shape != tuple(image.shape):
             x = self._resample_input(x, new_shape, spacing_zyx)
@@ -136,37 +166,59 @@ class ModelRunner:
                         spacing_zyx: tuple[float, float, float]) -> torch.Tensor:
         """nnU-Net's resampling of the normalised image to the model grid (see :mod:`resampling`)."""
         if self.data_resampling is not None:
-            return resample_image(x, new_shape, spacing_zyx, self.spacing, self.data_resampling)
+            return resample_image(x.double(), new_shape, spacing_zyx, self.spacing, self.data_resampling).float()
         fn = self.configuration.resampling_fn_data  # a custom function named by the plans: nnU-Net's, on the CPU
         out = fn(x.cpu().numpy()[None], new_shape, spacing_zyx, self.spacing)
         return torch.from_numpy(np.ascontiguousarray(out[0], dtype=np.float32)).to(self.device)
 
     @torch.inference_mode()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Sliding-window logits summed over folds: (C, z, y, x) on the device (nnU-Net's windows)."""
+        """Sliding-window logits averaged over folds: (C, z, y, x) float16 on the device.
+
+        As nnU-Net's predictor: per fold, Gaussian-weighted tiles accumulated in float16 and divided
+        by the summed weights; the folds' results summed in float16 and divided by their number.
+
+        Raises:
+            SegmentationError: a fold gives NaN or infinite logits (names the model and fold).
+        """
         from acvl_utils.cropping_and_padding.padding import pad_nd_image
         from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
 
         data, revert = pad_nd_image(x, self.patch_size, "constant", {"value": 0}, True, None)
         steps = compute_steps_for_sliding_window(tuple(data.shape[1:]), self.patch_size, self.tile_step_size)
         corners = list(itertools.product(*steps))
-        out = torch.zeros((self.num_classes, *data.shape[1:]), dtype=self.accumulate_dtype, device=self.device)
         weight = torch.zeros(data.shape[1:], dtype=self.accumulate_dtype, device=self.device)
-        for z, y, x0 in corners:
-            weight[z:z + self.patch_size[0], y:y + self.patch_size[1], x0:x0 + self.patch_size[2]] += self.gaussian
-        autocast = torch.autocast("cuda", dtype=torch.float16) if self.is_cuda else _null_context()
+        for corner in corners:
+            weight[self._window(corner)] += self.gaussian
+        total = None
+        for fold, net in zip(self.fold_names, self.networks):
+            fold_logits = self._sliding_window(net, data, corners)
+            fold_logits /= weight
+            if not bool(torch.isfinite(fold_logits).all()):
+                raise SegmentationError(f"model {self.model.name} fold {fold} gave NaN or infinite logits "
+                                        "(corrupt weights, or an input far outside the training range)",
+                                        stage="segment")
+            total = fold_logits if total is None else total.add_(fold_logits)
+            del fold_logits
+        if len(self.networks) > 1:
+            total /= len(self.networks)
+        return total[(slice(None), *revert[1:])]
+
+    def _window(self, corner: tuple[int, int, int]) -> tuple[slice, slice, slice]:
+        return tuple(slice(c, c + p) for c, p in zip(corner, self.patch_size))  # type: ignore[return-value]
+
+    def _sliding_window(self, net: torch.nn.Module, data: torch.Tensor, corners: list) -> torch.Tensor:
+        """One fold's Gaussian-weighted sum of tile logits, float16 (C, z, y, x), not yet normalised."""
+        out = torch.zeros((self.num_classes, *data.shape[1:]), dtype=self.accumulate_dtype, device=self.device)
+        autocast = torch.autocast("cuda", dtype=torch.float16) if self.is_cuda else contextlib.nullcontext()
         with autocast:
-            for net in self.networks:
-                for start in range(0, len(corners), self.tiles_per_batch):
-                    batch_corners = corners[start:start + self.tiles_per_batch]
-                    tiles = torch.stack([data[:, z:z + self.patch_size[0], y:y + self.patch_size[1],
-                                              x0:x0 + self.patch_size[2]] for z, y, x0 in batch_corners])
-                    pred = self._forward(net, tiles)
-                    for (z, y, x0), p in zip(batch_corners, pred):
-                        out[:, z:z + self.patch_size[0], y:y + self.patch_size[1],
-                            x0:x0 + self.patch_size[2]] += p * self.gaussian
-        out /= weight  # as nnU-Net: weighted mean per fold-sum (argmax unaffected by the fold count)
-        return out[(slice(None), *revert[1:])]
+            for start in range(0, len(corners), self.tiles_per_batch):
+                batch_corners = corners[start:start + self.tiles_per_batch]
+                tiles = torch.stack([data[(slice(None), *self._window(c))] for c in batch_corners])
+                pred = self._forward(net, tiles)
+                for corner, p in zip(batch_corners, pred):
+                    out[(slice(None), *self._window(corner))] += p.mul_(self.gaussian)  # in place, as nnU-Net
+        return out
 
     def _forward(self, net: torch.nn.Module, tiles: torch.Tensor) -> torch.Tensor:
         pred = net(tiles)
@@ -174,21 +226,20 @@ class ModelRunner:
             axes = [a + 2 for a in self.mirror_axes]
             combos = [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
             for flip in combos:
-                pred = pred + torch.flip(net(torch.flip(tiles, flip)), flip)
-            pred = pred / (len(combos) + 1)
+                pred += torch.flip(net(torch.flip(tiles, flip)), flip)
+            pred /= len(combos) + 1
         return pred
 
     def export(self, logits: torch.Tensor, shape: tuple[int, int, int],
                spacing_zyx: tuple[float, float, float]) -> np.ndarray:
         """uint8 labels of ``shape`` (scan grid, ``spacing_zyx`` mm) from model-grid logits, resampled
-        as nnU-Net's export resamples probabilities (see :mod:`export`)."""
+        and rounded as nnU-Net's export does (see :mod:`export`)."""
         plan = self.probability_resampling
-        if plan is None:
-            raise SegmentationError(f"model {self.model.name}: its plans name a custom probability "
-                                    "resampling function, which is not supported", stage="segment")
         matrices = plan.matrices(tuple(logits.shape[1:]), tuple(shape), self.spacing, spacing_zyx)
-        if self.is_cuda or plan.order > 1 or plan.order_z > 1:  # the band needs linear or nearest weights
+        if self.is_cuda:
             return labels_by_chunked_resampling(logits, shape, matrices).cpu().numpy()
+        if plan.order > 1 or plan.order_z > 1:  # the band needs linear or nearest weights
+            return labels_by_chunked_resampling(logits, shape, matrices, compute_dtype=torch.float64).numpy()
         return labels_by_boundary_band(logits, shape, matrices)
 
     # -- all together ------------------------------------------------------------------------------
@@ -197,23 +248,29 @@ class ModelRunner:
         """Models with equal keys preprocess an image identically (so they can share the result)."""
         props = self.plans_manager.foreground_intensity_properties_per_channel.get("0", {})
         scheme = self.configuration.normalization_schemes[0]
-        return (self.spacing, scheme, bool(self.configuration.use_mask_for_norm[0]), str(self.device),
+        return (self.spacing, self.transpose_forward, scheme, bool(self.configuration.use_mask_for_norm[0]),
+                str(self.device), self.data_resampling,
                 tuple(sorted(props.items())) if scheme == "CTNormalization" else ())
 
     def prepare(self, image: np.ndarray, spacing_zyx: tuple[float, float, float],
                 times: StageTimes | None = None) -> "Prepared":
-        """Crop to the non-zero box and preprocess (shareable between models, see preprocess_key)."""
+        """Transpose as the plans say, crop to the non-zero box and preprocess (shareable between
+        models, see :attr:`preprocess_key`). ``image``: (z, y, x) float32 as the network should see it
+        (LPS, see :mod:`mrseg_cohort.orientation`)."""
         times = times or StageTimes()
         t = time.perf_counter()
-        box = nonzero_box(image)
-        prepared = Prepared(box, tuple(image.shape), image[box].shape, tuple(spacing_zyx),
-                            self.preprocess(image[box], spacing_zyx))
+        transposed = np.transpose(image, self.transpose_forward)
+        spacing = tuple(spacing_zyx[a] for a in self.transpose_forward)
+        box = nonzero_box(transposed)
+        cropped = transposed[box]
+        prepared = Prepared(box, tuple(transposed.shape), cropped.shape, spacing,  # type: ignore[arg-type]
+                            self.preprocess(cropped, spacing))
         times.add("preprocess", t)
         return prepared
 
     def __call__(self, image: np.ndarray, spacing_zyx: tuple[float, float, float],
                  times: StageTimes | None = None, prepared: "Prepared | None" = None) -> np.ndarray:
-        """uint8 labels (z, y, x) for ``image`` ((z, y, x) float, scan grid, ``spacing_zyx`` mm)."""
+        """uint8 labels (z, y, x) for ``image`` ((z, y, x) float32, ``spacing_zyx`` mm), on its grid."""
         times = times or StageTimes()
         prepared = prepared or self.prepare(image, spacing_zyx, times)
         t = time.perf_counter()
@@ -223,7 +280,27 @@ class ModelRunner:
         labels = np.zeros(prepared.shape, dtype=np.uint8)
         labels[prepared.box] = self.export(logits, prepared.cropped_shape, prepared.spacing_zyx)
         times.add("export", t)
-        return labels
+        return np.ascontiguousarray(np.transpose(labels, self.transpose_backward))
+
+
+def plans_transposes(model: ModelFolder) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """The plans' ``transpose_forward`` and ``transpose_backward`` (array axes, z, y, x order).
+
+    Raises:
+        ModelError: either is not a permutation of (0, 1, 2), or backward does not undo forward.
+    """
+    out = []
+    for key in ("transpose_forward", "transpose_backward"):
+        value = model.plans.get(key, [0, 1, 2])
+        if not isinstance(value, (list, tuple)) or sorted(value) != [0, 1, 2]:
+            raise ModelError(f"model {model.name}: plans.json {key} must be a permutation of [0, 1, 2], "
+                             f"not {value!r}")
+        out.append(tuple(int(v) for v in value))
+    forward, backward = out
+    if tuple(forward[b] for b in backward) != (0, 1, 2):
+        raise ModelError(f"model {model.name}: plans.json transpose_backward {list(backward)} does not undo "
+                         f"transpose_forward {list(forward)}")
+    return forward, backward  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -235,14 +312,6 @@ class Prepared:
     cropped_shape: tuple[int, int, int]
     spacing_zyx: tuple[float, float, float]
     network_input: torch.Tensor
-
-
-class _null_context:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _sync(device: torch.device) -> None:

@@ -132,4 +132,4 @@ def sampling_of(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     rest[np.arange(n_out), hi] = 0
     if np.abs(rest).max(initial=0) > 1e-9 or (w < -1e-9).any() or (w > 1 + 1e-9).any():
         raise ValueError("not a linear or nearest interpolation operator")
-    return lo, hi, np.clip(w, 0, 1).astype(np.float32)
+    return lo, hi, np.clip(w, 0, 1)

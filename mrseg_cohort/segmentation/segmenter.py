@@ -16,6 +16,7 @@ from mrseg_cohort.config import ModelConfig, resolve_weights
 from mrseg_cohort.errors import ConfigError, ModelError, SegmentationError
 from mrseg_cohort.geometry import Volume
 from mrseg_cohort.labels import KNOWN_MAPS, LabelMap, check_label_map, label_map_from_dataset_json
+from mrseg_cohort.orientation import lps_reorientation
 from mrseg_cohort.segmentation.engine import ModelRunner, StageTimes
 from mrseg_cohort.segmentation.model_folder import ModelFolder, open_model_folder, weights_checksum
 
@@ -93,8 +94,13 @@ class Segmenter:
         self.runners = {m.name: ModelRunner(m.folder(), device, m.tile_step_size, m.mirroring) for m in models}
 
     def __call__(self, image: Volume, modality: str, contrast: str) -> Segmentation:
-        """Labels of every applicable model for one image; models sharing a preprocessing plan share
-        the preprocessed volume (one pass)."""
+        """Labels of every applicable model for one image, on the image's own grid.
+
+        The networks see the image reoriented to LPS, as MRSegmentator's reader gives it
+        (:mod:`mrseg_cohort.orientation`); the labels are turned back onto ``image.grid``. Models
+        sharing a preprocessing plan share the preprocessed volume (one pass)."""
+        reorientation = lps_reorientation(image.grid)
+        network_image = reorientation.volume(image)
         seconds: dict[str, dict[str, float]] = {}
         labels, skipped = {}, {}
         prepared: dict[tuple, object] = {}
@@ -109,9 +115,11 @@ class Segmenter:
             times = StageTimes()
             try:
                 if runner.preprocess_key not in prepared:
-                    prepared[runner.preprocess_key] = runner.prepare(image.array, image.grid.spacing_mm, times)
-                labels[spec.name] = runner(image.array, image.grid.spacing_mm, times,
-                                           prepared[runner.preprocess_key])
+                    prepared[runner.preprocess_key] = runner.prepare(network_image.array,
+                                                                     network_image.grid.spacing_mm, times)
+                lps_labels = runner(network_image.array, network_image.grid.spacing_mm, times,
+                                    prepared[runner.preprocess_key])
+                labels[spec.name] = np.ascontiguousarray(reorientation.undo(lps_labels))
                 seconds[spec.name] = times.seconds
             except MemoryError as err:
                 raise SegmentationError(f"out of memory segmenting with {spec.name}: {err}", stage="segment") from err
