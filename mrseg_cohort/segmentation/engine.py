@@ -235,12 +235,13 @@ class ModelRunner:
         """uint8 labels of ``shape`` (scan grid, ``spacing_zyx`` mm) from model-grid logits, resampled
         and rounded as nnU-Net's export does (see :mod:`export`)."""
         plan = self.probability_resampling
-        matrices = plan.matrices(tuple(logits.shape[1:]), tuple(shape), self.spacing, spacing_zyx)
-        if self.is_cuda:
-            return labels_by_chunked_resampling(logits, shape, matrices).cpu().numpy()
-        if plan.order > 1 or plan.order_z > 1:  # the band needs linear or nearest weights
-            return labels_by_chunked_resampling(logits, shape, matrices, compute_dtype=torch.float64).numpy()
-        return labels_by_boundary_band(logits, shape, matrices)
+        in_shape = tuple(logits.shape[1:])
+        if self.is_cuda or not plan.is_interpolating:  # the band needs linear or nearest weights
+            matrices = plan.matrices(in_shape, tuple(shape), self.spacing, spacing_zyx)
+            dtype = torch.float32 if self.is_cuda else torch.float64
+            return labels_by_chunked_resampling(logits, shape, matrices, compute_dtype=dtype).cpu().numpy()
+        return labels_by_boundary_band(logits, shape, plan.samplings(in_shape, tuple(shape), self.spacing,
+                                                                     spacing_zyx))
 
     # -- all together ------------------------------------------------------------------------------
     @property

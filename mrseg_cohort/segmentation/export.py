@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mrseg_cohort.segmentation.resampling import apply_matrices, sampling_of, spline_matrix
+from mrseg_cohort.segmentation.resampling import AxisSampling, apply_matrices, linear_sampling, spline_matrix
 
 SOFTMAX_TIE_MARGIN = 1e-6
 """Smallest logit lead (any dtype) that the float32 softmax cannot turn into a tie (exp(lead) must
@@ -65,12 +65,13 @@ def labels_by_chunked_resampling(logits: torch.Tensor, out_shape: tuple[int, int
 
 
 def labels_by_boundary_band(logits: torch.Tensor, out_shape: tuple[int, int, int],
-                            matrices: list[np.ndarray] | None = None, chunk_voxels: int = 1 << 18) -> np.ndarray:
+                            samplings: list[AxisSampling] | None = None, chunk_voxels: int = 1 << 18) -> np.ndarray:
     """Exactly the argmax of resampled, rounded ``logits`` (CPU tensor (C, z, y, x); see module
     docstring). Returns uint8 (Z, Y, X).
 
-    ``matrices``: linear or nearest operator per axis (default: linear on every axis). Nearest is a
-    convex combination too (weights 1 and 0), so the argument of the module docstring holds."""
+    ``samplings``: linear or nearest sampling per axis (:meth:`ResamplingPlan.samplings`; default:
+    linear on every axis). Nearest is a convex combination too (weights 1 and 0), so the argument of
+    the module docstring holds."""
     n_classes, grid = logits.shape[0], tuple(logits.shape[1:])
     # one row of class logits per model-grid voxel, in the logits' own dtype (float16: half the memory)
     table = torch.empty((*grid, n_classes), dtype=logits.dtype).copy_(logits.permute(1, 2, 3, 0))
@@ -96,11 +97,11 @@ def labels_by_boundary_band(logits: torch.Tensor, out_shape: tuple[int, int, int
                     np.minimum(min_lead, padded[1][corner], out=min_lead)
                     np.maximum(max_step, padded[2][corner], out=max_step)
     uniform = same & (min_lead > max_step)
-    matrices = matrices or linear_matrices(coarse.shape, out_shape)
-    (lz, hz, wz), (ly, hy, wy), (lx, hx, wx) = (sampling_of(m) for m in matrices)
+    samplings = samplings or [linear_sampling(n, m) for n, m in zip(grid, out_shape)]
+    (lz, hz, *wz), (ly, hy, *wy), (lx, hx, *wx) = samplings
     labels = coarse[np.ix_(lz, ly, lx)]
     agree = uniform[np.ix_(lz, ly, lx)]
-    # a cell replicated at the upper edge (hi == lo) is still exact: weights on the replica are 0
+    # a cell replicated at an edge (hi == lo) is still exact: its voxels are the one corner's values
     band = np.flatnonzero(~agree.ravel())
     if band.size:
         zi, yi, xi = np.unravel_index(band, out_shape)
@@ -108,8 +109,8 @@ def labels_by_boundary_band(logits: torch.Tensor, out_shape: tuple[int, int, int
         for start in range(0, band.size, chunk_voxels):
             sl = slice(start, start + chunk_voxels)
             flat[band[sl]] = _interpolated_argmax(
-                table, grid, (lz[zi[sl]], hz[zi[sl]], wz[zi[sl]]), (ly[yi[sl]], hy[yi[sl]], wy[yi[sl]]),
-                (lx[xi[sl]], hx[xi[sl]], wx[xi[sl]]))
+                table, grid, *(((lo[i], w_lo[i]), (hi[i], w_hi[i])) for lo, hi, (w_lo, w_hi), i in
+                               ((lz, hz, wz, zi[sl]), (ly, hy, wy, yi[sl]), (lx, hx, wx, xi[sl]))))
     return labels
 
 
@@ -136,16 +137,31 @@ def _argmax_lead_and_step(table: torch.Tensor, chunk_voxels: int) -> tuple[np.nd
 
 
 def _interpolated_argmax(table: torch.Tensor, grid: tuple[int, int, int], z, y, x) -> np.ndarray:
-    """nnU-Net's label at the given (lo, hi, w) per axis: the float64 interpolation of the rows of
-    ``table`` (class logits per voxel of ``grid``, C-order), rounded to the table's dtype, float32
-    softmax, first-index argmax."""
-    acc = None
-    for zi, wz in ((z[0], 1 - z[2]), (z[1], z[2])):
-        for yi, wy in ((y[0], 1 - y[2]), (y[1], y[2])):
-            for xi, wx in ((x[0], 1 - x[2]), (x[1], x[2])):
-                w = torch.from_numpy(wz * wy * wx)[:, None]
-                rows = table.index_select(0, torch.from_numpy((zi * grid[1] + yi) * grid[2] + xi)).double()
-                term = rows.mul_(w)
-                acc = term if acc is None else acc.add_(term)
-    rounded = acc.to(table.dtype).float()
+    """nnU-Net's label where each axis samples ``((lo, w_lo), (hi, w_hi))`` (see
+    :func:`_interpolate_rows`): the interpolation rounded to the table's dtype, float32 softmax,
+    first-index argmax."""
+    acc = _interpolate_rows(table, grid, z, y, x)
+    # numpy rounds float64 to float16 once, as nnU-Net's array assignment does (torch goes through
+    # float32: double rounding)
+    rounded = torch.from_numpy(acc.numpy().astype(_numpy_dtype(table.dtype))).float()
     return torch.softmax(rounded, 1).argmax(1).to(torch.uint8).numpy()
+
+
+def _interpolate_rows(table: torch.Tensor, grid: tuple[int, int, int], z, y, x) -> torch.Tensor:
+    """float64 (N, C): the rows of ``table`` (class values per voxel of ``grid``, C-order)
+    interpolated where each axis samples ``((lo, w_lo), (hi, w_hi))`` (index and weight arrays, one
+    entry per voxel), exactly as scipy's ``zoom`` does (corners in C order, x fastest; each term
+    ``((value * w_z) * w_y) * w_x``, summed from 0)."""
+    acc = None
+    for zi, wz in z:
+        for yi, wy in y:
+            for xi, wx in x:
+                rows = table.index_select(0, torch.from_numpy((zi * grid[1] + yi) * grid[2] + xi)).double()
+                term = rows.mul_(torch.from_numpy(wz)[:, None]).mul_(torch.from_numpy(wy)[:, None])
+                term.mul_(torch.from_numpy(wx)[:, None])
+                acc = term if acc is None else acc.add_(term)
+    return acc
+
+
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    return torch.empty(0, dtype=dtype).numpy().dtype

@@ -60,6 +60,24 @@ class ResamplingPlan:
         return [nearest_matrix(n, m, self.order_z) if a == z_axis else spline_matrix(n, m, self.order)
                 for a, (n, m) in enumerate(zip(in_shape, out_shape))]
 
+    @property
+    def is_interpolating(self) -> bool:
+        """Linear or nearest on every axis: each output value is a convex combination of at most two
+        neighbours per axis (what the boundary-band export needs)."""
+        return self.order <= 1 and self.order_z <= 1
+
+    def samplings(self, in_shape, out_shape, current_spacing, new_spacing) -> list[AxisSampling]:
+        """Per axis, the two neighbours and weights of every output index, with scipy's arithmetic
+        (only for :attr:`is_interpolating` plans)."""
+        if not self.is_interpolating:
+            raise ValueError(f"spline order {self.order} (z: {self.order_z}) is not an interpolation of neighbours")
+        z_axis = self.low_res_axis(current_spacing, new_spacing)
+        out = []
+        for a, (n, m) in enumerate(zip(in_shape, out_shape)):
+            order = self.order_z if a == z_axis else self.order
+            out.append(linear_sampling(n, m) if order == 1 else nearest_sampling(n, m))
+        return out
+
 
 @lru_cache(maxsize=64)
 def spline_matrix(n_in: int, n_out: int, order: int) -> np.ndarray:
@@ -119,17 +137,27 @@ def resample_image(x: torch.Tensor, out_shape, current_spacing, new_spacing,
     return apply_matrices(y, z_only)
 
 
-def sampling_of(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(lo, hi, w_hi) per output row of an interpolating operator with at most two adjacent non-zero
-    weights per row (linear or nearest): value = (1 - w) * in[lo] + w * in[hi]."""
-    n_out, n_in = matrix.shape
-    nonzero = np.abs(matrix) > 1e-12
-    lo = np.argmax(nonzero, axis=1)
-    hi = np.minimum(lo + 1, n_in - 1)
-    w = np.where(hi != lo, matrix[np.arange(n_out), hi], 0.0)
-    rest = matrix.copy()
-    rest[np.arange(n_out), lo] = 0
-    rest[np.arange(n_out), hi] = 0
-    if np.abs(rest).max(initial=0) > 1e-9 or (w < -1e-9).any() or (w > 1 + 1e-9).any():
-        raise ValueError("not a linear or nearest interpolation operator")
-    return lo, hi, np.clip(w, 0, 1)
+AxisSampling = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+"""(lo, hi, w_lo, w_hi) per output index along one axis: value = w_lo * in[lo] + w_hi * in[hi]."""
+
+
+def linear_sampling(n_in: int, n_out: int) -> AxisSampling:
+    """Order-1 sampling along one axis exactly as scipy computes it for skimage's
+    ``resize(order=1, mode="edge")`` (``ndimage.zoom(order=1, mode="nearest", grid_mode=True)``):
+    source coordinate ``(d + 0.5) * (n_in / n_out) - 0.5``, weights ``1 - x`` and ``1 - (1 - x)``
+    of its fraction x, neighbours clamped to the edges with the weights left unclamped (so an edge
+    voxel is ``v * w_lo + v * w_hi``, which rounds differently from ``v``)."""
+    cc = (np.arange(n_out, dtype=np.float64) + 0.5) * (np.float64(n_in) / np.float64(n_out)) - 0.5
+    start = np.floor(cc)
+    w_lo = 1.0 - (cc - start)
+    w_hi = 1.0 - w_lo
+    lo = np.clip(start, 0, n_in - 1).astype(np.int64)
+    hi = np.clip(start + 1, 0, n_in - 1).astype(np.int64)
+    return lo, hi, w_lo, w_hi
+
+
+def nearest_sampling(n_in: int, n_out: int) -> AxisSampling:
+    """nnU-Net's separate-z step with ``order_z=0`` (``map_coordinates(order=0, mode="nearest")``)."""
+    cc = (np.arange(n_out, dtype=np.float64) + 0.5) * (float(n_in) / n_out) - 0.5
+    index = np.clip(np.floor(cc + 0.5), 0, n_in - 1).astype(np.int64)
+    return index, index, np.ones(n_out), np.zeros(n_out)
