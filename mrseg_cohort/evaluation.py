@@ -25,7 +25,7 @@ import pandas as pd
 
 from mrseg_cohort.errors import BadScanError, ConfigError, ScanError, StorageError
 from mrseg_cohort.geometry import Grid, Volume
-from mrseg_cohort.io.nifti import read_labels
+from mrseg_cohort.io.images import IMAGE_SUFFIXES, image_stem, read_label_image
 from mrseg_cohort.io.storage import Store, join_uri
 from mrseg_cohort.io.tables import read_table_file, write_table
 from mrseg_cohort.labels import KNOWN_MAPS, LabelMap, label_map_from_dataset_json
@@ -33,7 +33,6 @@ from mrseg_cohort.metrics import evaluate_labels, label_values, vessel_consisten
 
 log = logging.getLogger(__name__)
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 ALL_GROUP = "all"
 INPUT_ERRORS = (ScanError, StorageError, OSError, ValueError)
 """Errors that describe the input (an error row); anything else is our bug (logged with traceback)."""
@@ -140,7 +139,7 @@ def pairs_from_folders(store: Store, pred_root: str, ref_root: str, group: str =
     A reference without a prediction gives a pair with ``pred_uri == ""`` (an error row later);
     predictions without a reference are left out, with a warning.
     """
-    refs, preds = _nifti_by_key(store, ref_root), _nifti_by_key(store, pred_root)
+    refs, preds = _images_by_key(store, ref_root), _images_by_key(store, pred_root)
     if not refs:
         raise FileNotFoundError(f"no .nii or .nii.gz label maps under the reference folder {ref_root}")
     extra = sorted(set(preds) - set(refs))
@@ -171,7 +170,7 @@ def pairs_from_list(store: Store, list_uri: str) -> list[Pair]:
         pred, ref = (_resolve(base, rec[c].strip()) if rec[c].strip() else "" for c in ("pred", "ref"))
         if not ref:
             raise ConfigError(f"{list_uri}: row {i + 1} has an empty 'ref'")
-        pair_id = rec.get("id") or _key(ref.rsplit("/", 1)[-1])
+        pair_id = rec.get("id") or image_stem(ref.rsplit("/", 1)[-1])
         pairs.append(Pair(pair_id, pred, ref, tuple((c, rec[c]) for c in group_cols)))
     ids = [p.pair_id for p in pairs]
     if len(set(ids)) != len(ids):
@@ -180,19 +179,10 @@ def pairs_from_list(store: Store, list_uri: str) -> list[Pair]:
     return pairs
 
 
-def _nifti_by_key(store: Store, root: str) -> dict[str, str]:
-    out = {}
-    for uri in store.list_files(root):
-        if uri.endswith(NIFTI_SUFFIXES):
-            out[_key(uri[len(root.rstrip("/")) + 1:])] = uri
-    return out
-
-
-def _key(name: str) -> str:
-    for suffix in NIFTI_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+def _images_by_key(store: Store, root: str) -> dict[str, str]:
+    """Image files under ``root`` by their relative path without the image suffix."""
+    return {image_stem(uri[len(root.rstrip("/")) + 1:]): uri for uri in store.list_files(root)
+            if uri.lower().endswith(IMAGE_SUFFIXES)}
 
 
 def _resolve(base: str, path: str) -> str:
@@ -231,8 +221,8 @@ def _measure_pair(store: Store, pair: Pair, options: EvalOptions, row: dict[str,
     if not pair.pred_uri:
         raise BadScanError(f"no prediction for reference {pair.ref_uri} (pair {pair.pair_id!r})",
                            uri=pair.ref_uri)
-    ref = read_labels(store, pair.ref_uri)
-    pred = read_labels(store, pair.pred_uri)
+    ref = read_label_image(store, pair.ref_uri)
+    pred = read_label_image(store, pair.pred_uri)
     note = pred.grid.mismatch(ref.grid)
     if note and options.resample_mm is None:
         raise BadScanError(f"prediction {pair.pred_uri} and reference {pair.ref_uri} differ in geometry: "

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from mrseg_cohort.config import ContrastsConfig, StitchingConfig
 from mrseg_cohort.errors import BadScanError, ScanError, StorageError
 from mrseg_cohort.geometry import Volume
-from mrseg_cohort.io.nifti import ReadLimits, read_volume
+from mrseg_cohort.io.images import read_image
+from mrseg_cohort.io.limits import ReadLimits
 from mrseg_cohort.io.storage import Store
 from mrseg_cohort.manifest import ScanSource
 from mrseg_cohort.stitching import Seam, stitch, target_grid
@@ -48,7 +49,7 @@ def read_stations(store: Store, source: ScanSource, contrasts: tuple[str, ...],
     for contrast in contrasts:
         volumes = []
         for uri in source.stations(contrast):
-            volumes.append(read_volume(store, uri, limits))
+            volumes.append(read_image(store, uri, limits))
             n_bytes += store.size(uri)
         if volumes:
             out[contrast] = volumes

@@ -5,8 +5,9 @@ Discovered under the input URI by the layout named in the config:
 - ``phantom`` / ``nako-nifti``: NIfTI files named by ``cohort.pattern`` (placeholders
   ``{participant_id}``, ``{visit}``, ``{contrast}``, optional ``{station}``; without ``{station}``
   each file is an already stitched volume);
-- ``nifti-folder``: one whole-body NIfTI per scan, participant (and visit) from
-  ``cohort.participant_regex`` on the file name; contrast = the first of ``contrasts.segment``;
+- ``nifti-folder``: one whole-body image per scan (NIfTI, MetaImage ``.mha`` or NRRD ``.nrrd``, as
+  MRSegmentator reads), participant (and visit) from ``cohort.participant_regex`` on the file name;
+  contrast = the first of ``contrasts.segment``;
 - ``ukbb-dicom-zip``: one zip per participant and visit, ``<eid>_20201_<instance>_0.zip``.
 
 The manifest is the unit-of-work list; anti-joined with what is committed it is the resume plan.
@@ -21,11 +22,11 @@ import pandas as pd
 
 from mrseg_cohort.config import JobConfig
 from mrseg_cohort.errors import ConfigError
+from mrseg_cohort.io.images import image_suffix
 from mrseg_cohort.io.storage import Store
 
 UKBB_ZIP = re.compile(r"^(?P<participant_id>\d+)_20201_(?P<visit>\d+)_(?P<array>\d+)\.zip$")
 UKBB_BULK_LINE = re.compile(r"^\s*(?P<eid>\d+)\s+(?P<field>\d+)_(?P<instance>\d+)_(?P<array>\d+)\s*$")
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ def _by_regex(cfg: JobConfig, rel: list[tuple[str, str]]) -> list[ScanSource]:
     out = []
     for uri, path in rel:
         name = path.rsplit("/", 1)[-1]
-        if not name.endswith(NIFTI_SUFFIXES):
+        if image_suffix(name) is None:
             continue
         m = regex.search(name)
         if not m or not m.groupdict().get("participant_id"):

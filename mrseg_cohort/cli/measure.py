@@ -34,7 +34,7 @@ def measure(
 
     from mrseg_cohort.biomarkers import INTENSITY_COLUMNS, SCAN_COLUMNS, STRUCTURE_COLUMNS, measure_scan
     from mrseg_cohort.config import MeasuresConfig
-    from mrseg_cohort.io.nifti import read_labels, read_volume
+    from mrseg_cohort.io.images import read_image, read_label_image
     from mrseg_cohort.io.storage import Store
     from mrseg_cohort.io.tables import write_table
 
@@ -53,8 +53,8 @@ def measure(
     with one_line_errors():
         store = Store()
         label_map = _label_map(store, label_map_name)
-        label_volume = read_labels(store, labels)
-        images = {name: read_volume(store, uri) for name, uri in uris.items()}
+        label_volume = read_label_image(store, labels)
+        images = {name: read_image(store, uri) for name, uri in uris.items()}
         result = measure_scan(label_volume, label_map, images, "fat" if fat else None,
                               "water" if water else None, settings, contrast)
         stem = out[: -len(".parquet")]

@@ -31,7 +31,7 @@ from pydicom.pixels import apply_modality_lut
 
 from mrseg_cohort.errors import BadScanError, ScanTooLargeError
 from mrseg_cohort.geometry import Grid, Volume
-from mrseg_cohort.io.nifti import ReadLimits
+from mrseg_cohort.io.limits import ReadLimits
 from mrseg_cohort.io.storage import Store
 
 log = logging.getLogger(__name__)

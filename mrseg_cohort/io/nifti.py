@@ -10,42 +10,18 @@ from __future__ import annotations
 import gzip
 import io
 import zlib
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import nibabel as nib
 import numpy as np
 
-from mrseg_cohort.errors import BadScanError, ScanTooLargeError
+from mrseg_cohort.errors import BadScanError
 from mrseg_cohort.geometry import Grid, Volume
+from mrseg_cohort.io.limits import ReadLimits, check_decoded_size, check_file_size, check_image_shape, checked_voxels
 from mrseg_cohort.io.storage import Store
 
-if TYPE_CHECKING:
-    from mrseg_cohort.config import LimitsConfig
+__all__ = ["ReadLimits", "read_volume", "read_labels", "write_volume", "nifti_bytes", "volume_from_nifti_bytes",
+           "grid_from_affine", "affine_from_grid"]
 
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-
-@dataclass(frozen=True)
-class ReadLimits:
-    """Bounds one input file must respect before it is read into memory.
-
-    Attributes:
-        max_file_mb: size of the stored (possibly compressed) file, MB (1e6 bytes).
-        max_decompressed_mb: size of the decoded voxel data, MB.
-        max_dim: largest number of voxels along any axis.
-        min_dim: smallest number of voxels along any spatial axis (a 3-D image needs depth).
-    """
-
-    max_file_mb: float = 2000.0
-    max_decompressed_mb: float = 4000.0
-    max_dim: int = 2048
-    min_dim: int = 2
-
-    @classmethod
-    def from_config(cls, limits: "LimitsConfig") -> "ReadLimits":
-        """The bounds of a config's ``limits`` section."""
-        return cls(limits.max_file_mb, limits.max_decompressed_mb, limits.max_dim)
 
 
 def read_volume(store: Store, uri: str, limits: ReadLimits = ReadLimits(),
@@ -57,12 +33,8 @@ def read_volume(store: Store, uri: str, limits: ReadLimits = ReadLimits(),
         ScanTooLargeError: beyond ``limits`` (checked from the header, before decompressing).
         FileNotFoundError / PermissionError / StorageError: from storage, naming ``uri``.
     """
-    size = store.size(uri)
-    if size > limits.max_file_mb * 1e6:
-        raise ScanTooLargeError(f"file is {size / 1e6:.0f} MB, above the limit of "
-                                f"{limits.max_file_mb:.0f} MB (limits.max_file_mb)", uri=uri)
-    raw = store.read_bytes(uri)
-    return volume_from_nifti_bytes(raw, uri, limits, dtype)
+    check_file_size(store.size(uri), uri, limits)
+    return volume_from_nifti_bytes(store.read_bytes(uri), uri, limits, dtype)
 
 
 def volume_from_nifti_bytes(raw: bytes, uri: str, limits: ReadLimits = ReadLimits(),
@@ -71,13 +43,14 @@ def volume_from_nifti_bytes(raw: bytes, uri: str, limits: ReadLimits = ReadLimit
     is_gz = raw[:2] == b"\x1f\x8b"
     head = _gunzip_prefix(raw, 540, uri) if is_gz else raw[:540]
     header, image_class = _parse_header(head, uri)
-    shape = _check_shape(header, uri, limits)
+    dims = header["dim"]
+    ndim = int(dims[0])
+    if not 1 <= ndim <= 7:
+        raise BadScanError(f"header gives {ndim} dimensions; a NIfTI image has 1 to 7", uri=uri)
+    shape = check_image_shape(tuple(int(d) for d in dims[1:ndim + 1]), uri, limits)
     itemsize = np.dtype(header.get_data_dtype()).itemsize
     n_bytes = int(header.get_data_offset()) + int(np.prod(shape)) * itemsize
-    if n_bytes > limits.max_decompressed_mb * 1e6:
-        raise ScanTooLargeError(f"image of shape {shape} holds {n_bytes / 1e6:.0f} MB of voxels, above "
-                                f"the limit of {limits.max_decompressed_mb:.0f} MB "
-                                f"(limits.max_decompressed_mb)", uri=uri)
+    check_decoded_size(n_bytes, shape, uri, limits)
     data = _gunzip_all(raw, n_bytes, uri) if is_gz else raw
     if len(data) < n_bytes:
         raise BadScanError(f"file is truncated: {len(data)} bytes of image data where the header "
@@ -87,14 +60,7 @@ def volume_from_nifti_bytes(raw: bytes, uri: str, limits: ReadLimits = ReadLimit
         array = np.asanyarray(img.dataobj)
     except Exception as err:  # nibabel raises many types for corrupt files
         raise BadScanError(f"not a readable NIfTI image: {type(err).__name__}: {err}", uri=uri) from err
-    array = array.reshape(array.shape[:3]) if array.ndim > 3 else array
-    if np.issubdtype(dtype, np.floating):
-        array = np.asarray(array, dtype=dtype)
-        bad = int(np.count_nonzero(~np.isfinite(array)))
-        if bad:
-            raise BadScanError(f"image has {bad} NaN or infinite voxels; fix or exclude the file", uri=uri)
-    else:
-        array = _as_integer_labels(array, dtype, uri)
+    array = checked_voxels(array.reshape(array.shape[:3]) if array.ndim > 3 else array, dtype, uri)
     return Volume(np.ascontiguousarray(array.transpose(2, 1, 0)), grid_from_affine(img.affine, array.shape, uri))
 
 
@@ -183,36 +149,3 @@ def _parse_header(head: bytes, uri: str):
     except Exception as err:
         raise BadScanError(f"NIfTI header is corrupt: {type(err).__name__}: {err}", uri=uri) from err
     return header, klass
-
-
-def _check_shape(header, uri: str, limits: ReadLimits) -> tuple[int, ...]:
-    dims = header["dim"]
-    ndim = int(dims[0])
-    if not 1 <= ndim <= 7:
-        raise BadScanError(f"header gives {ndim} dimensions; a NIfTI image has 1 to 7", uri=uri)
-    shape = tuple(int(d) for d in dims[1:ndim + 1])
-    spatial = shape[:3]
-    extra = shape[3:]
-    if any(d <= 0 for d in shape):
-        raise BadScanError(f"header gives a zero-size or negative dimension {shape}", uri=uri)
-    if len(spatial) < 3 or min(spatial) < limits.min_dim:
-        raise BadScanError(f"image is not 3-D: shape {shape}; a whole-body scan needs x, y and z "
-                           f"(at least {limits.min_dim} voxels each)", uri=uri)
-    if any(d != 1 for d in extra):
-        raise BadScanError(f"image is {len(shape)}-D with shape {shape}; expected one 3-D volume "
-                           "(split 4-D series into one file per volume)", uri=uri)
-    if max(spatial) > limits.max_dim:
-        raise ScanTooLargeError(f"header dimensions {spatial} exceed the limit of {limits.max_dim} "
-                                "voxels per axis (limits.max_dim)", uri=uri)
-    return shape
-
-
-def _as_integer_labels(array: np.ndarray, dtype: type, uri: str) -> np.ndarray:
-    info = np.iinfo(dtype)
-    if np.issubdtype(array.dtype, np.floating):
-        if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
-            raise BadScanError("label map holds non-integer values; expected integer labels", uri=uri)
-    if array.size and (array.min() < info.min or array.max() > info.max):
-        raise BadScanError(f"label values span {array.min()}..{array.max()}, outside "
-                           f"{np.dtype(dtype).name} ({info.min}..{info.max})", uri=uri)
-    return array.astype(dtype, copy=False)

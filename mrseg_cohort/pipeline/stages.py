@@ -18,7 +18,8 @@ from mrseg_cohort.biomarkers.body_composition import depot_summary, is_body_comp
 from mrseg_cohort.biomarkers.scan import measure_scan
 from mrseg_cohort.config import JobConfig
 from mrseg_cohort.geometry import Volume
-from mrseg_cohort.io.nifti import ReadLimits, write_volume
+from mrseg_cohort.io.limits import ReadLimits
+from mrseg_cohort.io.nifti import write_volume
 from mrseg_cohort.io.storage import Store
 from mrseg_cohort.loading import LoadedScan, load_scan
 from mrseg_cohort.manifest import ScanSource

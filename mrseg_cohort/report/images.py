@@ -15,7 +15,8 @@ from typing import Any
 from mrseg_cohort.config import ContrastsConfig, JobConfig
 from mrseg_cohort.errors import BadScanError
 from mrseg_cohort.geometry import Volume
-from mrseg_cohort.io.nifti import ReadLimits, read_labels, read_volume
+from mrseg_cohort.io.limits import ReadLimits
+from mrseg_cohort.io.nifti import read_labels, read_volume
 from mrseg_cohort.io.storage import Store
 from mrseg_cohort.loading import load_scan
 from mrseg_cohort.manifest import ScanSource, pattern_regex
