@@ -311,7 +311,7 @@ def _summary_row(group: str, sid: int, sub: pd.DataFrame, labels: LabelMap) -> d
     dice = sub["dice"].dropna()
     hd = sub["hd95_mm"].to_numpy(dtype=float)
     finite = hd[np.isfinite(hd)]
-    is_vessel = labels[sid].group == "vessel"
+    is_vessel = labels[sid].is_vessel
     vc, n_vc = vessel_consistency(sub["n_components_pred"]) if is_vessel else (math.nan, 0)
     vc_ref, n_vc_ref = vessel_consistency(sub["n_components_ref"]) if is_vessel else (math.nan, 0)
     return {"group": group, "structure_id": sid, "structure": labels[sid].name, "n_pairs": len(sub),

@@ -26,6 +26,11 @@ class Structure:
     side: Side
     partner: str | None = None  # name of the contralateral structure, if any
 
+    @property
+    def is_vessel(self) -> bool:
+        """The one definition of a vessel (its connectivity is measured; DESIGN.md section 4)."""
+        return self.group == "vessel"
+
 
 class LabelMap(Mapping[int, Structure]):
     """Label value -> :class:`Structure`; background (0) is not an entry."""
@@ -61,6 +66,10 @@ class LabelMap(Mapping[int, Structure]):
 
     def ids_in_group(self, group: Group) -> list[int]:
         return [i for i in self if self._by_id[i].group == group]
+
+    def vessel_ids(self) -> list[int]:
+        """Values of the structures that are vessels (:attr:`Structure.is_vessel`)."""
+        return [i for i in self if self._by_id[i].is_vessel]
 
     def pairs(self) -> list[tuple[int, int]]:
         """(left id, right id) of every left/right pair, in left-id order."""
@@ -130,9 +139,8 @@ BODY_COMPOSITION = _build("mrsegmentator_body_composition", [
 
 KNOWN_MAPS: dict[str, LabelMap] = {"mrseg": MRSEG, "body_comp": BODY_COMPOSITION}
 
-VESSEL_NAMES = ("aorta", "inferior_vena_cava", "portal_vein_and_splenic_vein", "left_iliac_artery",
-                "right_iliac_artery", "left_iliac_vena", "right_iliac_vena")
-"""Structures whose connectivity is measured (DESIGN.md section 4)."""
+VESSEL_NAMES = tuple(MRSEG[i].name for i in MRSEG.vessel_ids())
+"""MRSegmentator's vessels: aorta, inferior vena cava, portal/splenic vein, iliac arteries and veins."""
 
 _GROUP_GUESSES: tuple[tuple[str, Group], ...] = (
     ("fat", "fat"), ("muscle", "muscle"), ("gluteus", "muscle"), ("abdominis", "muscle"),

@@ -10,7 +10,8 @@ Arrays are (z, y, x) and ``spacing_mm`` is in that order. Conventions (DESIGN.md
   minus its 6-connected erosion, voxels outside the array counting as background. Distances are
   Euclidean between voxel centres in mm. Both masks empty -> NaN; exactly one empty -> inf (and
   ``hd95_one_empty`` in the records). This equals MONAI's ``HausdorffDistanceMetric(percentile=95)``.
-- Components: connected components of a class (26-connectivity unless asked), via cc3d.
+- Components: connected components of a class (26-connectivity unless asked), counted by
+  :func:`mrseg_cohort.biomarkers.connectivity.component_sizes` (cc3d), as the cohort tables count them.
 - Vessel consistency (VC) over a set of scans: the share of scans with exactly one component of
   the vessel in the prediction, among the scans where the prediction holds the vessel at all.
 
@@ -28,13 +29,13 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-import cc3d
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from mrseg_cohort.biomarkers.connectivity import check_connectivity, component_sizes
+
 _SIX_CONNECTED = ndimage.generate_binary_structure(3, 1)
-CONNECTIVITIES = (6, 18, 26)
 
 
 @dataclass(frozen=True)
@@ -121,12 +122,7 @@ def hd95_mm(pred: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[float],
 
 def n_components(mask: np.ndarray, connectivity: int = 26) -> int:
     """Number of connected components of boolean (z, y, x) ``mask`` (6, 18 or 26 connectivity)."""
-    _check_connectivity(connectivity)
-    if not mask.any():
-        return 0
-    _, n = cc3d.connected_components(np.ascontiguousarray(mask, dtype=bool),
-                                     connectivity=connectivity, return_N=True)
-    return int(n)
+    return int(component_sizes(mask, connectivity).size)
 
 
 def evaluate_labels(pred: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[float],
@@ -141,7 +137,7 @@ def evaluate_labels(pred: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[floa
     """
     _check_same_shape(pred, ref)
     _check_spacing(spacing_mm)
-    _check_connectivity(connectivity)
+    check_connectivity(connectivity)
     labels = [int(v) for v in labels]
     if any(v <= 0 for v in labels):
         raise ValueError(f"labels must be positive (background 0 is not a class), not {labels}")
@@ -228,8 +224,3 @@ def _check_same_shape(pred: np.ndarray, ref: np.ndarray) -> None:
 def _check_spacing(spacing_mm: Sequence[float]) -> None:
     if len(spacing_mm) != 3 or not all(s > 0 and math.isfinite(s) for s in spacing_mm):
         raise ValueError(f"spacing_mm must be 3 positive finite values (z, y, x), not {spacing_mm}")
-
-
-def _check_connectivity(connectivity: int) -> None:
-    if connectivity not in CONNECTIVITIES:
-        raise ValueError(f"connectivity must be one of {CONNECTIVITIES}, not {connectivity}")

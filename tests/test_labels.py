@@ -47,3 +47,34 @@ def test_dataset_json_round_trip_and_mismatch_refused():
         check_label_map(label_map_from_dataset_json({"labels": bad}), MRSEG, "model 'x'")
     with pytest.raises(ModelError, match="no 'labels'"):
         label_map_from_dataset_json({})
+
+
+def test_one_definition_of_a_vessel_for_the_cohort_tables_and_evaluation():
+    """The structures whose connectivity the cohort tables report (single_component) are exactly
+    those evaluation reports vessel consistency for, for any label map."""
+    import numpy as np
+    import pandas as pd
+
+    from mrseg_cohort.biomarkers import measure_scan
+    from mrseg_cohort.config import MeasuresConfig
+    from mrseg_cohort.evaluation import summarise
+    from mrseg_cohort.geometry import Grid, Volume
+    from mrseg_cohort.labels import VESSEL_NAMES
+
+    guessed = label_map_from_dataset_json({"labels": {"background": 0, "liver": 1, "pulmonary_artery": 2,
+                                                      "hepatic_vein": 3, "kidney": 4}}, "custom")
+    assert VESSEL_NAMES == ("aorta", "inferior_vena_cava", "portal_vein_and_splenic_vein", "left_iliac_artery",
+                            "right_iliac_artery", "left_iliac_vena", "right_iliac_vena")
+    for label_map in (MRSEG, BODY_COMPOSITION, guessed):
+        labels = np.zeros((6, 6, 6), np.uint8)
+        for i, value in enumerate(label_map):
+            labels.reshape(-1)[i * 3:(i + 1) * 3] = value
+        result = measure_scan(Volume(labels, Grid((6, 6, 6), (1.0, 1.0, 1.0))), label_map, {}, None, None,
+                              MeasuresConfig())
+        in_tables = {r["structure"] for r in result.structures if r["single_component"] is not None}
+        per_class = pd.DataFrame([{"group": "all", "structure_id": v, "dice": 1.0, "hd95_mm": 0.0,
+                                   "n_components_pred": 1, "n_components_ref": 1} for v in label_map])
+        summary = summarise(per_class, ["group"], label_map)
+        in_evaluation = set(summary.loc[summary["vc"].notna(), "structure"])
+        assert in_tables == in_evaluation == {label_map[v].name for v in label_map.vessel_ids()}
+    assert {guessed[v].name for v in guessed.vessel_ids()} == {"pulmonary_artery", "hepatic_vein"}

@@ -29,11 +29,19 @@ from mrseg_cohort.biomarkers._regions import Regions, find_regions
 CONNECTIVITIES = (6, 18, 26)
 
 
-def component_sizes(mask: np.ndarray, connectivity: int = 26) -> np.ndarray:
-    """Voxel counts of the connected components of a (Z, Y, X) bool mask, largest first
-    (empty array for an empty mask)."""
+def check_connectivity(connectivity: int) -> None:
+    """Raise ValueError unless ``connectivity`` is 6, 18 or 26."""
     if connectivity not in CONNECTIVITIES:
         raise ValueError(f"connectivity must be one of {CONNECTIVITIES}, not {connectivity}")
+
+
+def component_sizes(mask: np.ndarray, connectivity: int = 26) -> np.ndarray:
+    """Voxel counts of the connected components of a (Z, Y, X) bool mask, largest first
+    (empty array for an empty mask). The one component counter of the project (biomarkers and
+    evaluation metrics both count with it)."""
+    check_connectivity(connectivity)
+    if not mask.any():
+        return np.zeros(0, dtype=np.int64)
     components, n = cc3d.connected_components(np.asarray(mask, dtype=np.uint8), connectivity=connectivity,
                                               return_N=True)
     if n == 0:
@@ -72,8 +80,7 @@ def structure_components(labels: np.ndarray, ids: Iterable[int], vessel_ids: Ite
         >>> structure_components(labels, [13], [13])[13]["n_components"]
         2
     """
-    if connectivity not in CONNECTIVITIES:
-        raise ValueError(f"connectivity must be one of {CONNECTIVITIES}, not {connectivity}")
+    check_connectivity(connectivity)
     if not 0 < fragmented_below_fraction <= 1:
         raise ValueError(f"fragmented_below_fraction must be in (0, 1], not {fragmented_below_fraction}")
     regions = find_regions(labels) if regions is None else regions

@@ -19,7 +19,7 @@ from mrseg_cohort.biomarkers.qc import EMPTY_SWAP, lr_plausibility, missing_stru
 from mrseg_cohort.biomarkers.volumes import structure_volumes
 from mrseg_cohort.config import MeasuresConfig
 from mrseg_cohort.geometry import Volume
-from mrseg_cohort.labels import VESSEL_NAMES, LabelMap
+from mrseg_cohort.labels import LabelMap
 
 STRUCTURE_COLUMNS: dict[str, str] = {
     "structure_id": "int16", "structure": "string", "group": "string", "side": "string",
@@ -95,7 +95,7 @@ def measure_scan(labels: Volume, label_map: LabelMap, images: Mapping[str, Volum
     grid = labels.grid
     regions = find_regions(array)
     ids = list(label_map)
-    vessel_ids = [i for i in ids if label_map[i].name in VESSEL_NAMES or label_map[i].group == "vessel"]
+    vessel_ids = label_map.vessel_ids()
 
     volumes = structure_volumes(array, grid, ids, settings.border_margin_voxels, regions)
     components = structure_components(array, ids, vessel_ids, settings.connectivity,
