@@ -6,6 +6,8 @@
 Inputs (stitched phantoms, in-phase contrast, written as NIfTI so both sides read a file):
   nako  320 x 260 x 316 voxels at 1.4 x 1.4 x 3 mm (NAKO's stitched Dixon matrix)
   ukbb  224 x 168 x 364 voxels at 2.232 x 2.232 x 3 mm (6 UK Biobank stations stitched)
+  ambiguous  NAKO's matrix of MRI-like noise with a textured body-shaped ellipse
+        (mrseg_cohort.phantom.noise): a model is unsure there, so near-tied logits test rounding
 Models:
   demo         the bundled demo model (mrseg_cohort/models/demo)
   mrseg-sized  nnU-Net's default 3d_fullres PlainConvUNet, 6 stages, 32..320 features, 41 outputs,
@@ -101,70 +103,27 @@ def make_inputs(work: Path, which: str, scans: int) -> list[Path]:
     from mrseg_cohort.io.nifti import write_volume
     from mrseg_cohort.io.storage import Store
     from mrseg_cohort.phantom.cohort import PhantomSpec, render_spec_participant
+    from mrseg_cohort.phantom.noise import textured_body_in_noise
 
     paths = []
     for i in range(scans):
-        r = render_spec_participant(PhantomSpec(1, layout=which, seed=4242, scale=1.0), i)
         path = work / "in" / f"scan{i}_0000.nii.gz"
-        write_volume(Store(), str(path), Volume(np.rint(r.in_phase).astype(np.int16), r.grid), np.int16)
+        if which == "ambiguous":  # NAKO's matrix, MRI-like noise, a textured body: the model is unsure
+            write_volume(Store(), str(path), textured_body_in_noise((316, 260, 320), (3.0, 1.4, 1.4), seed=i),
+                         np.float32)
+        else:
+            r = render_spec_participant(PhantomSpec(1, layout=which, seed=4242, scale=1.0), i)
+            write_volume(Store(), str(path), Volume(np.rint(r.in_phase).astype(np.int16), r.grid), np.int16)
         paths.append(path)
     return paths
 
 
 def make_mrseg_sized_model(root: Path, folds: int) -> Path:
     """A random-weight model folder with MRSegmentator's size (see module docstring)."""
-    import torch
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from mrseg_cohort.segmentation.random_model import MRSEG_FEATURES, RandomModelSpec, write_random_model
 
-    sys.path.insert(0, str(REPO / "jobs"))
-    from train_demo_model import make_dataset_json
-
-    from mrseg_cohort.labels import MRSEG
-
-    features = [32, 64, 128, 256, 320, 320]
-    n = len(features)
-    arch = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-            "arch_kwargs": {"n_stages": n, "features_per_stage": features, "conv_op": "torch.nn.modules.conv.Conv3d",
-                            "kernel_sizes": [[3, 3, 3]] * n, "strides": [[1, 1, 1]] + [[2, 2, 2]] * (n - 1),
-                            "n_conv_per_stage": [2] * n, "n_conv_per_stage_decoder": [2] * (n - 1), "conv_bias": True,
-                            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-                            "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None,
-                            "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
-            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
-    resample = "resample_data_or_seg_to_shape"
-    plans = {"dataset_name": "Dataset999_MRSegSized", "plans_name": "nnUNetPlans",
-             "original_median_spacing_after_transp": [1.5, 1.5, 1.5],
-             "original_median_shape_after_transp": [400, 300, 300], "image_reader_writer": "SimpleITKIO",
-             "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-             "configurations": {"3d_fullres": {
-                 "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
-                 "batch_size": 2, "patch_size": [128, 128, 128], "median_image_size_in_voxels": [400, 300, 300],
-                 "spacing": [1.5, 1.5, 1.5], "normalization_schemes": ["ZScoreNormalization"],
-                 "use_mask_for_norm": [False], "resampling_fn_data": resample, "resampling_fn_seg": resample,
-                 "resampling_fn_probabilities": resample,
-                 "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
-                 "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
-                 "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
-                                                        "force_separate_z": None},
-                 "architecture": arch, "batch_dice": False}},
-             "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
-             "foreground_intensity_properties_per_channel": {"0": {
-                 "max": 3000.0, "mean": 300.0, "median": 280.0, "min": 0.0, "percentile_00_5": 5.0,
-                 "percentile_99_5": 1500.0, "std": 200.0}}}
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "plans.json").write_text(json.dumps(plans))
-    (root / "dataset.json").write_text(json.dumps(make_dataset_json(MRSEG, 1, "random weights, benchmark only")))
-    net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"], 1,
-                                 41, allow_init=True, deep_supervision=False)
-    for f in range(folds):
-        torch.manual_seed(f)
-        for p in net.parameters():
-            p.data.normal_(0, 0.02)
-        (root / f"fold_{f}").mkdir(exist_ok=True)
-        torch.save({"network_weights": net.state_dict(), "trainer_name": "nnUNetTrainerNoMirroring",
-                    "init_args": {"configuration": "3d_fullres"}, "inference_allowed_mirroring_axes": None},
-                   root / f"fold_{f}" / "checkpoint_final.pth")
-    return root
+    return write_random_model(root, RandomModelSpec(features=MRSEG_FEATURES, patch_size=(128, 128, 128),
+                                                    spacing_mm=(1.5, 1.5, 1.5), folds=folds))
 
 
 # -- the measured paths (each in its own process) -----------------------------------------------
@@ -297,7 +256,7 @@ def child(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--input", choices=["nako", "ukbb"], default="nako")
+    ap.add_argument("--input", choices=["nako", "ukbb", "ambiguous"], default="nako")
     ap.add_argument("--model", choices=["demo", "mrseg-sized"], default="demo")
     ap.add_argument("--folds", type=int, default=1)
     ap.add_argument("--scans", type=int, default=2)
