@@ -19,6 +19,7 @@ $(STAMP): requirements/cpu.lock requirements/reference.txt pyproject.toml
 	touch $@
 
 demo: install
+	test -d demo-data/phantoms || $(BIN)/mrseg-cohort phantom demo-data/phantoms --participants 4 --layout ukbb --seed 1000
 	$(BIN)/mrseg-cohort run configs/demo.yaml
 
 test: install

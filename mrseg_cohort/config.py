@@ -138,6 +138,14 @@ class OutputConfig(Strict):
     """Scans per published table part (fewer, larger Parquet files for bigger values)."""
     commit_interval_s: float = Field(1200.0, gt=0)
     """Publish at least this often (seconds) while scans finish, so tables stay current."""
+    lease_timeout_s: float = Field(180.0, gt=0)
+    """A run holding the output is taken for gone when its heartbeat is older than this (seconds;
+    at once when it ran on this host and its process has ended). See docs/operations.md."""
+    lease_heartbeat_s: float = Field(30.0, gt=0)
+    """How often the running job renews its lease on the output (seconds)."""
+    allow_non_empty: bool = False
+    """Allow the first run into a folder that already holds files of someone else's (they are left
+    alone); by default such a folder is refused."""
 
 
 class ResourcesConfig(Strict):
@@ -155,6 +163,13 @@ class ResourcesConfig(Strict):
     max_retries: int = Field(2, ge=0)
     """Ray retries of a task or actor call lost to a worker crash or node loss."""
     in_flight_per_worker: int = Field(2, ge=1)
+    """Scans queued at one segmentation actor at a time."""
+    gpu_wait_s: float = Field(900.0, gt=0)
+    """On a cluster: how long to wait for the first GPU actor (the autoscaler starting a GPU worker)."""
+    actor_start_timeout_s: float = Field(600.0, gt=0)
+    """On a local Ray: how long the segmentation actors may take to load their models."""
+    max_consecutive_failures: int = Field(5, ge=1)
+    """One actor failing this many scans in a row stops the job (a broken actor, not bad scans)."""
 
 
 class LimitsConfig(Strict):
@@ -182,15 +197,6 @@ class MeasuresConfig(Strict):
     """Fat-water swap check: a run of inverted slices this long (mm along z) raises swap_suspected."""
 
 
-class PhantomConfig(Strict):
-    """Generate a phantom cohort at input.uri when it holds no scans (demo and tests)."""
-
-    participants: int = Field(4, ge=1)
-    layout: Literal["ukbb", "nako"] = "ukbb"
-    seed: int = 1000
-    scale: float = Field(2.0, gt=0)
-
-
 class JobConfig(Strict):
     cohort: CohortConfig
     input: InputConfig
@@ -204,7 +210,6 @@ class JobConfig(Strict):
     resources: ResourcesConfig = ResourcesConfig()
     limits: LimitsConfig = LimitsConfig()
     measures: MeasuresConfig = MeasuresConfig()
-    phantom: PhantomConfig | None = None
     source: str = ""
     """Path of the YAML file this came from (set by :func:`load_config`)."""
 

@@ -5,13 +5,18 @@ Layout under the output URI::
     labels/<participant_id>/<visit>/<contrast>.nii.gz           base model labels (uint8)
     labels/<participant_id>/<visit>/<contrast>.<model>.nii.gz   labels of other models
     tables/<table>/part-<batch>.parquet                        what readers read (pd.read_parquet)
-    _work/staged/<table>/<scan key>.parquet                    rows of scans done, not yet published
+    _work/staged/<table>/<unit key>.parquet                    rows of scans done, not yet published
     _work/batches/<batch>.json, <batch>.done                   batch manifests and completion marks
     _work/runs/<run id>.json                                   run metadata
+    _work/fingerprint.json                                     what defines the results (fingerprint.py)
+    _work/lease/<generation>.json                              the run that holds the output (lease.py)
 
 Protocol (every object is written whole under a deterministic key, see io.storage):
 
-1. A worker writes a scan's label files, then its staged rows. Staged rows imply complete labels.
+A unit is a scan and the models run on it in one pass (:mod:`mrseg_cohort.work_units`); a scan is
+committed for a model when that model's ``scans`` row is published.
+
+1. A worker writes a unit's label files, then its staged rows. Staged rows imply complete labels.
 2. The driver publishes batches: first ``_work/batches/<b>.json`` (the scans and failure rows of the
    batch), then one part per table, ``scans`` last, then ``<b>.done``; then it deletes the staged
    files of the batch.
@@ -37,6 +42,7 @@ import pyarrow as pa
 from mrseg_cohort.io.storage import Store, join_uri
 from mrseg_cohort.io.tables import read_table_file, read_table_folder, table_bytes
 from mrseg_cohort.tables import SCHEMAS, empty_table, failures_table
+from mrseg_cohort.work_units import CommittedKey, ScanKey, UnitKey
 
 if TYPE_CHECKING:
     from mrseg_cohort.config import JobConfig
@@ -46,23 +52,29 @@ log = logging.getLogger(__name__)
 ROW_TABLES = ("structures", "intensities", "scans")
 """Tables whose rows a finished scan stages (``scans`` last: it marks the scan as committed)."""
 
-ScanKey = tuple[str, str]
+FINGERPRINT = "_work/fingerprint.json"
 
 
-def key_name(key: ScanKey) -> str:
-    """File-name-safe, reversible name of a (participant_id, visit) key."""
+def key_name(key: tuple[str, ...]) -> str:
+    """File-name-safe, reversible name of a key ((participant_id, visit[, models]))."""
     return "__".join(urllib.parse.quote(part, safe="") for part in key)
 
 
-def key_from_name(name: str) -> ScanKey:
-    pid, visit = name.split("__", 1)
-    return urllib.parse.unquote(pid), urllib.parse.unquote(visit)
+def unit_from_name(name: str) -> UnitKey:
+    """The unit key of a staged file's name (names of earlier versions, without models, get "")."""
+    parts = [urllib.parse.unquote(p) for p in name.split("__")]
+    return (parts[0], parts[1], parts[2] if len(parts) > 2 else "")
+
+
+def unit_from_list(value: list) -> UnitKey:
+    """A unit key as a batch manifest stores it (two-element lists from earlier versions)."""
+    return (str(value[0]), str(value[1]), str(value[2]) if len(value) > 2 else "")
 
 
 @dataclass
 class RecoveryReport:
     rolled_forward: list[str]
-    unpublished: list[ScanKey]
+    unpublished: list[UnitKey]
     cleaned: int
 
 
@@ -93,17 +105,17 @@ class Outputs:
     def _work(self, *parts: str) -> str:
         return join_uri(self.root, "_work", *parts)
 
-    def staged_uri(self, table: str, key: ScanKey) -> str:
+    def staged_uri(self, table: str, key: UnitKey) -> str:
         return self._work("staged", table, key_name(key) + ".parquet")
 
     # -- worker side -------------------------------------------------------------------------------
-    def stage(self, key: ScanKey, tables: dict[str, pa.Table]) -> None:
-        """Write a finished scan's rows to the staging area (``scans`` last)."""
+    def stage(self, key: UnitKey, tables: dict[str, pa.Table]) -> None:
+        """Write a finished unit's rows to the staging area (``scans`` last)."""
         for name in ROW_TABLES:
             self.store.write_bytes(self.staged_uri(name, key), table_bytes(tables[name]))
 
     # -- driver side -------------------------------------------------------------------------------
-    def publish(self, batch_id: str, rows: dict[ScanKey, dict[str, pa.Table]], failures: list[dict]) -> None:
+    def publish(self, batch_id: str, rows: dict[UnitKey, dict[str, pa.Table]], failures: list[dict]) -> None:
         """Publish a batch: manifest, one part per table (``scans`` last), done mark, cleanup."""
         manifest = {"batch": batch_id, "scans": [list(k) for k in rows], "failures": failures,
                     "written_at": time.time()}
@@ -111,7 +123,7 @@ class Outputs:
         self._write_parts(batch_id, rows, failures)
         self._finish(batch_id, list(rows))
 
-    def _write_parts(self, batch_id: str, rows: dict[ScanKey, dict[str, pa.Table]], failures: list[dict]) -> None:
+    def _write_parts(self, batch_id: str, rows: dict[UnitKey, dict[str, pa.Table]], failures: list[dict]) -> None:
         name = f"part-{batch_id}.parquet"
         if failures:
             self.store.write_bytes(join_uri(self.table_uri("failures"), name), table_bytes(failures_table(failures)))
@@ -122,13 +134,17 @@ class Outputs:
                     if parts else empty_table(table)
                 self.store.write_bytes(join_uri(self.table_uri(table), name), table_bytes(merged))
 
-    def _finish(self, batch_id: str, keys: list[ScanKey]) -> None:
+    def _finish(self, batch_id: str, keys: list[UnitKey]) -> None:
         self.store.write_bytes(self._work("batches", f"{batch_id}.done"), b"")
         for key in keys:
-            for table in ROW_TABLES:
-                self.store.remove(self.staged_uri(table, key))
+            self.discard_staged(key)
 
-    def read_staged(self, key: ScanKey) -> dict[str, pa.Table]:
+    def discard_staged(self, key: UnitKey) -> None:
+        """Delete a unit's staged rows (published, or found already committed)."""
+        for table in ROW_TABLES:
+            self.store.remove(self.staged_uri(table, key))
+
+    def read_staged(self, key: UnitKey) -> dict[str, pa.Table]:
         return {t: read_table_file(self.store, self.staged_uri(t, key)) for t in ROW_TABLES}
 
     def recover(self) -> RecoveryReport:
@@ -137,44 +153,56 @@ class Outputs:
         Batch manifests of finished batches are read only when staged files remain to be matched
         against them (a cheap listing otherwise, also on object stores).
         """
-        batch_files = self.store.list_files(self._work("batches"), recursive=False)
-        done = {u.rsplit("/", 1)[-1][:-5] for u in batch_files if u.endswith(".done")}
-        manifests = {u.rsplit("/", 1)[-1][:-5]: u for u in batch_files if u.endswith(".json")}
+        done, manifests = self.batches()
         rolled = []
         for batch_id, uri in sorted(manifests.items()):
             if batch_id in done:
                 continue
-            manifest = json.loads(self.store.read_bytes(uri))
-            keys = [tuple(k) for k in manifest["scans"]]
-            rows = {k: self.read_staged(k) for k in keys}  # type: ignore[misc]
-            self._write_parts(batch_id, rows, manifest["failures"])
-            self._finish(batch_id, keys)  # type: ignore[arg-type]
+            keys = self.batch_units(batch_id)
+            rows = {k: self.read_staged(k) for k in keys}
+            self._write_parts(batch_id, rows, json.loads(self.store.read_bytes(uri))["failures"])
+            self._finish(batch_id, keys)
             rolled.append(batch_id)
             log.info("completed interrupted batch %s (%d scans)", batch_id, len(keys))
         staged = self.staged_keys()
-        in_batches: set[ScanKey] = set()
+        in_batches: set[UnitKey] = set()
         if staged:
             for batch_id in sorted(done & set(manifests)):
-                in_batches.update(tuple(k) for k in json.loads(self.store.read_bytes(manifests[batch_id]))["scans"])
+                in_batches.update(self.batch_units(batch_id))
         cleaned = 0
         for key in staged & in_batches:
-            for table in ROW_TABLES:
-                self.store.remove(self.staged_uri(table, key))
+            self.discard_staged(key)
             cleaned += 1
         return RecoveryReport(rolled, sorted(staged - in_batches), cleaned)
 
-    def staged_keys(self) -> set[ScanKey]:
-        """Scans whose ``scans`` row is staged (it is written last, so all their rows are)."""
+    def staged_keys(self) -> set[UnitKey]:
+        """Units whose ``scans`` rows are staged (written last, so all their rows are)."""
         uris = self.store.list_files(self._work("staged", "scans"), suffix=".parquet", recursive=False)
-        return {key_from_name(u.rsplit("/", 1)[-1][: -len(".parquet")]) for u in uris}
+        return {unit_from_name(u.rsplit("/", 1)[-1][: -len(".parquet")]) for u in uris}
+
+    def batches(self) -> tuple[set[str], dict[str, str]]:
+        """(ids of finished batches, batch id -> manifest URI of every batch) from one listing."""
+        batch_files = self.store.list_files(self._work("batches"), recursive=False)
+        done = {u.rsplit("/", 1)[-1][:-5] for u in batch_files if u.endswith(".done")}
+        manifests = {u.rsplit("/", 1)[-1][:-5]: u for u in batch_files if u.endswith(".json")}
+        return done, manifests
+
+    def batch_units(self, batch_id: str) -> list[UnitKey]:
+        """The units a batch manifest lists."""
+        manifest = json.loads(self.store.read_bytes(self._work("batches", f"{batch_id}.json")))
+        return [unit_from_list(k) for k in manifest["scans"]]
 
     # -- what is there -----------------------------------------------------------------------------
-    def committed_keys(self) -> set[ScanKey]:
-        """(participant_id, visit) of every scan with published ``scans`` rows."""
-        table = read_table_folder(self.store, self.table_uri("scans"), columns=["participant_id", "visit"])
+    def committed_units(self) -> set[CommittedKey]:
+        """(participant_id, visit, model) of every published ``scans`` row."""
+        table = read_table_folder(self.store, self.table_uri("scans"), columns=["participant_id", "visit", "model"])
         if table is None or table.num_rows == 0:
             return set()
-        return set(zip(table.column("participant_id").to_pylist(), table.column("visit").to_pylist()))
+        return set(zip(*(table.column(c).to_pylist() for c in ("participant_id", "visit", "model"))))
+
+    def committed_keys(self) -> set[ScanKey]:
+        """(participant_id, visit) of every scan with at least one published ``scans`` row."""
+        return {(pid, visit) for pid, visit, _ in self.committed_units()}
 
     def failed_attempts(self) -> dict[ScanKey, int]:
         """Number of recorded failed attempts per scan."""
@@ -189,7 +217,64 @@ class Outputs:
         self.store.write_bytes(self._work("runs", f"{run_id}.json"), json.dumps(metadata, indent=1,
                                                                                default=str).encode())
 
-    def reset(self) -> None:
-        """Delete everything this tool wrote here (labels, tables, work area, stitched images)."""
-        for part in ("tables", "labels", "_work", "stitched"):
-            self.store.remove(join_uri(self.root, part), recursive=True)
+    # -- what this tool owns here ----------------------------------------------------------------
+    def read_fingerprint(self) -> dict | None:
+        """The job fingerprint recorded at the first run (None before it)."""
+        try:
+            return json.loads(self.store.read_bytes(join_uri(self.root, FINGERPRINT)))
+        except FileNotFoundError:
+            return None
+
+    def write_fingerprint(self, fingerprint: dict) -> None:
+        self.store.write_bytes(join_uri(self.root, FINGERPRINT), json.dumps(fingerprint, indent=1).encode())
+
+    def is_ours(self) -> bool:
+        """Whether this location is an mrseg-cohort output (it has a work area)."""
+        return self.store.exists(self._work())
+
+    def foreign_entries(self, limit: int = 5) -> list[str]:
+        """Up to ``limit`` names at the top of the output that this tool did not put there
+        (hidden names are ignored); for refusing a first run into a user's own folder."""
+        found = self.store.list_files(self.root, recursive=False) + \
+            [join_uri(self.root, d) for d in self.store.list_dirs(self.root)]
+        ours = {join_uri(self.root, part) for part in ("_work", "labels", "tables", "stitched")}
+        return sorted(u for u in found if u not in ours)[:limit]
+
+    def owned_objects(self, models: list[str], stitched_contrasts: list[str]) -> list[str]:
+        """Every object this tool's records say it wrote here: table parts of every batch, the label
+        files the published and staged ``scans`` rows name, stitched images and colour tables of
+        those scans and models, and the work area's own files but the lease (see :meth:`reset`)."""
+        from mrseg_cohort.io.colortables import color_table_uris
+
+        done, manifests = self.batches()
+        objects = list(manifests.values()) + [self._work("batches", f"{b}.done") for b in done]
+        for batch_id in set(manifests) | done:
+            for table in (*ROW_TABLES, "failures"):
+                objects.append(join_uri(self.table_uri(table), f"part-{batch_id}.parquet"))
+        scans = [read_table_folder(self.store, self.table_uri("scans"), columns=["participant_id", "visit",
+                                                                                  "label_uri"])]
+        for key in self.staged_keys():
+            scans.append(read_table_file(self.store, self.staged_uri("scans", key)).select(
+                ["participant_id", "visit", "label_uri"]))
+            objects += [self.staged_uri(t, key) for t in ROW_TABLES]
+        keys = set()
+        for table in scans:
+            if table is None:
+                continue
+            objects += [u for u in table.column("label_uri").to_pylist() if u]
+            keys.update(zip(table.column("participant_id").to_pylist(), table.column("visit").to_pylist()))
+        objects += [self.stitched_uri(k, c) for k in keys for c in stitched_contrasts]
+        for model in models:
+            objects += list(color_table_uris(join_uri(self.root, "labels"), model).values())
+        objects += self.store.list_files(self._work("runs"), suffix=".json", recursive=False)
+        objects.append(join_uri(self.root, FINGERPRINT))  # the lease is not listed: the running job holds it
+        return sorted(set(objects))
+
+    def reset(self, models: list[str], stitched_contrasts: list[str]) -> int:
+        """Delete what this tool wrote here (:meth:`owned_objects`), nothing else; returns how many
+        objects were deleted. A user's own files under ``labels/`` or ``tables/`` stay."""
+        objects = self.owned_objects(models, stitched_contrasts)
+        for uri in objects:
+            self.store.remove(uri)
+        self.store.remove_empty_dirs(self.root)
+        return len(objects)

@@ -101,10 +101,18 @@ def test_rerun_does_no_work(demo_run):
 
 
 def test_device_choice():
-    assert choose_device("auto", 0) == "cpu" and choose_device("auto", 2) == "cuda"
-    assert choose_device("cpu", 4) == "cpu"
+    """(requested, GPUs now, on a cluster, resources.gpus): a local Ray has what it has; a cluster may
+    still start GPU workers when the job asks for them."""
+    assert choose_device("auto", 0, False, None) == "cpu" and choose_device("auto", 2, False, None) == "cuda"
+    assert choose_device("cpu", 4, True, None) == "cpu"
+    assert choose_device("auto", 0, True, None) == "cpu"   # a cluster, but no GPU asked for
+    assert choose_device("auto", 0, True, 8) == "cuda"     # resources.gpus: 8 on an autoscaling cluster
+    assert choose_device("cuda", 0, True, None) == "cuda"  # the actor pool asks and waits
+    assert choose_device("auto", 4, False, 0) == "cpu"
     with pytest.raises(ConfigError, match="no GPU is present"):
-        choose_device("cuda", 0)
+        choose_device("cuda", 0, False, None)
+    with pytest.raises(ConfigError, match="resources.gpus is 0"):
+        choose_device("cuda", 2, False, 0)
 
 
 def test_fake_cuda_on_a_cpu_machine_says_so_instead_of_hanging(tmp_path, phantom_cohort, demo_model, ray_local):

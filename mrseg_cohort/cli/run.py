@@ -29,6 +29,8 @@ def run(
 
     from mrseg_cohort.config import load_config
     from mrseg_cohort.pipeline.run import run_job
+    from mrseg_cohort.pipeline.scheduler import StopRequest
+    from mrseg_cohort.pipeline.signals import EXIT_STATUS, stop_on_signals
 
     overrides = {}
     if output:
@@ -50,7 +52,8 @@ def run(
                            rate=f"{3600 * finished / elapsed:.0f} scans/h" if finished else "",
                            failed=f"[red]{summary.failed} failed" if summary.failed else "")
 
-            summary = run_job(job, restart=restart, progress=update)
+            with stop_on_signals(StopRequest()) as stop:
+                summary = run_job(job, restart=restart, progress=update, stop=stop)
     out = summary.output_uri.rstrip("/")
     console.print(f"[bold]run {summary.run_id}[/bold] ({summary.device or 'no work'}, {summary.seconds:.0f} s): "
                   f"{summary.done} done, {summary.failed} failed, {summary.already_done} already done earlier"
@@ -58,6 +61,10 @@ def run(
     console.print(f"labels:  {out}/labels/<participant_id>/<visit>/<contrast>.nii.gz")
     console.print(f"tables:  {out}/tables/structures, {out}/tables/scans, {out}/tables/intensities")
     console.print(f"read:    python -c \"import pandas as pd; print(pd.read_parquet('{out}/tables/structures'))\"")
+    if summary.interrupted_by:
+        console.print(f"[yellow]interrupted ({summary.interrupted_by})[/yellow]: {summary.published} scan(s) "
+                      f"published by this run, {summary.failed} failed; run the same command again to resume")
+        raise typer.Exit(EXIT_STATUS.get(summary.interrupted_by, 1))
     if summary.failed:
         console.print(f"[red]{summary.failed} scan(s) failed[/red]: see {summary.failures_uri} "
                       f"(or `mrseg-cohort status {config}`); re-run the same command to retry them")

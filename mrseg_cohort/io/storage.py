@@ -203,6 +203,53 @@ class Store:
         else:
             self.retry("write", uri, lambda: fs.pipe_file(path, data))
 
+    def create_bytes(self, uri: str, data: bytes) -> None:
+        """Publish ``data`` at ``uri`` only if nothing is there yet, atomically; else FileExistsError.
+
+        Local disk: a temporary file hard-linked to the final name (``link`` fails if it exists).
+        Object stores: a PUT with ``If-None-Match: *`` (AWS S3, SeaweedFS, MinIO honour it; see
+        :meth:`honours_exclusive_create`). A create retried after a lost response that finds its own
+        bytes in place counts as done."""
+        fs, path = self.fs_and_path(uri)
+
+        def create() -> None:
+            try:
+                if isinstance(fs, LocalFileSystem):
+                    _create_local(path, data)
+                else:
+                    fs.pipe_file(path, data, mode="create")
+            except OSError as err:
+                if isinstance(err, FileExistsError) or _is_precondition_failure(err):
+                    raise FileExistsError(f"{uri} exists") from err
+                raise
+
+        try:
+            self.retry("create", uri, create)
+        except FileExistsError:
+            if self._holds(fs, path, data):
+                return
+            raise
+
+    def _holds(self, fs, path: str, data: bytes) -> bool:
+        try:
+            return bool(fs.cat_file(path) == data)
+        except OSError:
+            return False
+
+    def honours_exclusive_create(self, folder: str) -> bool:
+        """Whether the store under ``folder`` refuses a second exclusive create of one key (two
+        probe writes and a delete). Local disk always does."""
+        probe = join_uri(folder, f".create-probe-{uuid.uuid4().hex}")
+        try:
+            self.create_bytes(probe, b"1")
+            try:
+                self.create_bytes(probe, b"2")
+            except FileExistsError:
+                return True
+            return False
+        finally:
+            self.remove(probe)
+
     def remove(self, uri: str, recursive: bool = False) -> None:
         """Delete ``uri`` (a folder with ``recursive``); missing is not an error."""
         fs, path = self.fs_and_path(uri)
@@ -212,6 +259,17 @@ class Store:
                 fs.rm(path, recursive=recursive)
 
         self.retry("delete", uri, _rm)
+
+    def remove_empty_dirs(self, uri: str) -> None:
+        """Delete the empty folders under ``uri`` on local disk, deepest first (object stores have
+        no folders of their own)."""
+        fs, path = self.fs_and_path(uri)
+        if not isinstance(fs, LocalFileSystem) or not os.path.isdir(path):
+            return
+        for folder, _, _ in sorted(os.walk(path), key=lambda entry: -entry[0].count(os.sep)):
+            if folder != path:
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder)  # fails (and is left) when not empty
 
     def make_dirs(self, uri: str) -> None:
         """Create folder ``uri`` on local disk (object stores need none)."""
@@ -363,6 +421,34 @@ def _replace_local(path: str, data: bytes) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _create_local(path: str, data: bytes) -> None:
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)  # FileExistsError when the name is taken: the atomic exclusive step
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _is_precondition_failure(err: BaseException) -> bool:
+    """S3's 412 PreconditionFailed for ``If-None-Match: *`` on an existing key (s3fs raises it as
+    an OSError with EINVAL; botocore's error code says which)."""
+    for e in (err, err.__cause__, err.__context__):
+        response = getattr(e, "response", None)
+        if isinstance(response, dict):
+            code = str(response.get("Error", {}).get("Code", ""))
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("PreconditionFailed", "412") or status == 412:
+                return True
+    return False
 
 
 def _missing(uri: str, err: BaseException) -> str:

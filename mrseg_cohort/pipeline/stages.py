@@ -26,6 +26,7 @@ from mrseg_cohort.manifest import ScanSource
 from mrseg_cohort.outputs import Outputs
 from mrseg_cohort.segmentation.segmenter import ModelSpec, Segmentation
 from mrseg_cohort.tables import to_table
+from mrseg_cohort.work_units import ScanUnit
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +71,13 @@ def segmentation_inputs(ctx: RunContext, loaded: LoadedScan) -> dict[str, Volume
     return {c: loaded.images[c] for c in ctx.job.contrasts.segment}
 
 
-def finish(ctx: RunContext, loaded: LoadedScan, segmentations: dict[str, Segmentation]) -> dict[str, pa.Table]:
-    """Stage 3 (CPU): write label files, measure, and stage the scan's rows; returns those rows.
+def finish(ctx: RunContext, unit: ScanUnit, loaded: LoadedScan,
+           segmentations: dict[str, Segmentation]) -> dict[str, pa.Table]:
+    """Stage 3 (CPU): write label files, measure, and stage the unit's rows; returns those rows.
 
     Args:
-        segmentations: per segmented contrast, the labels of every model.
+        unit: the scan and the models run on it in this pass.
+        segmentations: per segmented contrast, the labels of the unit's models.
     """
     job, source = ctx.job, loaded.source
     outputs = ctx.outputs()
@@ -84,8 +87,9 @@ def finish(ctx: RunContext, loaded: LoadedScan, segmentations: dict[str, Segment
     # the scan's shared stages (read, stitch) are counted on its first row, so that summing a scan's
     # rows gives its cost and each further row what that model added
     shared = {"read": 0.0, "stitch": 0.0, "write": 0.0, **loaded.seconds}
+    specs = [spec for spec in ctx.models if spec.name in unit.models]
     for contrast, seg in segmentations.items():
-        for spec in ctx.models:
+        for spec in specs:
             keys = {"participant_id": source.participant_id, "visit": source.visit, "contrast": contrast,
                     "model": spec.name}
             labels = seg.labels.get(spec.name)
@@ -112,7 +116,7 @@ def finish(ctx: RunContext, loaded: LoadedScan, segmentations: dict[str, Segment
                           "label_uri": uri, **{f"seconds_{k}": v for k, v in stage_seconds.items()}})
     tables = {"structures": to_table("structures", structures), "intensities": to_table("intensities", intensities),
               "scans": to_table("scans", scans)}
-    outputs.stage(key, tables)
+    outputs.stage(unit.key, tables)
     return tables
 
 

@@ -93,8 +93,10 @@ class Segmenter:
         self.device = device
         self.runners = {m.name: ModelRunner(m.folder(), device, m.tile_step_size, m.mirroring) for m in models}
 
-    def __call__(self, image: Volume, modality: str, contrast: str) -> Segmentation:
-        """Labels of every applicable model for one image, on the image's own grid.
+    def __call__(self, image: Volume, modality: str, contrast: str,
+                 only: tuple[str, ...] | None = None) -> Segmentation:
+        """Labels of every applicable model (of ``only``, when given) for one image, on the image's
+        own grid.
 
         The networks see the image reoriented to LPS, as MRSegmentator's reader gives it
         (:mod:`mrseg_cohort.orientation`); the labels are turned back onto ``image.grid``. Models
@@ -105,6 +107,8 @@ class Segmenter:
         labels, skipped = {}, {}
         prepared: dict[tuple, object] = {}
         for spec in self.models:
+            if only is not None and spec.name not in only:
+                continue
             if modality not in spec.modalities:
                 skipped[spec.name] = f"model {spec.name} is {'/'.join(spec.modalities)}-only; scan is {modality}"
                 continue

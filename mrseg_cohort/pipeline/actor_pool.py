@@ -1,0 +1,228 @@
+"""Segmentation actors that follow the cluster: asked for, waited for, grown as GPUs join.
+
+- GPU actors are *requested*: each needs ``num_gpus=1``, so on an autoscaling cluster the pending
+  actors themselves make the autoscaler start GPU workers. ``resources.gpus`` actors are requested
+  at once; without it the pool starts with the GPUs the cluster has (at least one) and grows as more
+  join.
+- Before any scan is read, the pool waits: on a local Ray for every actor, on a cluster for at least
+  one (``resources.gpu_wait_s``), with one clear line if none comes. An actor that cannot start
+  (weights missing on its node, CPU-only torch, out of memory at load) stops the job there with its
+  error (:class:`ActorStartError`, exit 2).
+- Actors are restarted by Ray when their process or node dies (``max_restarts=-1``) and their calls
+  retried (``resources.max_retries``); an actor that fails ``resources.max_consecutive_failures``
+  scans in a row stops the job (:class:`ActorFailingError`): a broken actor should not fail a cohort
+  scan by scan.
+- ``MRSEG_COHORT_TEST_LOGICAL_GPUS=1`` (tests only, never read from a config) lets actors that hold
+  a logical GPU of a test cluster compute on the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+from mrseg_cohort.config import ResourcesConfig
+from mrseg_cohort.errors import ConfigError, ScanError, SegmentationError
+from mrseg_cohort.pipeline.session import RaySession
+from mrseg_cohort.segmentation.segmenter import ModelSpec, Segmenter
+
+log = logging.getLogger(__name__)
+
+TEST_LOGICAL_GPUS = "MRSEG_COHORT_TEST_LOGICAL_GPUS"
+
+
+class ActorStartError(ConfigError):
+    """A segmentation actor could not start: the job stops before any scan."""
+
+
+class ActorFailingError(ConfigError):
+    """One actor failed many scans in a row: the job stops (scans already done are kept)."""
+
+
+class SegmentActor:
+    """The Ray actor around :class:`Segmenter`: the models loaded once per process (one per GPU).
+
+    ``segment`` returns ``(status, segmentations)``; a per-scan error is a status, not an exception.
+    A CUDA error other than out-of-memory may leave the device unusable: the actor then answers the
+    scan with the error and ends its process, and Ray starts a fresh one.
+    """
+
+    def __init__(self, models: list[ModelSpec], device: str, threads: int | None):
+        compute = "cpu" if device == "cuda" and os.environ.get(TEST_LOGICAL_GPUS) == "1" else device
+        self.device = compute
+        self.segmenter = Segmenter(models, compute, threads)
+
+    def ready(self) -> dict:
+        import ray
+
+        return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "device": self.device}
+
+    def segment(self, inputs: dict, modality: str, models: tuple[str, ...] | None = None) -> tuple[dict, dict | None]:
+        try:
+            return {"ok": True}, {c: self.segmenter(image, modality, c, models) for c, image in inputs.items()}
+        except ScanError as err:
+            return error_status(err.with_context(stage="segment")), None
+        except RuntimeError as err:
+            if "cuda" not in str(err).lower():
+                raise
+            _exit_soon()  # the device may be poisoned: let Ray replace this process
+            return error_status(SegmentationError(f"CUDA error, actor restarted: {first_line(err)}",
+                                                  stage="segment")), None
+
+
+def _exit_soon(delay_s: float = 0.5) -> None:
+    threading.Timer(delay_s, os._exit, args=(1,)).start()
+
+
+def error_status(err: ScanError) -> dict:
+    return {"ok": False, "stage": err.stage, "error_type": type(err).__name__, "message": err.message,
+            "uri": err.uri}
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:500] if text else type(err).__name__
+
+
+@dataclass
+class _Member:
+    handle: object
+    ready_ref: object | None
+    ready: bool = False
+    load: int = 0
+    failures_in_a_row: int = 0
+    info: dict = field(default_factory=dict)
+
+
+class ActorPool:
+    """The run's segmentation actors (see module docstring).
+
+    Args:
+        session: the run's Ray.
+        device: ``cuda`` or ``cpu`` (see :func:`~mrseg_cohort.pipeline.session.choose_device`).
+        models: the checked models every actor loads.
+        resources: the job's ``resources`` section.
+    """
+
+    def __init__(self, session: RaySession, device: str, models: list[ModelSpec], resources: ResourcesConfig):
+        import ray
+
+        self.session, self.device, self.models, self.resources = session, device, models, resources
+        options = {"num_gpus": 1, "num_cpus": 1, "max_concurrency": 2} if device == "cuda" else {"num_cpus": 1}
+        self._actor_cls = ray.remote(SegmentActor).options(max_restarts=-1, max_task_retries=resources.max_retries,
+                                                           **options)
+        self.threads = None if device == "cuda" else (resources.threads_per_segmenter or os.cpu_count() or 1)
+        self.members: list[_Member] = []
+        self._last_growth_check = 0.0
+
+    # -- size -----------------------------------------------------------------------------------
+    def _target_now(self) -> int:
+        if self.device != "cuda":
+            return self.resources.cpu_segmenters
+        if self.resources.gpus:
+            return self.resources.gpus
+        return max(1, self.session.gpus())
+
+    def _add(self, n: int) -> None:
+        for _ in range(n):
+            handle = self._actor_cls.remote(list(self.models), self.device, self.threads)
+            self.members.append(_Member(handle, handle.ready.remote()))
+
+    @property
+    def n_ready(self) -> int:
+        return sum(m.ready for m in self.members)
+
+    # -- start ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Create the actors and wait for them (see module docstring); raises ActorStartError or a
+        ConfigError when no actor comes up in time."""
+        self._add(self._target_now())
+        wait_all = not self.session.on_cluster
+        timeout = self.resources.actor_start_timeout_s if wait_all else self.resources.gpu_wait_s
+        deadline = time.monotonic() + timeout
+        while True:
+            self._collect_ready(timeout=min(5.0, max(0.0, deadline - time.monotonic())))
+            if (wait_all and self.n_ready == len(self.members)) or (not wait_all and self.n_ready >= 1):
+                break
+            if time.monotonic() >= deadline:
+                what = "a GPU" if self.device == "cuda" else "CPUs"
+                raise ConfigError(f"no segmentation actor started within {timeout:.0f} s: the cluster gave no "
+                                  f"{what} for it ({self.session.resources().get('GPU', 0):.0f} GPUs now); check "
+                                  "that GPU workers can start (autoscaler limits, quotas), or raise "
+                                  "resources.gpu_wait_s")
+            log.info("waiting for segmentation actors: %d of %d ready", self.n_ready, len(self.members))
+        log.info("segmenting on %s with %d actor(s) ready of %d requested", self.device, self.n_ready,
+                 len(self.members))
+
+    def _collect_ready(self, timeout: float) -> None:
+        import ray
+
+        pending = {m.ready_ref: m for m in self.members if m.ready_ref is not None}
+        if not pending:
+            return
+        done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=timeout)
+        for ref in done:
+            member = pending[ref]
+            member.ready_ref = None
+            try:
+                member.info = ray.get(ref)
+            except Exception as err:  # the actor's constructor raised: the job cannot work
+                raise ActorStartError(f"a segmentation actor could not start: {creation_error(err)}") from None
+            member.ready = True
+
+    # -- while running --------------------------------------------------------------------------
+    def poll(self, every_s: float = 10.0) -> None:
+        """Pick up actors that became ready, and grow with GPUs that joined (no ``resources.gpus``)."""
+        self._collect_ready(timeout=0)
+        now = time.monotonic()
+        if self.device == "cuda" and not self.resources.gpus and now - self._last_growth_check >= every_s:
+            self._last_growth_check = now
+            extra = self.session.gpus() - len(self.members)
+            if extra > 0:
+                log.info("%d more GPU(s) in the cluster: adding segmentation actors", extra)
+                self._add(extra)
+
+    def acquire(self) -> int | None:
+        """Index of the least-loaded ready actor with room (``in_flight_per_worker``), or None."""
+        room = [i for i, m in enumerate(self.members) if m.ready and m.load < self.resources.in_flight_per_worker]
+        if not room:
+            return None
+        i = min(room, key=lambda k: self.members[k].load)
+        self.members[i].load += 1
+        return i
+
+    def handle(self, i: int):
+        return self.members[i].handle
+
+    def release(self, i: int, segment_failed: bool) -> None:
+        """A call on actor ``i`` ended; ``segment_failed``: the scan failed in the actor.
+
+        Raises:
+            ActorFailingError: the actor failed ``resources.max_consecutive_failures`` scans in a row.
+        """
+        member = self.members[i]
+        member.load -= 1
+        member.failures_in_a_row = member.failures_in_a_row + 1 if segment_failed else 0
+        if member.failures_in_a_row >= self.resources.max_consecutive_failures:
+            raise ActorFailingError(f"segmentation actor {i} (node {member.info.get('node', '?')[:12]}) failed "
+                                    f"{member.failures_in_a_row} scans in a row; stopping the job (scans already "
+                                    "done are kept): see tables/failures for the errors, fix the cause and re-run")
+
+    @property
+    def capacity(self) -> int:
+        """Scans the ready actors can hold at once."""
+        return self.n_ready * self.resources.in_flight_per_worker
+
+
+def creation_error(err: BaseException) -> str:
+    """The first useful line of an actor's creation-task error (Ray wraps it in several)."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, BaseException) and cause is not err:
+        inner = getattr(cause, "cause", None)
+        return first_line(inner if isinstance(inner, BaseException) else cause)
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    errors = [line for line in lines if "Error:" in line and "ray." not in line.split("Error:")[0]]
+    return (errors[-1] if errors else lines[-1] if lines else type(err).__name__)[:500]

@@ -1,0 +1,83 @@
+"""Ray for one run: start a local Ray or join a cluster, and what the cluster has right now.
+
+A local Ray (no ``resources.address``) is a laptop or one machine: what it has at start is all it
+will ever have. A cluster may autoscale: GPUs and CPUs join after the job starts (the driver asks
+for them by creating actors and tasks that need them) and leave again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+from mrseg_cohort.config import ResourcesConfig
+from mrseg_cohort.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RaySession:
+    """The Ray this run uses."""
+
+    on_cluster: bool
+    """Joined an existing cluster (which may autoscale) rather than started a local Ray."""
+    started_here: bool
+
+    @staticmethod
+    def resources() -> dict[str, float]:
+        import ray
+
+        return dict(ray.cluster_resources())
+
+    def gpus(self) -> int:
+        """GPUs the cluster has right now (logical ``GPU`` resources)."""
+        return int(self.resources().get("GPU", 0))
+
+
+@contextlib.contextmanager
+def ray_session(resources: ResourcesConfig) -> Iterator[RaySession]:
+    """Start or join Ray for one run; shut down only what this call started."""
+    import ray
+
+    if ray.is_initialized():  # a caller (tests, a notebook) already did
+        yield RaySession(on_cluster=bool(resources.address), started_here=False)
+        return
+    if resources.address:
+        ctx = ray.init(address=resources.address, logging_level=logging.WARNING, log_to_driver=False)
+        url = getattr(ctx, "dashboard_url", None)
+        log.info("joined Ray cluster at %s%s", resources.address, f"; dashboard http://{url}" if url else "")
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
+                 log_to_driver=False)
+    try:
+        yield RaySession(on_cluster=bool(resources.address), started_here=True)
+    finally:
+        ray.shutdown()
+
+
+def choose_device(requested: str, gpus_now: int, on_cluster: bool, gpus_wanted: int | None) -> str:
+    """``cuda`` or ``cpu`` for the segmentation actors; refuses asks that can never be met.
+
+    - ``cpu``: the CPU.
+    - ``cuda``: GPU actors. On a local Ray without GPUs this can never work (refused at once); on a
+      cluster, GPU workers may still join (the actor pool asks for them and waits).
+    - ``auto``: GPUs if the cluster has some now, or on a cluster whose ``resources.gpus`` asks for
+      some (the autoscaler starts them); else the CPU.
+    """
+    if requested == "cpu":
+        return "cpu"
+    if gpus_wanted == 0 and requested == "cuda":
+        raise ConfigError("resources.gpus is 0 but model.device is 'cuda'; set resources.gpus to the GPUs "
+                          "to use (or leave it out), or model.device: cpu")
+    if requested == "cuda":
+        if gpus_now < 1 and not on_cluster:
+            raise ConfigError("model.device is 'cuda' but no GPU is present (Ray sees 0 GPUs on this "
+                              "machine); set model.device: auto to run on the CPU, or run on a GPU node")
+        return "cuda"
+    if gpus_wanted == 0:
+        return "cpu"
+    return "cuda" if gpus_now >= 1 or (on_cluster and gpus_wanted) else "cpu"
