@@ -25,16 +25,13 @@ def _die() -> None:
 def install(point: str) -> None:
     from mrseg_cohort import outputs
     from mrseg_cohort.io import storage
-    from mrseg_cohort.pipeline import publisher, run
+    from mrseg_cohort.pipeline import publisher, scheduler
 
     if point == "before-output":
-        original = run._drive
-
-        def drive(*args, **kwargs):
+        def run(self, units):
             _die()
-            return original(*args, **kwargs)
 
-        run._drive = drive
+        scheduler.Scheduler.run = run
     elif point == "mid-run":
         original_add = publisher.BatchPublisher.add_rows
 
