@@ -17,22 +17,19 @@ Structures present in fewer than ``min_scans`` scans are not assessed.
 from __future__ import annotations
 
 import random
-import re
-from typing import Any, Iterable
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
 
 from mrseg_cohort.labels import VESSEL_NAMES
+from mrseg_cohort.redact import redact  # noqa: F401  (re-exported: the report's config section uses it)
 
 Z_THRESHOLD = 3.5
 OUTLIER_MEASURES = {"volume_ml": "volume (mL)", "ff_median_pct": "fat fraction, median (%)"}
 """Measures assessed for outliers, with their display names."""
 
 KEYS = ["participant_id", "visit"]
-_SECRET_KEYS = re.compile(r"(^|_)(key|secret|password|passwd|token|credentials?)$|^aws_", re.IGNORECASE)
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
-REDACTED = "***"
 
 
 def select(structures: pd.DataFrame, scans: pd.DataFrame, model: str,
@@ -181,19 +178,6 @@ def sample_keys(keys: Iterable[tuple[str, str]], n: int, seed: int = 0) -> list[
     if n >= len(unique):
         return unique
     return sorted(random.Random(seed).sample(unique, n))
-
-
-def redact(value: Any) -> Any:
-    """A copy of ``value`` (JSON-like) with credentials replaced by ``***``: values of keys named like
-    key, secret, password, token or credentials, and user:password@ parts of URLs."""
-    if isinstance(value, dict):
-        return {k: REDACTED if _SECRET_KEYS.search(str(k)) and v not in (None, "") else redact(v)
-                for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [redact(v) for v in value]
-    if isinstance(value, str):
-        return _URL_USERINFO.sub(lambda m: m["scheme"] + REDACTED + "@", value)
-    return value
 
 
 def structure_distributions(structures: pd.DataFrame,
