@@ -24,6 +24,7 @@ import pandas as pd
 
 from mrseg_cohort.labels import VESSEL_NAMES
 from mrseg_cohort.redact import redact  # noqa: F401  (re-exported: the report's config section uses it)
+from mrseg_cohort.tables import require_contrast
 
 Z_THRESHOLD = 3.5
 OUTLIER_MEASURES = {"volume_ml": "volume (mL)", "ff_median_pct": "fat fraction, median (%)"}
@@ -38,9 +39,13 @@ def select(structures: pd.DataFrame, scans: pd.DataFrame, model: str,
 
     Returns:
         (structures, scans, contrast used); scans are those with status ``ok``.
+
+    Raises:
+        ValueError: ``contrast`` is given and the model has no results for it.
     """
     s = structures[structures["model"] == model]
     c = scans[(scans["model"] == model) & (scans["status"] == "ok")]
+    require_contrast(pd.concat([s[["contrast"]], c[["contrast"]]]), contrast)
     if contrast is None:
         found = sorted(set(c["contrast"].dropna()) | set(s["contrast"].dropna()))
         contrast = found[0] if found else None
