@@ -58,10 +58,6 @@ def measure(
         images = {name: read_volume(store, uri) for name, uri in uris.items()}
         result = measure_scan(label_volume, label_map, images, "fat" if fat else None,
                               "water" if water else None, settings, contrast)
-        if result.scan["n_voxels_unknown_label"]:
-            fail(f"{labels} holds label values that label map {label_map.name!r} does not name "
-                 f"({_ranges(result.scan['unknown_label_values'])}); give the map the labels were made with "
-                 "(--labels mrseg, body_comp or a JSON file)")
         stem = out[: -len(".parquet")]
         tables = {out: (result.structures, STRUCTURE_COLUMNS),
                   f"{stem}.scan.parquet": ([result.scan], SCAN_COLUMNS)}
@@ -73,6 +69,11 @@ def measure(
             rows = [{"labels_uri": labels, **record} for record in records]
             write_table(store, uri, pa.Table.from_pylist(rows, schema))
     scan = result.scan
+    if scan["n_voxels_unknown_label"]:  # a map naming a subset is a choice, a wrong map a mistake: say so
+        typer.echo(f"warning: {labels} holds label values that label map {label_map.name!r} does not name "
+                   f"({_ranges(scan['unknown_label_values'])}; {scan['n_voxels_unknown_label']} voxels): they are "
+                   "not measured; if the map is not the one the labels were made with, give that one (--labels "
+                   "mrseg, body_comp or a JSON file)", err=True)
     typer.echo(f"{scan['n_present']} of {scan['n_structures']} structures present; "
                f"swap_suspected={scan['swap_suspected']}, {scan['n_lr_implausible']} L/R implausible, "
                f"{scan['n_missing']} missing; wrote {', '.join(tables)}")

@@ -53,7 +53,8 @@ def _transient_types() -> tuple[type, ...]:
     try:
         from botocore import exceptions as boto
 
-        types += [boto.ConnectionError, boto.HTTPClientError, boto.IncompleteReadError]
+        types += [boto.ConnectionError, boto.ConnectionClosedError, boto.ReadTimeoutError,
+                  boto.ResponseStreamingError, boto.IncompleteReadError]
     except ImportError:  # pragma: no cover - s3fs brings botocore
         pass
     try:
