@@ -14,6 +14,7 @@ This module is the only place that knows fsspec. Rules it keeps:
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -46,6 +47,7 @@ TRANSIENT_S3_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException",
 """S3 error codes (``ClientError.response["Error"]["Code"]``) worth retrying."""
 
 
+@functools.cache
 def _transient_types() -> tuple[type, ...]:
     """Exception types of dropped, refused, cut-short or timed-out connections (builtins, botocore,
     aiohttp), whichever of those libraries are installed."""
@@ -79,12 +81,13 @@ def _http_status_and_code(err: BaseException) -> tuple[int | None, str | None]:
 
 
 def _causes(err: BaseException) -> list[BaseException]:
-    """``err`` and the exceptions it was raised from (``__cause__``, else ``__context__``), in order."""
+    """``err`` and the exceptions it was raised from (``__cause__``, else an unsuppressed
+    ``__context__``), in order."""
     chain: list[BaseException] = []
     current: BaseException | None = err
     while current is not None and current not in chain and len(chain) < 10:
         chain.append(current)
-        current = current.__cause__ or current.__context__
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     return chain
 
 
