@@ -7,8 +7,7 @@ Submit it to a running cluster (Ray cluster launcher, KubeRay, or ``ray start``)
 
 The driver joins the existing cluster (``resources.address: auto`` unless the config or
 ``--address`` names another), runs :func:`mrseg_cohort.pipeline.run.run_job` and prints the run's
-summary as one JSON line. Exit status: 0 every scan done, 1 some scans failed (see
-``tables/failures``; re-submit the same job to retry them), 2 the job could not start.
+summary as one JSON line. Exit statuses: those of ``mrseg-cohort run`` (``--help`` lists them).
 """
 
 from __future__ import annotations
@@ -19,13 +18,12 @@ import json
 import logging
 import sys
 
-EXIT_FAILED_SCANS = 1
-EXIT_NOT_STARTED = 2
+from mrseg_cohort.cli._common import ExitStatus, error_line, exit_statuses
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="run_cohort.py", description=__doc__.split("\n\n")[0],
-                                     epilog="Exit status: 0 all scans done, 1 some scans failed, 2 not started.")
+                                     epilog=exit_statuses("run"))
     parser.add_argument("--config", required=True, help="job YAML file (path inside the working dir or image)")
     parser.add_argument("--address", default=None,
                         help="Ray address to join (default: resources.address of the config, else 'auto')")
@@ -45,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging(logging.INFO, args.json_logs)
     overrides: dict = {}
-    if args.output:
+    if args.output is not None:
         overrides["output.uri"] = args.output
-    if args.first_n:
+    if args.first_n is not None:
         overrides["limits.first_n"] = args.first_n
     try:
         job = load_config(args.config, overrides)
@@ -55,14 +53,14 @@ def main(argv: list[str] | None = None) -> int:
         job = job.model_copy(update={"resources": job.resources.model_copy(update={"address": address})})
         summary = run_job(job, restart=args.restart)
     except (ConfigError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_NOT_STARTED
+        print(error_line(err), file=sys.stderr)
+        return ExitStatus.CANNOT_START
     record = dataclasses.asdict(summary)
     record["failures"] = record["failures"][:20]  # the full list is in tables/failures
     print(json.dumps({"summary": record, "failures_uri": summary.failures_uri}, default=str))
     print(f"run {summary.run_id} on {summary.device or 'no work'}: {summary.done} done, {summary.failed} failed, "
           f"{summary.already_done} already done earlier ({summary.seconds:.0f} s)")
-    return EXIT_FAILED_SCANS if summary.failed else 0
+    return ExitStatus.SOME_FAILED if summary.failed else ExitStatus.DONE
 
 
 if __name__ == "__main__":

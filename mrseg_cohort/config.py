@@ -1,21 +1,25 @@
 """The job configuration: one YAML file, validated strictly, loaded once by the CLI.
 
 Every section derives from :class:`Strict` (unknown keys refused, values frozen). Relative local
-paths in the file are resolved against the YAML file's folder, so a config works from any working
-directory. ``bundled:<name>`` names a model shipped inside the package (``bundled:demo``).
+paths in the file are resolved against the YAML file's folder, paths given on the command line
+(overrides) against the working directory (the rule lives in :mod:`mrseg_cohort.paths`).
+``bundled:<name>`` names a model shipped inside the package (``bundled:demo``).
 """
 
 from __future__ import annotations
 
 import difflib
-import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator,
+                      model_validator)
+from pydantic.fields import FieldInfo
 
 from mrseg_cohort.errors import ConfigError
+from mrseg_cohort.paths import from_command_line, resolve_local
+from mrseg_cohort.redact import mask_url_credentials
 
 Layout = Literal["phantom", "nako-nifti", "ukbb-dicom-zip", "nifti-folder"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -39,6 +43,15 @@ class StorageConfig(Strict):
     request_attempts: int = Field(3, ge=1)
     """Attempts botocore makes per request; mrseg-cohort retries failed reads again on top
     (with backoff), so a dead endpoint is given up on after about a minute, not many."""
+
+    @field_serializer("endpoint_url")
+    def _endpoint_without_credentials(self, value: str | None) -> str | None:
+        """Dumps (run records, the report) never hold a ``user:password@`` of the endpoint URL."""
+        return mask_url_credentials(value) if value else value
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, mask_url_credentials(value) if isinstance(value, str) else value
 
     def fsspec_options(self) -> dict[str, Any]:
         out: dict[str, Any] = {"config_kwargs": {"retries": {"max_attempts": self.request_attempts,
@@ -69,12 +82,31 @@ class CohortConfig(Strict):
     """nifti-folder: modality of the scans (MRI-only models are not run on CT)."""
 
 
+def _location(value: str, what: str) -> str:
+    """``value`` if it names a location; an empty one is refused (it would mean the config's folder)."""
+    if not value.strip():
+        raise ValueError(f"the {what} is empty; give a folder or a URI such as s3://bucket/prefix")
+    return value
+
+
 class InputConfig(Strict):
-    uri: str = Field(min_length=1)
+    uri: str
     storage: StorageConfig = StorageConfig()
     participants_file: str | None = None
     """Optional selection: one participant id per line, or a UK Biobank bulk file
     (``<eid> 20201_<instance>_0`` per line)."""
+
+    @field_validator("uri")
+    @classmethod
+    def _uri_given(cls, v: str) -> str:
+        return _location(v, "input URI")
+
+    @field_validator("participants_file")
+    @classmethod
+    def _file_given(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("the participants file is empty; leave the key out to select every participant")
+        return v
 
 
 class ContrastsConfig(Strict):
@@ -132,7 +164,7 @@ class ModelConfig(Strict):
 
 
 class OutputConfig(Strict):
-    uri: str = Field(min_length=1)
+    uri: str
     storage: StorageConfig = StorageConfig()
     commit_every: int = Field(200, ge=1)
     """Scans per published table part (fewer, larger Parquet files for bigger values)."""
@@ -146,6 +178,11 @@ class OutputConfig(Strict):
     allow_non_empty: bool = False
     """Allow the first run into a folder that already holds files of someone else's (they are left
     alone); by default such a folder is refused."""
+
+    @field_validator("uri")
+    @classmethod
+    def _uri_given(cls, v: str) -> str:
+        return _location(v, "output URI")
 
 
 class ResourcesConfig(Strict):
@@ -237,13 +274,6 @@ class JobConfig(Strict):
         return self
 
 
-def resolve_local(value: str, base: Path) -> str:
-    """``value`` made absolute against ``base`` when it is a relative local path."""
-    if "://" in value or value.startswith("bundled:") or os.path.isabs(value):
-        return value
-    return str((base / value).resolve())
-
-
 def resolve_weights(value: str) -> str:
     """A model location: ``bundled:<name>`` -> the package's ``models/<name>`` folder."""
     if value.startswith("bundled:"):
@@ -258,10 +288,14 @@ def resolve_weights(value: str) -> str:
 
 
 _PATH_KEYS = (("input", "uri"), ("input", "participants_file"), ("model", "weights"), ("output", "uri"))
+"""Keys holding local paths or URIs: relative paths resolved by :mod:`mrseg_cohort.paths`."""
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> JobConfig:
     """Read and validate a YAML job file; raise :class:`ConfigError` with one line naming the key.
+
+    Relative paths in the file are resolved against the file's folder; relative paths among the
+    overrides (given on the command line) against the working directory (:mod:`mrseg_cohort.paths`).
 
     Args:
         path: the YAML file.
@@ -269,9 +303,11 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Jo
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as err:
         raise ConfigError(f"{path}: cannot read the config file: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: is not a UTF-8 text file ({err.reason} at byte {err.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -280,8 +316,6 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Jo
         raise ConfigError(f"{path}:{where} is not valid YAML: {getattr(err, 'problem', err)}") from err
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (cohort, input, model, output, ...)")
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(data, dotted, value)
     base = path.resolve().parent
     for section, key in _PATH_KEYS:
         node = data.get(section)
@@ -290,11 +324,16 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Jo
     for node in data.get("models") or []:
         if isinstance(node, dict) and isinstance(node.get("weights"), str):
             node["weights"] = resolve_local(node["weights"], base)
+    path_keys = {".".join(k) for k in _PATH_KEYS}
+    for dotted, value in (overrides or {}).items():
+        if dotted in path_keys and isinstance(value, str):
+            value = from_command_line(value)
+        _set_dotted(data, dotted, value)
     data["source"] = str(path)
     try:
         return JobConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(f"{path}: {_describe(err)}") from None
+        raise ConfigError(f"{path}: {_describe(err, data)}") from None
 
 
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:
@@ -305,24 +344,74 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def _describe(err: ValidationError) -> str:
-    """The first validation problem as ``key.path: what is wrong``."""
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
+def _describe(err: ValidationError, data: dict) -> str:
+    """The most telling validation problem as ``key.path: what is wrong``.
+
+    Unknown keys come first (a typo ``ouptut`` also makes ``output`` missing); problems of ``model``
+    are left out when the file gives ``models`` (``model`` is then a copy of ``models[0]``). Values of
+    credential fields are never shown, and URL credentials in any shown value are masked.
+    """
+    errors = err.errors()
+    if "models" in data and "model" not in data:
+        errors = [e for e in errors if e["loc"][:1] != ("model",)] or errors
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    parts = first["loc"]
     if first["type"] == "extra_forbidden":
-        parent_loc, leaf = first["loc"][:-1], str(first["loc"][-1])
-        model: Any = JobConfig
-        for part in parent_loc:
-            field = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
-            annotation = getattr(field, "annotation", None)
-            model = next((a for a in getattr(annotation, "__args__", (annotation,))
-                          if hasattr(a, "model_fields")), annotation)
-        known = list(getattr(model, "model_fields", {}))
-        hint = difflib.get_close_matches(leaf, known, n=1)
+        model, _ = _walk(parts[:-1])
+        known = [k for k in getattr(model, "model_fields", {}) if k != "source"]
+        hint = difflib.get_close_matches(str(parts[-1]), known, n=1)
         suggestion = f" (did you mean {hint[0]!r}?)" if hint else f" (known keys: {', '.join(known)})"
-        return f"unknown key {loc!r}{suggestion}"
+        return f"unknown key {_dotted(parts)!r}{suggestion}"
     if first["type"] == "missing":
-        return f"missing required key {loc!r}"
+        return f"missing required key {_dotted(parts)!r}"
+    _, field = _walk(parts)
+    message = str(first["ctx"]["error"]) if first["type"] == "value_error" else first["msg"]
     value = first.get("input")
-    shown = f" (got {value!r})" if not isinstance(value, dict) else ""
-    return f"{loc}: {first['msg']}{shown}"
+    if field is not None and field.repr is False:
+        shown = " (value not shown: it is a credential)"
+    elif isinstance(value, dict):
+        shown = ""
+    else:
+        shown = f" (got {mask_url_credentials(repr(value))})"
+    if first["type"] == "string_type" and isinstance(value, (int, float)):
+        shown += "; quote the value in the YAML so that it is read as text"
+    return f"{_dotted(parts)}: {message}{shown}" if parts else f"{message}{shown}"
+
+
+def _walk(parts: tuple) -> tuple[Any, FieldInfo | None]:
+    """The config section (model class) and field that a validation error location points to."""
+    model: Any = JobConfig
+    field: FieldInfo | None = None
+    for part in parts:
+        if isinstance(part, int):
+            continue  # an index into a list of sections (models[1])
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return None, None
+        field = fields[part]
+        model = _section_in(field.annotation)
+    return model, field
+
+
+def _section_in(annotation: Any) -> Any:
+    """The config section class inside a field's type (``ModelConfig`` of ``tuple[ModelConfig, ...]``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _section_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _dotted(parts: tuple) -> str:
+    """``("models", 1, "fold")`` -> ``models[1].fold``; pydantic's union tags (``folds[0].int``) left out."""
+    out, model = "", JobConfig
+    for part in parts:
+        if isinstance(part, str):
+            if model is None:
+                break  # inside a plain field: a union member's tag, not a key
+            field = model.model_fields.get(part)
+            model = _section_in(field.annotation) if field is not None else None
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out

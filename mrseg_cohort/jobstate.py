@@ -78,7 +78,18 @@ def estimate(scans: int, gpu_seconds_per_scan: float, cpu_seconds_per_scan: floa
              cpu_workers: int, source: str) -> Estimate:
     """Throughput model: the device stage and the CPU stages run concurrently, so a run goes at the
     pace of the slower of ``devices / gpu_s`` and ``cpu_workers / cpu_s`` scans per second.
-    ``device_hours`` counts the devices held for the whole run (what a cluster bills)."""
+    ``device_hours`` counts the devices held for the whole run (what a cluster bills).
+
+    Raises:
+        ValueError: fewer than 1 device or CPU worker, a negative number of scans, or negative
+            seconds per scan.
+    """
+    for name, value, least in (("devices", devices, 1), ("CPU workers", cpu_workers, 1), ("scans", scans, 0)):
+        if value < least:
+            raise ValueError(f"{name} to plan for must be at least {least}, not {value}")
+    for name, value in (("device", gpu_seconds_per_scan), ("CPU", cpu_seconds_per_scan)):
+        if not value >= 0:
+            raise ValueError(f"{name} seconds per scan must be 0 or more, not {value}")
     rate = min(devices / max(gpu_seconds_per_scan, 1e-9), cpu_workers / max(cpu_seconds_per_scan, 1e-9))
     wall_h = scans / rate / 3600 if scans else 0.0
     return Estimate(scans, gpu_seconds_per_scan, cpu_seconds_per_scan, devices, cpu_workers, wall_h,

@@ -61,9 +61,12 @@ def load_scan(store: Store, source: ScanSource, contrasts: ContrastsConfig, stit
     """Read and stitch the available contrasts of ``source``.
 
     Raises:
-        BadScanError: a contrast to segment is missing, contrasts have different station counts,
-            or any file is unreadable (the error names the file).
+        BadScanError: the manifest found a problem with the scan's inputs (``source.problem``: two
+            files for one scan), a contrast to segment is missing, contrasts have different station
+            counts, or any file is unreadable (the error names the file).
     """
+    if source.problem:
+        raise BadScanError(source.problem, source.participant_id, "read", source.uris[0] if source.uris else "")
     t0 = time.perf_counter()
     wanted = tuple(c for c in contrasts.available)
     try:
@@ -73,7 +76,7 @@ def load_scan(store: Store, source: ScanSource, contrasts: ContrastsConfig, stit
     except (FileNotFoundError, PermissionError) as err:
         raise BadScanError(f"cannot read input: {err}", source.participant_id, "read") from err
     except StorageError as err:  # still failing after the retries: this scan fails, the next run retries it
-        raise ScanError(f"storage kept failing: {err.message}", source.participant_id, "read", err.uri) from err
+        raise ScanError(f"cannot read input: {err.message}", source.participant_id, "read", err.uri) from err
     missing = [c for c in contrasts.segment if c not in stations]
     if missing:
         raise BadScanError(f"contrast(s) {missing} to segment not found (found: {sorted(stations) or 'none'}) "

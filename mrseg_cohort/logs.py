@@ -1,10 +1,13 @@
-"""Logging set-up: plain lines for people, JSON lines for log collectors (``--json-logs``)."""
+"""Logging set-up: plain lines for people, JSON lines for log collectors (``--json-logs``); the
+``user:password@`` of any URL in a line is masked (an endpoint URL in an error, say)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
+
+from mrseg_cohort.redact import mask_url_credentials
 
 
 class JsonFormatter(logging.Formatter):
@@ -21,10 +24,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+class MaskingFormatter(logging.Formatter):
+    """Another formatter's lines with URL credentials masked."""
+
+    def __init__(self, inner: logging.Formatter):
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_url_credentials(self.inner.format(record))
+
+
 def configure_logging(level: int = logging.INFO, json_logs: bool = False) -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if json_logs else
-                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.setFormatter(MaskingFormatter(
+        JsonFormatter() if json_logs else
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -11,10 +11,14 @@ Discovered under the input URI by the layout named in the config:
 - ``ukbb-dicom-zip``: one zip per participant and visit, ``<eid>_20201_<instance>_0.zip``.
 
 The manifest is the unit-of-work list; anti-joined with what is committed it is the resume plan.
+A problem that concerns one scan's inputs (two zips for one participant and visit) is kept on that
+scan's :class:`ScanSource` (``problem``): the scan fails at its read stage with that message, the
+others run.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 
@@ -27,6 +31,10 @@ from mrseg_cohort.io.storage import Store
 
 UKBB_ZIP = re.compile(r"^(?P<participant_id>\d+)_20201_(?P<visit>\d+)_(?P<array>\d+)\.zip$")
 UKBB_BULK_LINE = re.compile(r"^\s*(?P<eid>\d+)\s+(?P<field>\d+)_(?P<instance>\d+)_(?P<array>\d+)\s*$")
+SHOWN_IDS = 5
+"""Ids named in a warning about a participants file (the rest are counted)."""
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,8 @@ class ScanSource:
     Attributes:
         files: (contrast, station URIs in station-number order) pairs; for ``ukbb-dicom-zip`` a single
             ``("dicom-zip", (zip_uri,))`` entry (contrasts are found inside the zip).
+        problem: why this scan's inputs cannot be used, found while listing (names the files); ""
+            when there is none. Such a scan fails at its read stage; the others run.
     """
 
     participant_id: str
@@ -43,6 +53,7 @@ class ScanSource:
     layout: str
     modality: str
     files: tuple[tuple[str, tuple[str, ...]], ...]
+    problem: str = ""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -82,7 +93,12 @@ def read_participant_selection(store: Store, uri: str) -> tuple[set[str], set[tu
     """Ids from a participants file: plain ids (all visits) and UK Biobank bulk lines (id, visit)."""
     ids: set[str] = set()
     pairs: set[tuple[str, str]] = set()
-    for n, line in enumerate(store.read_bytes(uri).decode().splitlines(), start=1):
+    try:  # utf-8-sig: files saved by Excel or Notepad start with a byte-order mark
+        text = store.read_bytes(uri).decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{uri}: the participants file is not UTF-8 text ({err.reason} at byte {err.start})") \
+            from None
+    for n, line in enumerate(text.splitlines(), start=1):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
@@ -112,14 +128,28 @@ def discover(cfg: JobConfig, store: Store) -> list[ScanSource]:
     else:  # pragma: no cover - the config validates the layout
         raise ConfigError(f"cohort.layout: unknown layout {layout!r}")
     if cfg.input.participants_file:
-        ids, pairs = read_participant_selection(store, cfg.input.participants_file)
-        sources = [s for s in sources if s.participant_id in ids or s.key in pairs]
+        sources = _selected(sources, cfg.input.participants_file, store, root)
     sources.sort(key=lambda s: (s.participant_id, s.visit))
-    if cfg.limits.first_n:
+    if cfg.limits.first_n is not None:
         keep = sorted({s.participant_id for s in sources})[: cfg.limits.first_n]
         keep_set = set(keep)
         sources = [s for s in sources if s.participant_id in keep_set]
     return sources
+
+
+def _selected(sources: list[ScanSource], participants_file: str, store: Store, root: str) -> list[ScanSource]:
+    """The sources a participants file selects; a warning names the selected ids with no scans."""
+    ids, pairs = read_participant_selection(store, participants_file)
+    kept = [s for s in sources if s.participant_id in ids or s.key in pairs]
+    found_ids = {s.participant_id for s in kept}
+    found_keys = {s.key for s in kept}
+    unmatched = sorted(i for i in ids if i not in found_ids) + \
+        [f"{pid} visit {visit}" for pid, visit in sorted(pairs) if (pid, visit) not in found_keys]
+    if unmatched:
+        shown = ", ".join(unmatched[:SHOWN_IDS]) + (", ..." if len(unmatched) > SHOWN_IDS else "")
+        log.warning("%s: %d of %d selected ids have no scans under %s (%s)", participants_file, len(unmatched),
+                    len(ids) + len(pairs), root, shown)
+    return kept
 
 
 def _by_pattern(cfg: JobConfig, rel: list[tuple[str, str]]) -> list[ScanSource]:
@@ -155,7 +185,7 @@ def _by_regex(cfg: JobConfig, rel: list[tuple[str, str]]) -> list[ScanSource]:
         visit = m.groupdict().get("visit") or cfg.cohort.visit
         out.append(ScanSource(m["participant_id"], visit, cfg.cohort.layout, cfg.cohort.modality,
                               ((contrast, (uri,)),)))
-    return _unique(out)
+    return _unique(out, "keep one of them in the input, or fix cohort.participant_regex")
 
 
 def _ukbb_zips(cfg: JobConfig, rel: list[tuple[str, str]]) -> list[ScanSource]:
@@ -165,22 +195,33 @@ def _ukbb_zips(cfg: JobConfig, rel: list[tuple[str, str]]) -> list[ScanSource]:
         if m:
             out.append(ScanSource(m["participant_id"], m["visit"], cfg.cohort.layout, "MRI",
                                   (("dicom-zip", (uri,)),)))
-    return _unique(out)
+    return _unique(out, "keep one of them in the input (move the other out) and run again")
 
 
-def _unique(sources: list[ScanSource]) -> list[ScanSource]:
-    """One source per (participant, visit): a second file for the same key is an input error."""
-    seen: dict[tuple[str, str], ScanSource] = {}
+def _unique(sources: list[ScanSource], remedy: str) -> list[ScanSource]:
+    """One source per (participant, visit). Where several files map to one key, that scan keeps the
+    first file and a ``problem`` naming all of them (it fails; the others run); ``remedy`` says what
+    to change."""
+    by_key: dict[tuple[str, str], list[ScanSource]] = {}
     for s in sources:
-        if s.key in seen:
-            raise ConfigError(f"two inputs map to participant {s.participant_id} visit {s.visit}: "
-                              f"{seen[s.key].uris[0]} and {s.uris[0]}; fix cohort.participant_regex")
-        seen[s.key] = s
-    return list(seen.values())
+        by_key.setdefault(s.key, []).append(s)
+    out = []
+    for (pid, visit), group in by_key.items():
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        uris = sorted(u for s in group for u in s.uris)
+        named = ", ".join(uris[:-1]) + f" and {uris[-1]}"
+        problem = f"{len(uris)} input files map to participant {pid} visit {visit}: {named}; {remedy}"
+        log.warning("%s", problem)
+        first = next(s for s in group if s.uris[0] == uris[0])
+        out.append(ScanSource(pid, visit, first.layout, first.modality, first.files, problem))
+    return out
 
 
 def manifest_frame(sources: list[ScanSource]) -> pd.DataFrame:
-    """The manifest as a table: participant_id, visit, layout, modality, contrasts, n_files, first URI."""
+    """The manifest as a table: participant_id, visit, layout, modality, contrasts, n_files, first URI,
+    problem ("" for a usable scan)."""
     return pd.DataFrame({
         "participant_id": [s.participant_id for s in sources],
         "visit": [s.visit for s in sources],
@@ -189,4 +230,5 @@ def manifest_frame(sources: list[ScanSource]) -> pd.DataFrame:
         "contrasts": [",".join(s.contrasts) for s in sources],
         "n_files": [len(s.uris) for s in sources],
         "source_uri": [s.uris[0] if s.uris else "" for s in sources],
-    }, columns=["participant_id", "visit", "layout", "modality", "contrasts", "n_files", "source_uri"])
+        "problem": [s.problem for s in sources],
+    }, columns=["participant_id", "visit", "layout", "modality", "contrasts", "n_files", "source_uri", "problem"])

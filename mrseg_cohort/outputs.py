@@ -30,17 +30,20 @@ of a scan's rows or none of them, and a re-run never publishes a scan twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 import urllib.parse
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import pyarrow as pa
 
+from mrseg_cohort.errors import StorageError
 from mrseg_cohort.io.storage import Store, join_uri
 from mrseg_cohort.io.tables import read_table_file, read_table_folder, table_bytes
+from mrseg_cohort.redact import redact
 from mrseg_cohort.tables import SCHEMAS, empty_table, failures_table
 from mrseg_cohort.work_units import CommittedKey, ScanKey, UnitKey
 
@@ -69,6 +72,16 @@ def unit_from_name(name: str) -> UnitKey:
 def unit_from_list(value: list) -> UnitKey:
     """A unit key as a batch manifest stores it (two-element lists from earlier versions)."""
     return (str(value[0]), str(value[1]), str(value[2]) if len(value) > 2 else "")
+
+
+@contextlib.contextmanager
+def while_doing(what: str) -> Iterator[None]:
+    """A storage error raised inside says what the driver was doing (``publishing batch ...: write
+    failed: No space left on device (<file>)``)."""
+    try:
+        yield
+    except StorageError as err:
+        raise StorageError(f"{what}: {err.message}", err.uri) from err
 
 
 @dataclass
@@ -119,9 +132,11 @@ class Outputs:
         """Publish a batch: manifest, one part per table (``scans`` last), done mark, cleanup."""
         manifest = {"batch": batch_id, "scans": [list(k) for k in rows], "failures": failures,
                     "written_at": time.time()}
-        self.store.write_bytes(self._work("batches", f"{batch_id}.json"), json.dumps(manifest).encode())
-        self._write_parts(batch_id, rows, failures)
-        self._finish(batch_id, list(rows))
+        with while_doing(f"publishing batch {batch_id} (its finished scans stay staged; the next run "
+                         "publishes them)"):
+            self.store.write_bytes(self._work("batches", f"{batch_id}.json"), json.dumps(manifest).encode())
+            self._write_parts(batch_id, rows, failures)
+            self._finish(batch_id, list(rows))
 
     def _write_parts(self, batch_id: str, rows: dict[UnitKey, dict[str, pa.Table]], failures: list[dict]) -> None:
         name = f"part-{batch_id}.parquet"
@@ -214,8 +229,10 @@ class Outputs:
         return out
 
     def write_run_metadata(self, run_id: str, metadata: dict) -> None:
-        self.store.write_bytes(self._work("runs", f"{run_id}.json"), json.dumps(metadata, indent=1,
-                                                                               default=str).encode())
+        """The run record ``_work/runs/<run id>.json`` (credentials masked in any URL it holds)."""
+        with while_doing("writing the run record"):
+            self.store.write_bytes(self._work("runs", f"{run_id}.json"),
+                                   json.dumps(redact(metadata), indent=1, default=str).encode())
 
     # -- what this tool owns here ----------------------------------------------------------------
     def read_fingerprint(self) -> dict | None:

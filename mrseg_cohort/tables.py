@@ -103,7 +103,22 @@ def wide_view(structures: pd.DataFrame, measures: tuple[str, ...] = WIDE_MEASURE
     return wide.reset_index()
 
 
+def require_contrast(frame: pd.DataFrame, contrast: str | None) -> None:
+    """Refuse a ``contrast`` that no row of ``frame`` (a published table) has.
+
+    Raises:
+        ValueError: naming the contrasts that do have rows.
+    """
+    if contrast is None:
+        return
+    found = sorted(set(frame["contrast"].dropna()))
+    if contrast not in found:
+        raise ValueError(f"contrast {contrast!r} has no results here; contrasts with results: "
+                         f"{', '.join(found) or 'none'}")
+
+
 def _one_contrast(df: pd.DataFrame, contrast: str | None) -> pd.DataFrame:
+    require_contrast(df, contrast)
     if contrast is not None:
         return df[df["contrast"] == contrast]
     first = df.groupby(["participant_id", "visit"])["contrast"].transform("min")

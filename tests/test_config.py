@@ -81,3 +81,73 @@ def test_a_list_of_models_resolves_each_weights_path(tmp_path):
     twice = GOOD.replace("model: {weights: bundled:demo}", "models: [{weights: a}, {weights: b}]")
     with pytest.raises(ConfigError, match="names must be unique"):
         load_config(_write(tmp_path, twice))
+
+
+def test_command_line_paths_are_relative_to_the_working_directory(tmp_path, monkeypatch):
+    """paths.py, the one rule: config paths against the config's folder, overrides against the cwd."""
+    conf, work = tmp_path / "conf", tmp_path / "work"
+    conf.mkdir(), work.mkdir()
+    monkeypatch.chdir(work)
+    job = load_config(_write(conf, GOOD), {"output.uri": "relout", "input.uri": "s3://b/in"})
+    assert job.output.uri == str(work / "relout") and job.input.uri == "s3://b/in"
+    assert job.model.weights == "bundled:demo"
+    default = load_config(conf / "job.yaml")
+    assert default.output.uri == str(conf / "out") and default.input.uri == str(conf / "data")
+    for overrides in ({"output.uri": ""}, {"output.uri": "  "}):
+        with pytest.raises(ConfigError, match="output.uri: the output URI is empty"):
+            load_config(conf / "job.yaml", overrides)
+
+
+def test_credentials_never_leave_the_config(tmp_path, caplog):
+    import json
+    import logging
+
+    from mrseg_cohort.io.storage import Store
+    from mrseg_cohort.logs import MaskingFormatter
+    from mrseg_cohort.outputs import Outputs
+
+    text = GOOD.replace("output: {uri: out}", "output: {uri: out, storage: {endpoint_url: 'http://user:s3cr3tpw@h:9',"
+                                              " key: AKIDEXAMPLE, secret: Wr0ngSecret}}")
+    job = load_config(_write(tmp_path, text))
+    assert job.output.storage.fsspec_options()["endpoint_url"] == "http://user:s3cr3tpw@h:9"  # still used
+    dumped = json.dumps(job.model_dump(mode="json", exclude={"output": {"storage": {"key", "secret"}}}))
+    shown = f"{job!r} {job.output.storage!r} {dumped}"
+    assert "s3cr3tpw" not in shown and "Wr0ngSecret" not in shown and "http://***@h:9" in dumped
+    outputs = Outputs(Store(), str(tmp_path / "out"))
+    outputs.write_run_metadata("r1", {"config": {"endpoint": "http://user:s3cr3tpw@h:9"}, "note": "s3://u:p@b/x"})
+    record = (tmp_path / "out" / "_work" / "runs" / "r1.json").read_text()
+    assert "s3cr3tpw" not in record and "u:p@" not in record
+    record_line = logging.makeLogRecord({"msg": "connecting to %s", "args": ("http://user:s3cr3tpw@h:9",)})
+    assert MaskingFormatter(logging.Formatter("%(message)s")).format(record_line) == "connecting to http://***@h:9"
+
+    numeric = GOOD.replace("output: {uri: out}", "output: {uri: out, storage: {key: AKIDEXAMPLE, secret: 12345678}}")
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, numeric))
+    assert "output.storage.secret" in str(info.value) and "12345678" not in str(info.value)
+    assert "quote the value" in str(info.value)
+
+
+def test_exit_statuses_are_worded_once_for_every_help_and_the_readme():
+    from mrseg_cohort.cli._common import PARTIAL_FAILURES, exit_statuses
+
+    runner = CliRunner()
+    names = [c.name or c.callback.__name__ for c in app.registered_commands]
+    names += [f"{g.name} {c.name}" for g in app.registered_groups for c in g.typer_instance.registered_commands]
+    assert {"run", "evaluate", "plan", "status", "report", "measure", "phantom", "summary", "tables wide"} <= set(names)
+    for name in names:
+        help_text = " ".join(runner.invoke(app, [*name.split(), "--help"]).output.split())
+        assert exit_statuses(name) in help_text, name
+    readme = " ".join((REPO / "README.md").read_text().split())
+    for name in (*PARTIAL_FAILURES, "plan"):
+        assert exit_statuses(name) in readme, name
+    assert "1 some scans failed" in exit_statuses("run") and "1 some" not in exit_statuses("plan")
+
+
+def test_plan_estimate_refuses_impossible_resources():
+    from mrseg_cohort.jobstate import estimate
+
+    for args in ((10, 5.0, 5.0, 0, 8), (10, 5.0, 5.0, -2, 8), (10, 5.0, 5.0, 1, 0), (-1, 5.0, 5.0, 1, 8),
+                 (10, -5.0, 5.0, 1, 8)):
+        with pytest.raises(ValueError, match="must be"):
+            estimate(*args, "test")
+    assert estimate(3600, 1.0, 1.0, 1, 1, "test").wall_hours == pytest.approx(1.0)

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from conftest import shared_file
 from mrseg_cohort.config import JobConfig
-from mrseg_cohort.errors import ConfigError
+from mrseg_cohort.errors import BadScanError, ConfigError
 from mrseg_cohort.io.nifti import ReadLimits, read_volume
 from mrseg_cohort.io.storage import Store, join_uri
 from mrseg_cohort.loading import load_scan
@@ -138,8 +138,14 @@ def test_nifti_folder_with_a_ct(tmp_path):
     assert np.allclose(image.array, original.array) and image.array.min() < -500  # HU, air
 
 
-def test_nifti_folder_two_files_for_one_scan(tmp_path):
-    _touch(Store(), str(tmp_path), "p1_a.nii.gz", "p1_b.nii.gz")
-    with pytest.raises(ConfigError, match="two inputs map to participant p1"):
-        discover(job(str(tmp_path), cohort={"layout": "nifti-folder"}), Store())
+def test_nifti_folder_two_files_for_one_scan_fail_that_scan_only(tmp_path):
+    _touch(Store(), str(tmp_path), "p1_a.nii.gz", "p1_b.nii.gz", "p2_a.nii.gz")
+    cfg = job(str(tmp_path), cohort={"layout": "nifti-folder"})
+    p1, p2 = discover(cfg, Store())
+    assert (p1.participant_id, p2.participant_id, p2.problem) == ("p1", "p2", "")
+    assert "2 input files map to participant p1 visit 0" in p1.problem and "cohort.participant_regex" in p1.problem
+    assert str(tmp_path / "p1_a.nii.gz") in p1.problem and str(tmp_path / "p1_b.nii.gz") in p1.problem
+    with pytest.raises(BadScanError, match="2 input files map to participant p1") as info:
+        load_scan(Store(), p1, cfg.contrasts, cfg.stitching, ReadLimits())
+    assert (info.value.stage, info.value.uri) == ("read", str(tmp_path / "p1_a.nii.gz"))
 

@@ -272,3 +272,98 @@ def test_open_read_reopens_and_resumes_after_a_dropped_connection(tmp_path, monk
         parts = [f.read(700) for _ in range(3)] + [f.read()]
     assert b"".join(parts) == payload
     assert flaky.opened == 2 and len(sleeps) == 1  # one reopen, reading on from byte 1400
+
+
+# -- what counts as transient: status codes and exception types, never message text -----------------
+def _client_error(code: str, status: int):
+    from botocore.exceptions import ClientError
+
+    return ClientError({"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+                       "GetObject")
+
+
+def _translated(err: BaseException) -> BaseException:
+    """What s3fs raises: a builtin made from botocore's error, which stays its __cause__."""
+    from s3fs.errors import translate_boto_error
+
+    return translate_boto_error(err)
+
+
+@pytest.mark.parametrize("make,transient", [
+    (lambda: _translated(_client_error("SlowDown", 503)), True),
+    (lambda: _translated(_client_error("InternalError", 500)), True),
+    (lambda: _translated(_client_error("RequestTimeout", 400)), True),
+    (lambda: _translated(_client_error("Teapot", 502)), True),  # an unknown code: the status decides
+    (lambda: _translated(_client_error("NoSuchKey", 404)), False),
+    (lambda: _translated(_client_error("AccessDenied", 403)), False),
+    (lambda: _translated(_client_error("InvalidArgument", 400)), False),
+    (lambda: __import__("botocore.exceptions").exceptions.EndpointConnectionError(endpoint_url="http://h"), True),
+    (lambda: __import__("botocore.exceptions").exceptions.ReadTimeoutError(endpoint_url="http://h"), True),
+    (lambda: __import__("aiohttp").ServerDisconnectedError(), True),
+    (lambda: __import__("aiohttp").ClientPayloadError("body cut short"), True),
+    (lambda: ConnectionResetError(104, "Connection reset by peer"), True),
+    (lambda: TimeoutError(), True),
+    (lambda: OSError("cannot read 1500123_20201_2_0.zip: 500 bytes, 503 expected"), False),
+    (lambda: OSError(40, "Too many levels of symbolic links", "/in/1500123_20201_2_0.zip"), False),
+    (lambda: type("ConnectionTimeoutEndpointError", (ValueError,), {})("a name is not a type"), False),
+    (lambda: ValueError("Service Unavailable, connection reset, timed out"), False),
+])
+def test_transient_by_status_code_and_type_not_by_message(make, transient):
+    assert is_transient(make()) is transient
+
+
+def test_an_eid_in_an_error_is_not_retried(tmp_path, sleeps):
+    loop = tmp_path / "1500123_20201_2_0.zip"
+    loop.symlink_to(loop)
+    with pytest.raises(StorageError) as info:
+        Store().read_bytes(str(loop))
+    assert sleeps == [] and "Too many levels of symbolic links" in str(info.value) and str(loop) in str(info.value)
+
+
+def test_full_disk_names_the_file_and_is_not_retried(tmp_path, monkeypatch, sleeps):
+    def full(path, data):
+        raise OSError(28, "No space left on device", path + ".tmp-1")
+
+    monkeypatch.setattr(storage, "_replace_local", full)
+    target = str(tmp_path / "labels" / "1000001" / "2" / "in.nii.gz")
+    with pytest.raises(StorageError) as info:
+        Store().write_bytes(target, b"x")
+    assert str(info.value) == f"write failed: No space left on device ({target})" and sleeps == []
+
+
+def test_full_disk_while_publishing_says_so_and_keeps_the_staged_scans(tmp_path, monkeypatch):
+    from mrseg_cohort.outputs import Outputs
+    from mrseg_cohort.tables import empty_table
+
+    outputs = Outputs(Store(), str(tmp_path / "out"))
+    key = ("1000001", "2")
+    outputs.stage(key, {t: empty_table(t) for t in ("structures", "intensities", "scans")})
+    real = storage._replace_local
+    monkeypatch.setattr(storage, "_replace_local", lambda path, data: real(path, data) if "_work" in path else
+                        (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(StorageError) as info:
+        outputs.publish("run1-00001", {key: outputs.read_staged(key)}, [])
+    message = str(info.value)
+    assert message.startswith("publishing batch run1-00001") and "No space left on device" in message
+    assert message.endswith(f"({tmp_path / 'out' / 'tables' / 'structures' / 'part-run1-00001.parquet'})")
+    assert outputs.staged_keys() == {key}  # nothing lost: the next run publishes it
+
+
+def test_local_permission_error_names_the_folder_not_credentials(tmp_path, monkeypatch):
+    def refused(path, data):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(storage, "_replace_local", refused)
+    with pytest.raises(PermissionError) as info:
+        Store().check_writable(str(tmp_path / "out"))
+    assert "permission denied (Permission denied)" in str(info.value) and "credentials" not in str(info.value)
+
+
+def test_url_credentials_are_masked_in_reasons():
+    from botocore.exceptions import EndpointConnectionError
+
+    store = Store({"key": "AKIDEXAMPLE", "secret": "Wr0ngSecret"})
+    err = EndpointConnectionError(endpoint_url="http://user:s3cr3tpw@127.0.0.1:1/b?list-type=2")
+    reason = store._reason(err)
+    assert "s3cr3tpw" not in reason and "http://***@127.0.0.1:1/b" in reason
+    assert "Wr0ngSecret" not in store._reason(OSError("bad secret Wr0ngSecret"))

@@ -1,17 +1,58 @@
-"""What every command shares: logging set-up and turning our errors into one line + exit code."""
+"""What every command shares: logging set-up, exit statuses, and our errors as one line + exit code."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import sys
-from typing import Iterator
+import shlex
+from enum import IntEnum
+from typing import Iterator, NoReturn
 
 import typer
 
 from mrseg_cohort.errors import ConfigError, ScanError, StorageError
+from mrseg_cohort.redact import mask_url_credentials
 
-EXIT_USAGE = 2
+
+class ExitStatus(IntEnum):
+    """The exit statuses of every command; their wording is :data:`EXIT_MEANINGS`."""
+
+    DONE = 0
+    SOME_FAILED = 1
+    CANNOT_START = 2
+
+
+EXIT_MEANINGS: dict[ExitStatus, str] = {
+    ExitStatus.DONE: "done",
+    ExitStatus.SOME_FAILED: "some {items} failed, the others are done ({where})",
+    ExitStatus.CANNOT_START: "a bad call, config, input or output: one line on stderr says what is wrong",
+}
+"""What each status means, worded once for ``--help`` and the README (``{items}``, ``{where}``: see
+:data:`PARTIAL_FAILURES`). A new status is one more member and one more line here."""
+
+PARTIAL_FAILURES: dict[str, tuple[str, str]] = {
+    "run": ("scans", "listed in tables/failures; the same command retries them"),
+    "evaluate": ("pairs", "listed in pairs.parquet"),
+}
+"""Commands that can end with some items failed: what the items are and where they are listed."""
+
+
+def exit_statuses(command: str) -> str:
+    """The exit statuses of ``command`` in one sentence, as its ``--help`` and the README give them."""
+    parts = []
+    for status, meaning in EXIT_MEANINGS.items():
+        if status == ExitStatus.SOME_FAILED:
+            if command not in PARTIAL_FAILURES:
+                continue
+            items, where = PARTIAL_FAILURES[command]
+            meaning = meaning.format(items=items, where=where)
+        parts.append(f"{int(status)} {meaning}")
+    return "Exit status: " + "; ".join(parts) + "."
+
+
+def shell_command(*words: str) -> str:
+    """A command line to copy and paste: every word quoted for a POSIX shell where it needs it."""
+    return " ".join(shlex.quote(str(w)) for w in words)
 
 
 def setup_logging(verbose: bool = False, json_logs: bool = False) -> None:
@@ -21,20 +62,23 @@ def setup_logging(verbose: bool = False, json_logs: bool = False) -> None:
     configure_logging(logging.DEBUG if verbose else logging.INFO, json_logs)
 
 
+def error_line(message: object) -> str:
+    """``error: <message>`` on one line, with any URL credentials masked."""
+    text = " ".join(line.strip() for line in str(message).strip().splitlines())
+    return f"error: {mask_url_credentials(text)}"
+
+
 @contextlib.contextmanager
 def one_line_errors() -> Iterator[None]:
     """Show expected errors as one line on stderr and exit 2 (no traceback)."""
     try:
         yield
-    except (ConfigError, ScanError, StorageError, FileNotFoundError, PermissionError,
-            NotADirectoryError, IsADirectoryError, ValueError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(EXIT_USAGE) from None
-    except OSError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(EXIT_USAGE) from None
+    except (ConfigError, ScanError, StorageError, OSError, ValueError) as err:
+        typer.echo(error_line(err), err=True)
+        raise typer.Exit(ExitStatus.CANNOT_START) from None
 
 
-def fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    sys.exit(EXIT_USAGE)
+def fail(message: str) -> NoReturn:
+    """Stop the command: ``message`` as one line on stderr, exit status 2."""
+    typer.echo(error_line(message), err=True)
+    raise typer.Exit(ExitStatus.CANNOT_START)

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
 
 from mrseg_cohort.cli import app
-from mrseg_cohort.cli._common import fail, one_line_errors
+from mrseg_cohort.cli._common import ExitStatus, exit_statuses, fail, one_line_errors
+from mrseg_cohort.paths import from_command_line
 
-EXIT_PAIRS_FAILED = 1
 
-
-@app.command()
+@app.command(epilog=exit_statuses("evaluate"))
 def evaluate(
     out: str = typer.Option(..., "--out", help="Output folder or URI for the tables (created if missing)."),
     pred: Optional[str] = typer.Option(None, "--pred", help="Folder or URI of predicted label maps."),
@@ -37,8 +35,7 @@ def evaluate(
 ) -> None:
     """Evaluate predicted label maps against references; writes Parquet, CSV and Markdown tables.
 
-    Exit status: 0 when every pair was evaluated, 1 when some pairs failed (see pairs.parquet), 2 for
-    unusable arguments or inputs. Conventions and columns: docs/evaluation.md.
+    Conventions and columns: docs/evaluation.md.
     """
     import logging
 
@@ -82,7 +79,7 @@ def evaluate(
     typer.echo(f"evaluated {len(results) - len(failed)}/{len(results)} pair(s); tables in {out}")
     if failed:
         typer.echo(f"{len(failed)} pair(s) failed (all listed in {out}/pairs.parquet)", err=True)
-        raise typer.Exit(EXIT_PAIRS_FAILED)
+        raise typer.Exit(ExitStatus.SOME_FAILED)
 
 
 def _parse_spacing(text: str) -> tuple[float, float, float]:
@@ -97,6 +94,6 @@ def _parse_spacing(text: str) -> tuple[float, float, float]:
 
 def _absolute(uri: str | None) -> str | None:
     """Local paths made absolute (URIs and the names of built-in label maps kept)."""
-    if uri is None or "://" in uri or uri in ("mrseg", "body_comp"):
+    if uri is None or uri in ("mrseg", "body_comp"):
         return uri
-    return str(Path(uri).resolve())
+    return from_command_line(uri)

@@ -8,10 +8,11 @@ from pathlib import Path
 import typer
 
 from mrseg_cohort.cli import app
-from mrseg_cohort.cli._common import fail, one_line_errors
+from mrseg_cohort.cli._common import exit_statuses, fail, one_line_errors
+from mrseg_cohort.paths import from_command_line
 
 
-@app.command()
+@app.command(epilog=exit_statuses("measure"))
 def measure(
     labels: str = typer.Argument(..., help="Label map (NIfTI path or URI)."),
     out: str = typer.Option(..., "--out", "-o", help="Structures table to write (FILE.parquet); the scan "
@@ -49,7 +50,7 @@ def measure(
         fail(f"--contrast {contrast!r} is not one of the images given: {sorted(uris) or 'none'}")
     settings = MeasuresConfig(erosion_voxels_inplane=erosion_voxels_inplane, connectivity=connectivity,
                               border_margin_voxels=border_margin_voxels)
-    out = out if "://" in out else str(Path(out).resolve())
+    out = from_command_line(out)
     with one_line_errors():
         store = Store()
         label_map = _label_map(store, label_map_name)
@@ -68,9 +69,26 @@ def measure(
             rows = [{"labels_uri": labels, **record} for record in records]
             write_table(store, uri, pa.Table.from_pylist(rows, schema))
     scan = result.scan
+    if scan["n_voxels_unknown_label"]:  # a map naming a subset is a choice, a wrong map a mistake: say so
+        typer.echo(f"warning: {labels} holds label values that label map {label_map.name!r} does not name "
+                   f"({_ranges(scan['unknown_label_values'])}; {scan['n_voxels_unknown_label']} voxels): they are "
+                   "not measured; if the map is not the one the labels were made with, give that one (--labels "
+                   "mrseg, body_comp or a JSON file)", err=True)
     typer.echo(f"{scan['n_present']} of {scan['n_structures']} structures present; "
                f"swap_suspected={scan['swap_suspected']}, {scan['n_lr_implausible']} L/R implausible, "
                f"{scan['n_missing']} missing; wrote {', '.join(tables)}")
+
+
+def _ranges(values: str) -> str:
+    """``"11,12,13,20"`` -> ``"11-13, 20"``."""
+    numbers = [int(v) for v in values.split(",") if v]
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
 
 
 def _image_uris(image: list[str], fat: str | None, water: str | None) -> dict[str, str]:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
 from mrseg_cohort.cli import app
-from mrseg_cohort.cli._common import fail, one_line_errors
+from mrseg_cohort.cli._common import exit_statuses, fail, one_line_errors
+from mrseg_cohort.paths import from_command_line
 
 
-@app.command()
+@app.command(epilog=exit_statuses("phantom"))
 def phantom(
-    out: str = typer.Argument(..., help="Output folder or URI (created if missing)."),
+    out: str = typer.Argument(..., help="Output folder or URI: new or empty (created if missing)."),
     participants: int = typer.Option(4, "--participants", "-n", help="Number of participants (>= 1)."),
     layout: str = typer.Option("ukbb", help="Station layout: ukbb (6 stations) or nako (4 stations)."),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same cohort."),
@@ -37,8 +36,7 @@ def phantom(
     with one_line_errors():
         station_layout(layout, scale)  # validates layout and scale before any writing
         store = Store()
-        if "://" not in out:
-            out = str(Path(out).resolve())
+        out = from_command_line(out)
         store.check_writable(out)
         spec = PhantomSpec(participants=participants, layout=layout, seed=seed, scale=scale, visit=visit,
                            wholebody=wholebody, format=fmt)

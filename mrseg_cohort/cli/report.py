@@ -7,14 +7,16 @@ from pathlib import Path
 import typer
 
 from mrseg_cohort.cli import app
-from mrseg_cohort.cli._common import one_line_errors
+from mrseg_cohort.cli._common import exit_statuses, one_line_errors
+from mrseg_cohort.paths import from_command_line
 
 
-@app.command()
+@app.command(epilog=exit_statuses("report"))
 def report(
     config: Path = typer.Argument(..., help="Job YAML file whose output folder is reported."),
     out: str = typer.Option("report.html", "--out", "-o", help="HTML file to write (path or URI)."),
-    output: str = typer.Option(None, "--output", help="Override output.uri (the folder to report on)."),
+    output: str = typer.Option(None, "--output", help="Override output.uri (the folder to report on; a relative "
+                               "path is relative to the working directory)."),
     sample: int = typer.Option(6, "--sample", min=0, help="Scans previewed at random, besides the outliers."),
     contrast: str = typer.Option(None, "--contrast", help="Segmented contrast to report (default: the first)."),
     z_threshold: float = typer.Option(3.5, "--z-threshold", min=0.0, help="|robust z| above which a value is an "
@@ -30,8 +32,8 @@ def report(
     from mrseg_cohort.config import load_config
     from mrseg_cohort.report import ReportOptions, write_report
 
-    overrides = {"output.uri": output} if output else {}
-    out_uri = out if "://" in out else str(Path(out).resolve())
+    overrides = {"output.uri": output} if output is not None else {}
+    out_uri = from_command_line(out)
     with one_line_errors():
         job = load_config(config, overrides)
         options = ReportOptions(sample=sample, contrast=contrast, z_threshold=z_threshold, min_scans=min_scans,

@@ -7,21 +7,23 @@ from pathlib import Path
 import typer
 
 from mrseg_cohort.cli import app
-from mrseg_cohort.cli._common import one_line_errors
+from mrseg_cohort.cli._common import ExitStatus, exit_statuses, one_line_errors, shell_command
+from mrseg_cohort.redact import mask_url_credentials
 
 
-@app.command()
+@app.command(epilog=exit_statuses("run"))
 def run(
     config: Path = typer.Argument(..., help="Job YAML file (see configs/)."),
     restart: bool = typer.Option(False, "--restart", help="Delete earlier results under the output and start over."),
-    output: str = typer.Option(None, "--output", "-o", help="Override output.uri."),
-    first_n: int = typer.Option(None, "--first-n", help="Override limits.first_n (process the first N participants)."),
+    output: str = typer.Option(None, "--output", "-o", help="Override output.uri (a relative path is relative "
+                               "to the working directory)."),
+    first_n: int = typer.Option(None, "--first-n", min=1, help="Override limits.first_n (process the first N "
+                                "participants)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Segment every scan of the cohort and write label maps and Parquet tables.
 
     Re-running the same command resumes: scans already committed are skipped, failed ones retried.
-    Exit status: 0 all scans done, 1 some scans failed (see tables/failures), 2 the job could not start.
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
@@ -32,10 +34,10 @@ def run(
     from mrseg_cohort.pipeline.scheduler import StopRequest
     from mrseg_cohort.pipeline.signals import EXIT_STATUS, stop_on_signals
 
-    overrides = {}
-    if output:
+    overrides: dict = {}
+    if output is not None:
         overrides["output.uri"] = output
-    if first_n:
+    if first_n is not None:
         overrides["limits.first_n"] = first_n
     console = Console(stderr=True, soft_wrap=True)
     with one_line_errors():
@@ -54,18 +56,22 @@ def run(
 
             with stop_on_signals(StopRequest()) as stop:
                 summary = run_job(job, restart=restart, progress=update, stop=stop)
-    out = summary.output_uri.rstrip("/")
+    out = mask_url_credentials(summary.output_uri.rstrip("/"))
     console.print(f"[bold]run {summary.run_id}[/bold] ({summary.device or 'no work'}, {summary.seconds:.0f} s): "
                   f"{summary.done} done, {summary.failed} failed, {summary.already_done} already done earlier"
                   + (f", {summary.republished} published from an interrupted run" if summary.republished else ""))
-    console.print(f"labels:  {out}/labels/<participant_id>/<visit>/<contrast>.nii.gz")
-    console.print(f"tables:  {out}/tables/structures, {out}/tables/scans, {out}/tables/intensities")
-    console.print(f"read:    python -c \"import pandas as pd; print(pd.read_parquet('{out}/tables/structures'))\"")
+    read = f"import pandas as pd; print(pd.read_parquet({out + '/tables/structures'!r}))"
+    for line in (f"labels:  {out}/labels/<participant_id>/<visit>/<contrast>.nii.gz",
+                 f"tables:  {out}/tables/structures, {out}/tables/scans, {out}/tables/intensities",
+                 f"read:    {shell_command('python', '-c', read)}"):
+        console.print(line, markup=False, highlight=False)
     if summary.interrupted_by:
-        console.print(f"[yellow]interrupted ({summary.interrupted_by})[/yellow]: {summary.published} scan(s) "
-                      f"published by this run, {summary.failed} failed; run the same command again to resume")
-        raise typer.Exit(EXIT_STATUS.get(summary.interrupted_by, 1))
+        console.print(f"interrupted ({summary.interrupted_by}): {summary.published} scan(s) published by this "
+                      f"run, {summary.failed} failed; run the same command again to resume",
+                      style="yellow", markup=False, highlight=False)
+        raise typer.Exit(EXIT_STATUS.get(summary.interrupted_by, ExitStatus.SOME_FAILED))
     if summary.failed:
-        console.print(f"[red]{summary.failed} scan(s) failed[/red]: see {summary.failures_uri} "
-                      f"(or `mrseg-cohort status {config}`); re-run the same command to retry them")
-        raise typer.Exit(1)
+        console.print(f"{summary.failed} scan(s) failed: see {summary.failures_uri} (or "
+                      f"{shell_command('mrseg-cohort', 'status', str(config))}); re-run the same command to retry "
+                      "them", style="red", markup=False, highlight=False)
+        raise typer.Exit(ExitStatus.SOME_FAILED)

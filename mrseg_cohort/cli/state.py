@@ -7,19 +7,21 @@ from pathlib import Path
 import typer
 
 from mrseg_cohort.cli import app
-from mrseg_cohort.cli._common import one_line_errors
+from mrseg_cohort.cli._common import exit_statuses, one_line_errors, shell_command
 
 
-@app.command()
+@app.command(epilog=exit_statuses("plan"))
 def plan(
     config: Path = typer.Argument(..., help="Job YAML file."),
     sizes: bool = typer.Option(True, "--sizes/--no-sizes", help="Sum the input file sizes (one HEAD per file)."),
-    gpus: int = typer.Option(None, help="GPUs to plan for (default: resources.gpus, else 1)."),
-    cpu_workers: int = typer.Option(None, help="CPU workers to plan for (default: resources.cpu_workers, else 8)."),
-    scans: int = typer.Option(None, help="Plan for this many scans instead of those left in the manifest "
-                                         "(e.g. the whole cohort, from a pilot run)."),
-    device_seconds: float = typer.Option(None, help="Seconds per scan on the segmentation device, instead of "
-                                                    "the measured ones (e.g. from a GPU benchmark)."),
+    gpus: int = typer.Option(None, min=1, help="GPUs to plan for (default: resources.gpus; with resources.gpus "
+                             "0, resources.cpu_segmenters; else 1)."),
+    cpu_workers: int = typer.Option(None, min=1, help="CPU workers to plan for (default: resources.cpu_workers, "
+                                    "else 8)."),
+    scans: int = typer.Option(None, min=0, help="Plan for this many scans instead of those left in the manifest "
+                              "(e.g. the whole cohort, from a pilot run)."),
+    device_seconds: float = typer.Option(None, help="Seconds per scan on the segmentation device, instead "
+                                         "of the measured ones (e.g. from a GPU benchmark)."),
 ) -> None:
     """What a run would do: scans to process, already done, failed before, input size, time estimate.
 
@@ -31,10 +33,13 @@ def plan(
 
     with one_line_errors():
         job = load_config(config)
-        state, _ = job_state(job, with_sizes=sizes)
+        state, sources = job_state(job, with_sizes=sizes)
     todo = state.pending + state.failed
     typer.echo(f"cohort {job.cohort.name} ({job.cohort.layout}) from {job.input.uri}")
     typer.echo(f"manifest: {state.manifest} scans of {state.participants} participants")
+    problems = [s.problem for s in sources if s.problem]
+    if problems:
+        typer.echo(f"input problems: {len(problems)} scan(s) will fail at read, e.g. {problems[0]}")
     typer.echo(f"already done: {state.done}; finished but unpublished: {state.staged} (published at start)")
     typer.echo(f"failed before: {state.failed} (will be retried); new: {state.pending}; to process: {todo}")
     if state.input_bytes is not None:
@@ -42,23 +47,25 @@ def plan(
     costs = measured_costs(state.costs)
     if costs is None:
         typer.echo("estimate: no per-scan costs measured in this output yet; run a few scans first "
-                   f"(mrseg-cohort run {config} --first-n 3) and plan again")
+                   f"({shell_command('mrseg-cohort', 'run', str(config), '--first-n', '3')}) and plan again")
         return
     gpu_s, cpu_s, n = costs
     source = f"median of {n} scans in this output"
     if device_seconds is not None:
         gpu_s, source = device_seconds, f"device seconds given; CPU stages: {source}"
-    devices = gpus or job.resources.gpus or 1
-    workers = cpu_workers or job.resources.cpu_workers or 8
+    res = job.resources
+    devices = gpus if gpus is not None else (res.gpus or (res.cpu_segmenters if res.gpus == 0 else 1))
+    workers = cpu_workers if cpu_workers is not None else (res.cpu_workers or 8)
     planned = todo if scans is None else scans
-    est = estimate(planned, gpu_s, cpu_s, devices, workers, source)
+    with one_line_errors():
+        est = estimate(planned, gpu_s, cpu_s, devices, workers, source)
     typer.echo(f"per scan ({est.source}): {gpu_s:.1f} s on the segmentation device, {cpu_s:.1f} s of CPU stages")
     typer.echo(f"estimate for {planned} scans on {devices} device(s) and {workers} CPU worker(s): "
                f"{est.wall_hours:.1f} h wall, {est.device_hours:.1f} device-hours "
                f"({'device' if gpu_s / devices >= cpu_s / workers else 'CPU stages'}-bound)")
 
 
-@app.command()
+@app.command(epilog=exit_statuses("status"))
 def status(
     config: Path = typer.Argument(..., help="Job YAML file."),
     last: int = typer.Option(10, help="How many of the latest failures to show."),

@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 from mrseg_cohort.cli import app
-from mrseg_cohort.cli._common import fail, one_line_errors
+from mrseg_cohort.cli._common import exit_statuses, fail, one_line_errors
+from mrseg_cohort.paths import from_command_line
 
 tables_app = typer.Typer(no_args_is_help=True, help="Derived views of the published tables.")
 app.add_typer(tables_app, name="tables")
@@ -17,18 +18,18 @@ def _output(config: Path, output: str | None):
     from mrseg_cohort.config import load_config
     from mrseg_cohort.outputs import Outputs
 
-    job = load_config(config, {"output.uri": output} if output else None)
+    job = load_config(config, {"output.uri": output} if output is not None else None)
     return job, Outputs.for_job(job)
 
 
-@tables_app.command("wide")
+@tables_app.command("wide", epilog=exit_statuses("tables wide"))
 def wide(
     config: Path = typer.Argument(..., help="Job YAML file (its output is read)."),
     out: str = typer.Option(..., "--out", help="Parquet (.parquet) or CSV (.csv) file to write."),
     measures: str = typer.Option("volume_ml,ff_median_pct,n_components,touches_border",
                                  help="Comma-separated columns of tables/structures to spread."),
     contrast: str = typer.Option(None, help="Label contrast when several were segmented (default: first)."),
-    output: str = typer.Option(None, help="Override output.uri."),
+    output: str = typer.Option(None, help="Override output.uri (relative to the working directory)."),
 ) -> None:
     """One row per participant x visit, columns <structure>__<measure> (other models: <model>:<structure>).
 
@@ -50,16 +51,16 @@ def wide(
         scans = read_table_folder(outputs.store, outputs.table_uri("scans"))
         frame = wide_view(structures, chosen, contrast, scans.to_pandas() if scans is not None else None)
         data = frame.to_csv(index=False).encode() if out.endswith(".csv") else table_bytes(frame)
-        outputs.store.write_bytes(out if "://" in out else str(Path(out).resolve()), data)
+        outputs.store.write_bytes(from_command_line(out), data)
     typer.echo(f"wrote {len(frame)} rows x {frame.shape[1]} columns to {out}")
 
 
-@app.command()
+@app.command(epilog=exit_statuses("summary"))
 def summary(
     config: Path = typer.Argument(..., help="Job YAML file (its output is read)."),
     out: str = typer.Option(None, "--out", help="Also write the per-structure distributions (.csv or .parquet)."),
     model: str = typer.Option(None, help="Model to summarise (default: the first configured)."),
-    output: str = typer.Option(None, help="Override output.uri."),
+    output: str = typer.Option(None, help="Override output.uri (relative to the working directory)."),
 ) -> None:
     """Cohort summary: per structure the distribution of volumes and fat fractions, vessel consistency
     (share of scans where a vessel is one connected piece) and counts of QC flags."""
@@ -100,5 +101,5 @@ def summary(
     console.print("scan QC flags: " + "; ".join(f"{r.flag} {r.scans}" for r in scan_flag_counts(scans).itertuples()))
     if out:
         data_bytes = dist.to_csv(index=False).encode() if out.endswith(".csv") else table_bytes(dist)
-        outputs.store.write_bytes(out if "://" in out else str(Path(out).resolve()), data_bytes)
+        outputs.store.write_bytes(from_command_line(out), data_bytes)
         console.print(f"distributions written to {out}")

@@ -14,6 +14,7 @@ This module is the only place that knows fsspec. Rules it keeps:
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -28,6 +29,7 @@ from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 from mrseg_cohort.errors import StorageError
+from mrseg_cohort.redact import REDACTED, mask_url_credentials
 
 if TYPE_CHECKING:
     from mrseg_cohort.config import StorageConfig
@@ -37,20 +39,73 @@ T = TypeVar("T")
 
 _PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
               FileExistsError)
-_TRANSIENT_WORDS = ("slowdown", "slow down", "timeout", "timed out", "connection", "reset",
-                    "throttl", "serviceunavailable", "service unavailable", "internalerror",
-                    "internal error", "503", "500", "502", "504", "broken pipe", "temporarily")
+TRANSIENT_HTTP_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+"""HTTP statuses worth retrying: timeouts, throttling and server-side errors."""
+TRANSIENT_S3_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
+                                "TooManyRequestsException", "RequestTimeout", "RequestTimeoutException",
+                                "InternalError", "ServiceUnavailable", "OperationAborted"})
+"""S3 error codes (``ClientError.response["Error"]["Code"]``) worth retrying."""
+
+
+@functools.cache
+def _transient_types() -> tuple[type, ...]:
+    """Exception types of dropped, refused, cut-short or timed-out connections (builtins, botocore,
+    aiohttp), whichever of those libraries are installed."""
+    types: list[type] = [ConnectionError, TimeoutError]
+    try:
+        from botocore import exceptions as boto
+
+        types += [boto.ConnectionError, boto.ConnectionClosedError, boto.ReadTimeoutError,
+                  boto.ResponseStreamingError, boto.IncompleteReadError]
+    except ImportError:  # pragma: no cover - s3fs brings botocore
+        pass
+    try:
+        import aiohttp
+
+        types += [aiohttp.ClientConnectionError, aiohttp.ClientPayloadError]
+    except ImportError:  # pragma: no cover - s3fs brings aiohttp
+        pass
+    return tuple(types)
+
+
+def _http_status_and_code(err: BaseException) -> tuple[int | None, str | None]:
+    """The HTTP status and S3 error code an error carries (botocore ``ClientError``, aiohttp
+    ``ClientResponseError``), else (None, None). Never read from the message text."""
+    response = getattr(err, "response", None)
+    if isinstance(response, dict):  # botocore ClientError
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        code = response.get("Error", {}).get("Code")
+        return (status if isinstance(status, int) else None), (code if isinstance(code, str) else None)
+    status = getattr(err, "status", None)  # aiohttp ClientResponseError
+    return (status if isinstance(status, int) else None), None
+
+
+def _causes(err: BaseException) -> list[BaseException]:
+    """``err`` and the exceptions it was raised from (``__cause__``, else an unsuppressed
+    ``__context__``), in order."""
+    chain: list[BaseException] = []
+    current: BaseException | None = err
+    while current is not None and current not in chain and len(chain) < 10:
+        chain.append(current)
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return chain
 
 
 def is_transient(err: BaseException) -> bool:
-    """True for errors worth retrying: server-side 5xx, throttling, dropped or refused connections."""
+    """True for errors worth retrying: HTTP 408/429/5xx and S3 throttling codes, and dropped, refused,
+    cut-short or timed-out connections; decided by status code and exception type along the
+    ``raise ... from`` chain (s3fs raises builtins from botocore's ClientError), never by words or
+    digits in a message (an eid 1500123 in a message is not an HTTP 500)."""
     if isinstance(err, _PERMANENT):
         return False
-    if isinstance(err, (ConnectionError, TimeoutError)):
-        return True
-    text = f"{type(err).__name__} {err}".lower()
-    return isinstance(err, OSError) and any(w in text for w in _TRANSIENT_WORDS) or \
-        any(w in type(err).__name__.lower() for w in ("connection", "timeout", "endpoint"))
+    transient_types = _transient_types()
+    for cause in _causes(err):
+        if isinstance(cause, transient_types):
+            return True
+        status, code = _http_status_and_code(cause)
+        if status in TRANSIENT_HTTP_STATUS or code in TRANSIENT_S3_CODES:
+            return True
+    return False
 
 
 def join_uri(root: str, *parts: str) -> str:
@@ -105,32 +160,36 @@ class Store:
             except _PERMANENT as err:
                 raise type(err)(f"{what} failed: {self._reason(err)}: {uri}") from err
             except Exception as err:  # noqa: BLE001 - classified right below
-                if not is_transient(err) or attempt == self.retries:
-                    if is_transient(err):
-                        raise StorageError(f"{what} failed after {attempt} attempts: {self._reason(err)}",
-                                           uri) from err
+                if not is_transient(err):
+                    if isinstance(err, OSError):  # a full disk, a read-only file system, ...: named
+                        raise StorageError(f"{what} failed: {self._reason(err, with_type=False)}", uri) from err
                     raise
+                if attempt == self.retries:
+                    raise StorageError(f"{what} failed after {attempt} attempts: {self._reason(err)}", uri) from err
                 log.warning("%s of %s failed (%s); retry %d/%d in %.1f s", what, uri, self._reason(err),
                             attempt, self.retries - 1, delay)
                 time.sleep(delay * (1 + 0.25 * random.random()))
                 delay *= 2
         raise AssertionError("unreachable")
 
-    def _denied(self, err: BaseException) -> str:
-        """One line on a refused request, with what to check (no credentials)."""
+    def _denied(self, err: BaseException, uri: str) -> str:
+        """One line on a refused request, with what to check (no credentials): the folder's
+        permissions for a local path, the credentials and bucket policy for an object store."""
         cause = err.__cause__ or err
         detail = self._reason(cause).split(": ", 1)[-1]
+        if _is_local(uri):
+            return f"permission denied ({detail}); check that this user may write there, or choose another folder"
         return (f"access denied ({detail}); check the storage credentials (key/secret/profile) and the "
                 "bucket policy")
 
-    def _reason(self, err: BaseException) -> str:
-        """:func:`_reason` with any credential of this store's options masked."""
-        text = _reason(err)
+    def _reason(self, err: BaseException, with_type: bool = True) -> str:
+        """:func:`_reason` with any credential of this store's options and of URLs masked."""
+        text = _reason(err, with_type)
         for name in ("key", "secret", "token"):
             value = self.options.get(name)
             if isinstance(value, str) and len(value) >= 4:
-                text = text.replace(value, "***")
-        return text
+                text = text.replace(value, REDACTED)
+        return mask_url_credentials(text)
 
     # -- reading ----------------------------------------------------------------------------------
     def read_bytes(self, uri: str) -> bytes:
@@ -297,7 +356,7 @@ class Store:
         except FileNotFoundError as err:
             raise FileNotFoundError(f"cannot read {uri}: {_missing(uri, err)}") from err
         except PermissionError as err:
-            raise PermissionError(f"cannot read {uri}: {self._denied(err)}") from err
+            raise PermissionError(f"cannot read {uri}: {self._denied(err, uri)}") from err
         if not found:
             raise FileNotFoundError(f"cannot read {uri}: it does not exist or is empty")
 
@@ -317,9 +376,9 @@ class Store:
         except FileNotFoundError as err:
             raise FileNotFoundError(f"cannot write to {uri}: {_missing(uri, err)}") from err
         except PermissionError as err:
-            raise PermissionError(f"cannot write to {uri}: {self._denied(err)}") from err
-        except StorageError:
-            raise
+            raise PermissionError(f"cannot write to {uri}: {self._denied(err, uri)}") from err
+        except StorageError as err:  # a read-only or full file system, a store that does not answer
+            raise StorageError(f"cannot write to {uri}: {err.message}") from err
         except OSError as err:
             raise PermissionError(f"cannot write to {uri}: {self._reason(err.__cause__ or err)}") from err
 
@@ -459,7 +518,17 @@ def _missing(uri: str, err: BaseException) -> str:
     return "it does not exist"
 
 
-def _reason(err: BaseException) -> str:
-    """A short reason without any credentials (only the error's class and message)."""
-    text = str(err).splitlines()[0] if str(err) else ""
+def _is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def _reason(err: BaseException, with_type: bool = True) -> str:
+    """A short reason without any credentials (only the error's class and message; for an
+    ``OSError`` with an errno its words, "No space left on device", not the file name again)."""
+    if isinstance(err, OSError) and err.errno is not None and err.strerror:
+        text = err.strerror
+    else:
+        text = str(err).splitlines()[0] if str(err) else ""
+    if not with_type:
+        return text or type(err).__name__
     return f"{type(err).__name__}: {text}" if text else type(err).__name__

@@ -100,7 +100,17 @@ def write_nifti_stations(store: Store, out_uri: str, pid: str, visit: str,
 
 
 def write_phantom_cohort(store: Store, out_uri: str, spec: PhantomSpec) -> pd.DataFrame:
-    """Generate ``spec.participants`` participants under ``out_uri``; returns the truth table."""
+    """Generate ``spec.participants`` participants under ``out_uri``; returns the truth table.
+
+    ``out_uri`` must hold no (visible) files: one cohort per folder, described by its phantom.json.
+    Adding to an existing cohort is refused rather than merged: participant ids come from (seed,
+    index), so a second generation with the same seed would overwrite participants silently, and
+    phantom.json and truth/structures.parquet could describe only one of the two generations.
+
+    Raises:
+        FileExistsError: ``out_uri`` already holds files.
+        ValueError: a setting of ``spec`` is out of range.
+    """
     if spec.participants < 1:
         raise ValueError(f"participants must be at least 1, not {spec.participants}")
     if spec.format not in FORMATS:
@@ -110,6 +120,11 @@ def write_phantom_cohort(store: Store, out_uri: str, spec: PhantomSpec) -> pd.Da
     layout = station_layout(spec.layout, spec.scale)
     grid = whole_body_grid(layout)
     slices = station_slices(layout)
+    existing = store.list_files(out_uri)
+    if existing:
+        more = f" and {len(existing) - 1} more file(s)" if len(existing) > 1 else ""
+        raise FileExistsError(f"{out_uri} is not empty (it holds {existing[0]}{more}); a phantom cohort is "
+                              "written into a new or empty folder: choose another one or delete this one")
     store.make_dirs(out_uri)
     rows = []
     for index in range(spec.first_index, spec.first_index + spec.participants):

@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -17,6 +19,7 @@ import pyarrow as pa
 from mrseg_cohort.biomarkers.body_composition import depot_summary, is_body_composition
 from mrseg_cohort.biomarkers.scan import measure_scan
 from mrseg_cohort.config import JobConfig
+from mrseg_cohort.errors import ScanError, StorageError
 from mrseg_cohort.geometry import Volume
 from mrseg_cohort.io.limits import ReadLimits
 from mrseg_cohort.io.nifti import write_volume
@@ -52,6 +55,17 @@ class RunContext:
         return Outputs.for_job(self.job)
 
 
+@contextlib.contextmanager
+def writing_outputs(source: ScanSource) -> Iterator[None]:
+    """A failed write of this scan's outputs (full disk, read-only folder, store down) becomes its
+    ``failures`` row at stage ``write``, naming the file; the job goes on with the other scans."""
+    try:
+        yield
+    except StorageError as err:
+        raise ScanError(f"cannot write the results: {err.message}", source.participant_id, "write",
+                        err.uri) from err
+
+
 def read_and_stitch(ctx: RunContext, source: ScanSource) -> LoadedScan:
     """Stage 1 (CPU): read every file of ``source`` and stitch each contrast onto one grid."""
     job = ctx.job
@@ -59,9 +73,9 @@ def read_and_stitch(ctx: RunContext, source: ScanSource) -> LoadedScan:
     if job.stitching.save_stitched:
         t = time.perf_counter()
         out = ctx.outputs()
-        for contrast, image in loaded.images.items():
-            write_volume(out.store, out.stitched_uri(source.key, contrast), image,
-                         np.float32)
+        with writing_outputs(source):
+            for contrast, image in loaded.images.items():
+                write_volume(out.store, out.stitched_uri(source.key, contrast), image, np.float32)
         loaded.seconds["write"] = time.perf_counter() - t
     return loaded
 
@@ -100,7 +114,8 @@ def finish(ctx: RunContext, unit: ScanUnit, loaded: LoadedScan,
             t = time.perf_counter()
             uri = outputs.label_uri(key, contrast, spec.name, ctx.models[0].name)
             volume = Volume(labels, loaded.grid)
-            write_volume(outputs.store, uri, volume, np.uint8)
+            with writing_outputs(source):
+                write_volume(outputs.store, uri, volume, np.uint8)
             t_write = time.perf_counter() - t
             measures = measure_scan(volume, spec.label_map, loaded.images, _present(contrasts.fat, loaded),
                                     _present(contrasts.water, loaded), job.measures, segmented=contrast)
@@ -116,7 +131,8 @@ def finish(ctx: RunContext, unit: ScanUnit, loaded: LoadedScan,
                           "label_uri": uri, **{f"seconds_{k}": v for k, v in stage_seconds.items()}})
     tables = {"structures": to_table("structures", structures), "intensities": to_table("intensities", intensities),
               "scans": to_table("scans", scans)}
-    outputs.stage(unit.key, tables)
+    with writing_outputs(source):
+        outputs.stage(unit.key, tables)
     return tables
 
 

@@ -77,10 +77,21 @@ def write_report(job: JobConfig, out_uri: str, options: ReportOptions = ReportOp
 
 
 def build_report(job: JobConfig, options: ReportOptions = ReportOptions()) -> ReportResult:
-    """Read the output folder of ``job`` and render its QC report as one self-contained HTML page."""
+    """Read the output folder of ``job`` and render its QC report as one self-contained HTML page.
+
+    Raises:
+        FileNotFoundError: the output holds no published results (no scans and no failures).
+        ValueError: ``options.contrast`` has no results there (names those that have).
+    """
     outputs = Outputs.for_job(job)
     data = read_output(outputs)
-    structures, scans, contrast = S.select(data.structures, data.scans, job.model.name, options.contrast)
+    if data.scans.empty and data.failures.empty:
+        raise FileNotFoundError(f"no published results under {outputs.root} yet; run the job first, or give "
+                                "the output folder of a run (--output)")
+    try:
+        structures, scans, contrast = S.select(data.structures, data.scans, job.model.name, options.contrast)
+    except ValueError as err:
+        raise ValueError(f"{outputs.root}: {err}") from None
     label_map = _label_map(structures, job)
     colors = {c.name: c.rgb for c in label_colors(label_map)}
     outliers = S.find_outliers(structures, options.z_threshold, options.min_scans)

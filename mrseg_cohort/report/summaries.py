@@ -17,22 +17,20 @@ Structures present in fewer than ``min_scans`` scans are not assessed.
 from __future__ import annotations
 
 import random
-import re
-from typing import Any, Iterable
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
 
 from mrseg_cohort.labels import VESSEL_NAMES
+from mrseg_cohort.redact import redact  # noqa: F401  (re-exported: the report's config section uses it)
+from mrseg_cohort.tables import require_contrast
 
 Z_THRESHOLD = 3.5
 OUTLIER_MEASURES = {"volume_ml": "volume (mL)", "ff_median_pct": "fat fraction, median (%)"}
 """Measures assessed for outliers, with their display names."""
 
 KEYS = ["participant_id", "visit"]
-_SECRET_KEYS = re.compile(r"(^|_)(key|secret|password|passwd|token|credentials?)$|^aws_", re.IGNORECASE)
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
-REDACTED = "***"
 
 
 def select(structures: pd.DataFrame, scans: pd.DataFrame, model: str,
@@ -41,9 +39,13 @@ def select(structures: pd.DataFrame, scans: pd.DataFrame, model: str,
 
     Returns:
         (structures, scans, contrast used); scans are those with status ``ok``.
+
+    Raises:
+        ValueError: ``contrast`` is given and the model has no results for it.
     """
     s = structures[structures["model"] == model]
     c = scans[(scans["model"] == model) & (scans["status"] == "ok")]
+    require_contrast(pd.concat([s[["contrast"]], c[["contrast"]]]), contrast)
     if contrast is None:
         found = sorted(set(c["contrast"].dropna()) | set(s["contrast"].dropna()))
         contrast = found[0] if found else None
@@ -181,19 +183,6 @@ def sample_keys(keys: Iterable[tuple[str, str]], n: int, seed: int = 0) -> list[
     if n >= len(unique):
         return unique
     return sorted(random.Random(seed).sample(unique, n))
-
-
-def redact(value: Any) -> Any:
-    """A copy of ``value`` (JSON-like) with credentials replaced by ``***``: values of keys named like
-    key, secret, password, token or credentials, and user:password@ parts of URLs."""
-    if isinstance(value, dict):
-        return {k: REDACTED if _SECRET_KEYS.search(str(k)) and v not in (None, "") else redact(v)
-                for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [redact(v) for v in value]
-    if isinstance(value, str):
-        return _URL_USERINFO.sub(lambda m: m["scheme"] + REDACTED + "@", value)
-    return value
 
 
 def structure_distributions(structures: pd.DataFrame,
