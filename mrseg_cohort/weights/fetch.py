@@ -9,6 +9,7 @@ model folder, write the record (:mod:`.record`), rename it to the destination, d
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -64,7 +65,18 @@ def fetch_weights(model: str, dest: Path, url: str | None = None, sha256: str | 
     dest = Path(dest).expanduser().absolute()
     if _already_installed(dest, sha256):
         return FetchResult(model, dest, sha256, True)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    created = _make_folder(dest.parent)
+    try:
+        return _fetch_into(model, dest, url, sha256, source, progress, attempts, timeout_s, backoff_s)
+    except BaseException:
+        for folder in created:  # folders made for this fetch, unless a partial download is kept there
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def _fetch_into(model: str, dest: Path, url: str, sha256: str, source: str, progress: ProgressFn | None,
+                attempts: int, timeout_s: float, backoff_s: float) -> FetchResult:
     local = _local_path(url)
     if local is not None:
         zip_path = local
@@ -79,9 +91,9 @@ def fetch_weights(model: str, dest: Path, url: str | None = None, sha256: str | 
             download(url, zip_path, sha256, progress, attempts, timeout_s, backoff_s)
         except UnreachableError as err:
             raise UnreachableError(
-                f"{err.message}: without network access, download {mask_url(url)} (sha256 {sha256}) elsewhere, "
+                f"{err.message} for {err.uri}; without network access, download it (sha256 {sha256}) elsewhere, "
                 f"copy it here and run `mrseg-cohort weights fetch {model} --url /path/to/the.zip` "
-                f"(verified, then unpacked into {dest})", err.uri) from None
+                f"(verified, then unpacked into {dest})") from None
     try:
         _install(zip_path, dest, model, mask_url(url), sha256, source)
     finally:
@@ -89,6 +101,13 @@ def fetch_weights(model: str, dest: Path, url: str | None = None, sha256: str | 
             zip_path.unlink(missing_ok=True)
     log.info("MRSegmentator %s weights installed at %s", model, dest)
     return FetchResult(model, dest, sha256, False)
+
+
+def _make_folder(folder: Path) -> list[Path]:
+    """Create ``folder`` and missing parents; returns those created, deepest first."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
 
 
 def _already_installed(dest: Path, sha256: str) -> bool:
