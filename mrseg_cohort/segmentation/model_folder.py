@@ -145,8 +145,7 @@ def checksummed_files(folds: tuple[int | str, ...], checkpoint: str) -> list[str
     return [*JSON_FILES, *(f"fold_{f}/{checkpoint}" for f in folds)]
 
 
-def weights_digest(path: str | Path, folds: tuple[int | str, ...], checkpoint: str,
-                   trusted: bool = False) -> WeightsDigest:
+def weights_digest(path: str | Path, folds: tuple[int | str, ...], checkpoint: str) -> WeightsDigest:
     """:func:`weights_checksum` and each file's own sha256, in one read of the files."""
     path = Path(path)
     folder = hashlib.sha256()
@@ -156,7 +155,7 @@ def weights_digest(path: str | Path, folds: tuple[int | str, ...], checkpoint: s
         folder.update(Path(relative).name.encode())
         update_from_file(path / relative, folder, own)
         files.append((relative, own.hexdigest()))
-    return WeightsDigest(folder.hexdigest(), tuple(files), trusted)
+    return WeightsDigest(folder.hexdigest(), tuple(files))
 
 
 def weights_checksum(path: str | Path, folds: tuple[int | str, ...], checkpoint: str) -> str:

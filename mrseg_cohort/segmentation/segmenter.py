@@ -7,7 +7,7 @@ directly. What leaves it is uint8 labels per model, never logits.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from mrseg_cohort.labels import KNOWN_MAPS, LabelMap, check_label_map, label_map
 from mrseg_cohort.orientation import lps_reorientation
 from mrseg_cohort.segmentation.engine import ModelRunner, StageTimes
 from mrseg_cohort.segmentation.model_folder import ModelFolder, WeightsDigest, open_model_folder, weights_digest
+from mrseg_cohort.weights.record import record_vouches
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,6 @@ def check_model(model: ModelConfig) -> ModelSpec:
     ``weights: mrsegmentator[:<model>]`` is resolved here, once, where the job starts (reading
     ``MRSEG_WEIGHTS_PATH``); the spec records the folder and every file's sha256, which each
     segmentation actor checks again on its own node (:meth:`ModelSpec.folder`)."""
-    from mrseg_cohort.weights.record import record_vouches
-
     path = resolve_weights(model.weights)
     if "://" in path and not path.startswith("file://"):
         raise ConfigError(f"model {model.name!r}: weights at {path}: object-storage weights must be "
@@ -69,8 +68,8 @@ def check_model(model: ModelConfig) -> ModelSpec:
     if model.checksum and model.checksum.lower() != digest.sha256:
         raise ModelError(f"model {model.name!r}: weights checksum {digest.sha256[:16]}... does not match "
                          f"model.checksum {model.checksum[:16]}...; wrong or corrupt weights at {path}")
-    trusted = bool(model.checksum) or record_vouches(folder.path, digest)
-    digest = WeightsDigest(digest.sha256, digest.files, trusted)
+    digest = replace(digest, trusted=bool(model.checksum) or record_vouches(folder.path, digest))
+    # fails early on a file that is not an nnU-Net checkpoint, or one the safe loader refuses
     open_model_folder(folder.path, model.folds, model.checkpoint, model.name, digest).checkpoint_meta()
     return ModelSpec(model.name, str(folder.path), tuple(model.folds), model.checkpoint, model.tile_step_size,
                      model.mirroring, tuple(model.modalities), model.contrasts, digest.sha256,

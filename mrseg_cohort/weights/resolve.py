@@ -23,7 +23,7 @@ from typing import Literal, Mapping
 
 from mrseg_cohort.errors import ConfigError
 from mrseg_cohort.segmentation.model_folder import missing_model_files
-from mrseg_cohort.weights.registry import MODEL_NAMES, release
+from mrseg_cohort.weights.registry import release
 
 ENV_VAR = "MRSEG_WEIGHTS_PATH"
 PREFIX = "mrsegmentator"
@@ -126,6 +126,3 @@ def _not_found(model: str, looked: list[str], destination: Path) -> ConfigError:
     return ConfigError(f"weights {name!r}: MRSegmentator's {model} model not found; looked in "
                        f"{'; '.join(looked)}; run `mrseg-cohort weights fetch {model}` "
                        f"(installs it into {destination})")
-
-
-__all__ = ["ENV_VAR", "MODEL_NAMES", "Resolved", "default_destination", "resolve", "weights_model_name"]
