@@ -2,6 +2,7 @@
 leaves nothing behind; ``weights list`` and ``weights checksum``."""
 
 import hashlib
+import shutil
 import socket
 import stat
 import zipfile
@@ -159,6 +160,9 @@ def test_offline_local_zip_and_argument_errors(demo_zip, tmp_path):
         fetch_weights("base", tmp_path / "x", url="http://127.0.0.1/x.zip")
     with pytest.raises(ConfigError, match="already exists"):
         _fetch(tmp_path, str(demo_zip[0]), demo_zip[1])
+    unrecorded = tmp_path / "mrsegmentators_own"  # e.g. MRSegmentator's download: used, not verified
+    shutil.copytree(DEMO_MODEL, unrecorded)
+    assert not _fetch(unrecorded, str(demo_zip[0]), demo_zip[1]).verified
 
 
 def test_cli_fetch_list_checksum(file_server, demo_zip, tmp_path):

@@ -39,6 +39,11 @@ def fetch(
             task = bar.add_task("download", total=None)
             result = fetch_weights(model, target, url, sha256,
                                    progress=lambda done, total: bar.update(task, completed=done, total=total))
+    if not result.verified:
+        typer.echo(f"{model}: {result.path} already holds a model folder, used as it is; it was not fetched by "
+                   "mrseg-cohort, so it is not verified against the release zip (move it away and run this "
+                   "again for a verified copy)")
+        return
     verb = "already installed (verified)" if result.already_present else "installed"
     typer.echo(f"{model}: {verb} at {result.path} (zip sha256 {result.zip_sha256})")
 

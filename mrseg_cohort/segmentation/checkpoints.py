@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import io
 import logging
 import pickle
@@ -41,10 +42,11 @@ def safe_globals() -> tuple:
     import numpy as np
     from torch.torch_version import TorchVersion
 
-    multiarray = np._core.multiarray
-    allowed: list = [TorchVersion, np.dtype, np.ndarray, multiarray.scalar, multiarray._reconstruct,
-                     (multiarray.scalar, "numpy.core.multiarray.scalar"),
-                     (multiarray._reconstruct, "numpy.core.multiarray._reconstruct")]
+    multiarray = importlib.import_module("numpy._core.multiarray" if hasattr(np, "_core") else "numpy.core.multiarray")
+    allowed: list = [TorchVersion, np.dtype, np.ndarray]
+    for name in ("scalar", "_reconstruct"):  # under both numpy 1.x and numpy 2 names
+        obj = getattr(multiarray, name)
+        allowed += [obj, (obj, f"numpy.core.multiarray.{name}"), (obj, f"numpy._core.multiarray.{name}")]
     allowed += [getattr(np.dtypes, n) for n in _NUMPY_DTYPE_CLASSES if hasattr(np.dtypes, n)]
     return tuple(allowed)
 

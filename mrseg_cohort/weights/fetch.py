@@ -31,10 +31,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FetchResult:
+    """``already_present``: ``dest`` held the model before; ``verified``: its files match a record
+    of this zip (False only for a folder not fetched by mrseg-cohort, e.g. MRSegmentator's own)."""
+
     model: str
     path: Path
     zip_sha256: str
     already_present: bool
+    verified: bool = True
 
 
 def fetch_weights(model: str, dest: Path, url: str | None = None, sha256: str | None = None,
@@ -63,8 +67,9 @@ def fetch_weights(model: str, dest: Path, url: str | None = None, sha256: str | 
         raise ConfigError(f"--sha256 must be 64 hex digits, not {sha256!r}")
     source = SOURCE if (url, sha256) == (published.url, published.sha256) else "--sha256"
     dest = Path(dest).expanduser().absolute()
-    if _already_installed(dest, sha256):
-        return FetchResult(model, dest, sha256, True)
+    present = _already_installed(dest, sha256)
+    if present is not None:
+        return FetchResult(model, dest, sha256, True, present)
     created = _make_folder(dest.parent)
     try:
         return _fetch_into(model, dest, url, sha256, source, progress, attempts, timeout_s, backoff_s)
@@ -110,15 +115,19 @@ def _make_folder(folder: Path) -> list[Path]:
     return missing
 
 
-def _already_installed(dest: Path, sha256: str) -> bool:
-    """True when ``dest`` holds a verified fetch of this zip; ConfigError when it holds anything else."""
+def _already_installed(dest: Path, sha256: str) -> bool | None:
+    """None: ``dest`` is free; True: it holds a verified fetch of this zip; False: a model folder
+    without a record (MRSegmentator's own download). ConfigError when it holds anything else."""
     if not dest.exists() or (dest.is_dir() and not any(dest.iterdir())):
-        return False
-    check = verify_folder(dest) if dest.is_dir() else None
-    if check and check.status == "verified" and check.record.get("zip_sha256") == sha256:
+        return None
+    if not dest.is_dir():
+        raise ConfigError(f"{dest} exists and is not a folder; give another --dest")
+    check = verify_folder(dest)
+    if check.status == "verified" and check.record.get("zip_sha256") == sha256:
         return True
-    why = check.detail if check else "is not a folder"
-    raise ConfigError(f"{dest} already exists ({why}); move it away to fetch again, or give another --dest")
+    if check.status == "unrecorded" and not missing_model_files(dest):
+        return False
+    raise ConfigError(f"{dest} already exists ({check.detail}); move it away to fetch again, or give another --dest")
 
 
 def _install(zip_path: Path, dest: Path, model: str, shown_url: str, sha256: str, source: str) -> None:
