@@ -89,7 +89,7 @@ def _fetch_into(model: str, dest: Path, url: str, sha256: str, source: str, prog
             raise ConfigError(f"--url: no file {local}")
         found = sha256_file(local)
         if found != sha256:
-            raise DownloadError(f"sha256 of {local} is {found}, expected {sha256}; nothing was extracted", str(local))
+            raise DownloadError(f"sha256 of {local} is {found}, expected {sha256}; nothing was extracted")
     else:
         zip_path = dest.parent / f".{dest.name}-{sha256[:12]}.zip.part"
         try:
