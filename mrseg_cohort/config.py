@@ -9,8 +9,9 @@ paths in the file are resolved against the YAML file's folder, paths given on th
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator, Literal, Mapping
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator,
@@ -140,9 +141,11 @@ class StitchingConfig(Strict):
 class ModelConfig(Strict):
     name: str = "base"
     weights: str = Field(min_length=1)
-    """nnU-Net trained-model folder (local path or URI) or ``bundled:<name>``."""
+    """nnU-Net trained-model folder (local path or URI), ``bundled:<name>``, or ``mrsegmentator``
+    (MRSegmentator's base model; ``mrsegmentator:body_comp`` its second) found as MRSegmentator
+    finds it (see :mod:`mrseg_cohort.weights.resolve`)."""
     checksum: str | None = None
-    """Optional sha256 of the weights (see ``mrseg-cohort model checksum``); verified at start."""
+    """Optional sha256 of the weights (``mrseg-cohort weights checksum DIR --folds ...``); verified at start."""
     folds: tuple[int | Literal["all"], ...] = (0,)
     checkpoint: str = "checkpoint_final.pth"
     tile_step_size: float = Field(0.5, gt=0, le=1)
@@ -274,8 +277,15 @@ class JobConfig(Strict):
         return self
 
 
-def resolve_weights(value: str) -> str:
-    """A model location: ``bundled:<name>`` -> the package's ``models/<name>`` folder."""
+def resolve_weights(value: str, environ: Mapping[str, str] | None = None) -> str:
+    """A model location: ``bundled:<name>`` -> the package's ``models/<name>`` folder;
+    ``mrsegmentator[:<model>]`` -> MRSegmentator's weights folder, looked up in ``environ``
+    (default ``os.environ``, read now: call this once, where the job starts)."""
+    from mrseg_cohort.weights.resolve import resolve, weights_model_name
+
+    mrseg_model = weights_model_name(value)
+    if mrseg_model is not None:
+        return str(resolve(mrseg_model, os.environ if environ is None else environ).path)
     if value.startswith("bundled:"):
         name = value.split(":", 1)[1]
         path = BUNDLED_MODELS_DIR / name

@@ -4,8 +4,8 @@
   the working directory, as every shell tool's;
 - a path written in a config file (``input.uri``, ``output.uri``, ``input.participants_file``,
   ``model.weights``) is relative to the folder holding that file, so a config works from anywhere;
-- URIs (``s3://...``, ``file://...``) and ``bundled:<name>`` stay as they are; ``~`` is expanded; an
-  empty value stays empty (the config refuses it).
+- URIs (``s3://...``, ``file://...``), ``bundled:<name>`` and ``mrsegmentator[:<model>]`` (weights
+  by name) stay as they are; ``~`` is expanded; an empty value stays empty (the config refuses it).
 
 docs: README.md, "Paths".
 """
@@ -23,7 +23,8 @@ def is_uri(value: str) -> bool:
 
 def resolve_local(value: str, base: Path) -> str:
     """``value`` made absolute against folder ``base`` when it is a relative local path."""
-    if not value.strip() or is_uri(value) or value.startswith("bundled:"):
+    if not value.strip() or is_uri(value) or value.startswith(("bundled:", "mrsegmentator:")) \
+            or value == "mrsegmentator":
         return value
     path = Path(os.path.expanduser(value))
     return str(path if path.is_absolute() else (base / path).resolve())

@@ -72,3 +72,59 @@ def test_checksum_is_verified(demo_model):
     assert check_model(ModelConfig(weights=str(demo_model), checksum=spec.sha256)).sha256 == spec.sha256
     with pytest.raises(ModelError, match="checksum"):
         check_model(ModelConfig(weights=str(demo_model), checksum="0" * 64))
+
+
+def _resave(path, change):
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    change(ckpt)
+    torch.save(ckpt, path)
+
+
+def test_each_actor_verifies_the_weights_it_loads(demo_model, tmp_path, monkeypatch):
+    """The driver's check_model records every file's sha256; a Segmenter (one per actor, maybe on
+    another node with another copy) refuses files that differ, before unpickling them."""
+    from pathlib import Path
+
+    from mrseg_cohort.segmentation.segmenter import Segmenter
+
+    folder = tmp_path / "m"
+    shutil.copytree(demo_model, folder)
+    spec = check_model(ModelConfig(weights=str(folder)))
+    reads = []
+    read_bytes = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self.name) or read_bytes(self))
+    assert len(Segmenter([spec], "cpu").runners["base"].networks) == 1
+    assert reads.count("checkpoint_final.pth") == 1  # hashed and unpickled from one read
+    monkeypatch.undo()
+
+    ckpt_path = folder / "fold_0" / "checkpoint_final.pth"
+    _resave(ckpt_path, lambda c: c["network_weights"][next(iter(c["network_weights"]))].add_(1e-3))
+    with pytest.raises(ModelError, match=r"fold_0/checkpoint_final.pth: sha256 .* differs .* every node"):
+        Segmenter([spec], "cpu")
+    shutil.copy(demo_model / "fold_0" / "checkpoint_final.pth", ckpt_path)
+    (folder / "dataset.json").write_text((folder / "dataset.json").read_text() + " ")
+    with pytest.raises(ModelError, match=r"dataset.json: sha256 .* differs"):
+        Segmenter([spec], "cpu")
+    shutil.copy(demo_model / "dataset.json", folder / "dataset.json")
+    from dataclasses import replace
+
+    with pytest.raises(ModelError, match="have sha256 .*, not the 000000"):  # only the folder checksum known
+        Segmenter([replace(spec, sha256="0" * 64, digest=None)], "cpu")
+
+
+def test_unsafe_checkpoint_refused_unless_its_checksum_is_configured(demo_model, tmp_path):
+    import datetime
+
+    from mrseg_cohort.segmentation.segmenter import Segmenter
+
+    folder = tmp_path / "m"
+    shutil.copytree(demo_model, folder)
+    _resave(folder / "fold_0" / "checkpoint_final.pth", lambda c: c.update(saved=datetime.date(2024, 1, 1)))
+    with pytest.raises(ModelError, match=r"checkpoint_final.pth: refused by the safe checkpoint loader.*"
+                                         r"datetime.date.*weights checksum"):
+        check_model(ModelConfig(weights=str(folder)))
+    from mrseg_cohort.segmentation.model_folder import weights_checksum
+
+    trusted = check_model(ModelConfig(weights=str(folder), checksum=weights_checksum(folder, (0,),
+                                                                                     "checkpoint_final.pth")))
+    assert trusted.digest.trusted and len(Segmenter([trusted], "cpu").runners["base"].networks) == 1

@@ -17,13 +17,34 @@ import importlib
 import inspect
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from mrseg_cohort.digest import update_from_file
 from mrseg_cohort.errors import ModelError
 from mrseg_cohort.labels import LabelMap, label_map_from_dataset_json
+from mrseg_cohort.segmentation.checkpoints import checkpoint_meta_source, load_checkpoint, read_verified
+
+JSON_FILES = ("dataset.json", "plans.json")
+
+
+@dataclass(frozen=True)
+class WeightsDigest:
+    """What a model folder's files must hash to, as checked where the job started.
+
+    ``sha256`` is :func:`weights_checksum` (``model.checksum``, the ``weights_sha256`` column);
+    ``files`` the sha256 of each file in it, by path relative to the folder; ``trusted``: the
+    checksum matched one the user configured or ``weights fetch`` recorded, so a checkpoint may be
+    unpickled beyond the safe allowlist (:mod:`mrseg_cohort.segmentation.checkpoints`)."""
+
+    sha256: str
+    files: tuple[tuple[str, str], ...] = ()
+    trusted: bool = False
+
+    def file_sha256(self, relative: str) -> str | None:
+        return dict(self.files).get(relative)
 
 
 @dataclass(frozen=True)
@@ -37,9 +58,18 @@ class ModelFolder:
     folds: tuple[int | str, ...]
     checkpoint: str
     label_map: LabelMap
+    expected: WeightsDigest | None = None
+    """When set, every file read is checked against it (the actor side of ``check_model``)."""
+    json_bytes: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
 
     def checkpoint_path(self, fold: int | str) -> Path:
         return self.path / f"fold_{fold}" / self.checkpoint
+
+    def checkpoint_relative(self, fold: int | str) -> str:
+        return f"fold_{fold}/{self.checkpoint}"
+
+    def _expected_file(self, relative: str) -> str | None:
+        return self.expected.file_sha256(relative) if self.expected else None
 
     @property
     def configuration_name(self) -> str:
@@ -47,7 +77,9 @@ class ModelFolder:
 
     def checkpoint_meta(self) -> dict[str, Any]:
         """trainer_name, configuration and mirroring axes of the first fold's checkpoint."""
-        return _checkpoint_meta(str(self.checkpoint_path(self.folds[0])))
+        fold = self.folds[0]
+        return _checkpoint_meta(str(self.checkpoint_path(fold)), self._expected_file(self.checkpoint_relative(fold)),
+                                bool(self.expected and self.expected.trusted))
 
     def modality(self) -> str:
         """"CT" when the first channel is CT-normalised, else "MRI" (MRSegmentator's base says MRI/CT)."""
@@ -56,10 +88,12 @@ class ModelFolder:
 
 
 @lru_cache(maxsize=16)
-def _checkpoint_meta(checkpoint_path: str) -> dict[str, Any]:
-    import torch
+def _checkpoint_meta(checkpoint_path: str, expected_sha256: str | None = None, trusted: bool = False
+                     ) -> dict[str, Any]:
+    return _meta_of(checkpoint_meta_source(Path(checkpoint_path), expected_sha256, trusted), checkpoint_path)
 
-    ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+
+def _meta_of(ckpt: Any, checkpoint_path: str | Path) -> dict[str, Any]:
     try:
         return {"trainer_name": ckpt["trainer_name"], "configuration": ckpt["init_args"]["configuration"],
                 "inference_allowed_mirroring_axes": ckpt.get("inference_allowed_mirroring_axes")}
@@ -68,19 +102,23 @@ def _checkpoint_meta(checkpoint_path: str) -> dict[str, Any]:
 
 
 def open_model_folder(path: str | Path, folds: tuple[int | str, ...], checkpoint: str = "checkpoint_final.pth",
-                      name: str = "model") -> ModelFolder:
-    """Check a model folder's files and read its JSON; raise :class:`ModelError` naming what is missing."""
+                      name: str = "model", expected: WeightsDigest | None = None) -> ModelFolder:
+    """Check a model folder's files and read its JSON; raise :class:`ModelError` naming what is missing.
+
+    With ``expected``, the JSON files are checked against it as they are read, and the checkpoints
+    later by :func:`load_fold_weights`."""
     path = Path(path)
     if not path.is_dir():
         raise ModelError(f"model {name!r}: weights folder {path} does not exist")
-    files = {}
-    for fname in ("dataset.json", "plans.json"):
+    files, raw = {}, {}
+    for fname in JSON_FILES:
         try:
-            files[fname] = json.loads((path / fname).read_text())
+            raw[fname] = read_verified(path / fname, expected.file_sha256(fname) if expected else None)
+            files[fname] = json.loads(raw[fname])
         except FileNotFoundError:
             raise ModelError(f"model {name!r}: {path / fname} is missing; is {path} an nnU-Net "
                              "trained-model folder (dataset.json, plans.json, fold_N/)?") from None
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ModelError(f"model {name!r}: {path / fname} is not valid JSON: {err}") from None
     missing = [str(path / f"fold_{f}" / checkpoint) for f in folds
                if not (path / f"fold_{f}" / checkpoint).is_file()]
@@ -90,20 +128,40 @@ def open_model_folder(path: str | Path, folds: tuple[int | str, ...], checkpoint
                          f"(folds present: {present or 'none'})")
     label_map = label_map_from_dataset_json(files["dataset.json"], name)
     return ModelFolder(path, name, files["dataset.json"], files["plans.json"], tuple(folds),
-                       checkpoint, label_map)
+                       checkpoint, label_map, expected, raw)
+
+
+def missing_model_files(path: Path) -> list[str]:
+    """What ``path`` lacks to be an nnU-Net trained-model folder (dataset.json, plans.json and a
+    ``fold_*/*.pth`` checkpoint); empty when it is one."""
+    missing = [f for f in JSON_FILES if not (path / f).is_file()]
+    if not any(p.is_file() for p in path.glob("fold_*/*.pth")):
+        missing.append("fold_*/<checkpoint>.pth")
+    return missing
+
+
+def checksummed_files(folds: tuple[int | str, ...], checkpoint: str) -> list[str]:
+    """The files :func:`weights_checksum` covers, relative to the folder, in its order."""
+    return [*JSON_FILES, *(f"fold_{f}/{checkpoint}" for f in folds)]
+
+
+def weights_digest(path: str | Path, folds: tuple[int | str, ...], checkpoint: str) -> WeightsDigest:
+    """:func:`weights_checksum` and each file's own sha256, in one read of the files."""
+    path = Path(path)
+    folder = hashlib.sha256()
+    files = []
+    for relative in checksummed_files(folds, checkpoint):
+        own = hashlib.sha256()
+        folder.update(Path(relative).name.encode())
+        update_from_file(path / relative, folder, own)
+        files.append((relative, own.hexdigest()))
+    return WeightsDigest(folder.hexdigest(), tuple(files))
 
 
 def weights_checksum(path: str | Path, folds: tuple[int | str, ...], checkpoint: str) -> str:
-    """sha256 over dataset.json, plans.json and the used folds' checkpoints (in that order)."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    files = [path / "dataset.json", path / "plans.json"] + [path / f"fold_{f}" / checkpoint for f in folds]
-    for file in files:
-        digest.update(file.name.encode())
-        with open(file, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+    """sha256 over dataset.json, plans.json and the used folds' checkpoints (in that order, each
+    file's bytes preceded by its base name): the value ``model.checksum`` expects."""
+    return weights_digest(path, folds, checkpoint).sha256
 
 
 def find_trainer_class(trainer_name: str) -> type:
@@ -153,13 +211,33 @@ def build_network(model: ModelFolder):
 
 
 def load_fold_weights(model: ModelFolder) -> list[dict]:
-    """The ``network_weights`` state dict of every configured fold (on the CPU)."""
-    import torch
+    """The ``network_weights`` state dict of every configured fold (on the CPU).
 
+    Each checkpoint is read once and unpickled safely from those bytes
+    (:func:`~mrseg_cohort.segmentation.checkpoints.load_checkpoint`). With ``model.expected``, each
+    file is checked before it is unpickled and the sha256 of everything loaded (JSON as parsed,
+    checkpoints as read) must equal ``expected.sha256``: this node ran the weights the job recorded.
+    """
+    folder = hashlib.sha256()
+    for fname in JSON_FILES:
+        folder.update(fname.encode())
+        folder.update(model.json_bytes[fname] if fname in model.json_bytes else (model.path / fname).read_bytes())
     out = []
-    for fold in model.folds:
-        ckpt = torch.load(model.checkpoint_path(fold), map_location="cpu", weights_only=False)
-        out.append(ckpt["network_weights"])
+    for i, fold in enumerate(model.folds):
+        path = model.checkpoint_path(fold)
+        folder.update(path.name.encode())
+        ckpt = load_checkpoint(path, model._expected_file(model.checkpoint_relative(fold)),
+                               bool(model.expected and model.expected.trusted), hashers=(folder,))
+        if i == 0 and _meta_of(ckpt, path) != model.checkpoint_meta():
+            raise ModelError(f"model {model.name!r}: {path} changed while it was being loaded; load it again")
+        try:
+            out.append(ckpt["network_weights"])
+        except (KeyError, TypeError):
+            raise ModelError(f"{path} is not an nnU-Net v2 checkpoint (no network_weights)") from None
+    if model.expected is not None and folder.hexdigest() != model.expected.sha256:
+        raise ModelError(f"model {model.name!r}: the weights loaded from {model.path} have sha256 "
+                         f"{folder.hexdigest()[:16]}..., not the {model.expected.sha256[:16]}... the job checked "
+                         "and records; every node must hold the same weights")
     return out
 
 

@@ -7,7 +7,7 @@ directly. What leaves it is uint8 labels per model, never logits.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,8 @@ from mrseg_cohort.geometry import Volume
 from mrseg_cohort.labels import KNOWN_MAPS, LabelMap, check_label_map, label_map_from_dataset_json
 from mrseg_cohort.orientation import lps_reorientation
 from mrseg_cohort.segmentation.engine import ModelRunner, StageTimes
-from mrseg_cohort.segmentation.model_folder import ModelFolder, open_model_folder, weights_checksum
+from mrseg_cohort.segmentation.model_folder import ModelFolder, WeightsDigest, open_model_folder, weights_digest
+from mrseg_cohort.weights.record import record_vouches
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,13 @@ class ModelSpec:
     contrasts: tuple[str, ...] | None
     sha256: str
     label_names: dict[int, str] = field(default_factory=dict)
+    digest: WeightsDigest | None = None
+    """Each file's sha256 as checked by :func:`check_model`; None: only ``sha256`` is checked."""
 
     def folder(self) -> ModelFolder:
-        return open_model_folder(self.path, self.folds, self.checkpoint, self.name)
+        """The model folder on this node, set to verify what it loads against ``sha256``."""
+        return open_model_folder(self.path, self.folds, self.checkpoint, self.name,
+                                 self.digest or WeightsDigest(self.sha256))
 
     @property
     def label_map(self) -> LabelMap:
@@ -47,7 +52,11 @@ class ModelSpec:
 
 
 def check_model(model: ModelConfig) -> ModelSpec:
-    """Open and verify a configured model (files, label map, checksum); raise ConfigError/ModelError."""
+    """Open and verify a configured model (files, label map, checksum); raise ConfigError/ModelError.
+
+    ``weights: mrsegmentator[:<model>]`` is resolved here, once, where the job starts (reading
+    ``MRSEG_WEIGHTS_PATH``); the spec records the folder and every file's sha256, which each
+    segmentation actor checks again on its own node (:meth:`ModelSpec.folder`)."""
     path = resolve_weights(model.weights)
     if "://" in path and not path.startswith("file://"):
         raise ConfigError(f"model {model.name!r}: weights at {path}: object-storage weights must be "
@@ -55,13 +64,16 @@ def check_model(model: ModelConfig) -> ModelSpec:
     folder = open_model_folder(Path(path.removeprefix("file://")), model.folds, model.checkpoint, model.name)
     if model.labels != "any" and not model.allow_label_mismatch:
         check_label_map(folder.label_map, KNOWN_MAPS[model.labels], f"model {model.name!r} ({path})")
-    digest = weights_checksum(folder.path, model.folds, model.checkpoint)
-    if model.checksum and model.checksum.lower() != digest:
-        raise ModelError(f"model {model.name!r}: weights checksum {digest[:16]}... does not match "
+    digest = weights_digest(folder.path, model.folds, model.checkpoint)
+    if model.checksum and model.checksum.lower() != digest.sha256:
+        raise ModelError(f"model {model.name!r}: weights checksum {digest.sha256[:16]}... does not match "
                          f"model.checksum {model.checksum[:16]}...; wrong or corrupt weights at {path}")
-    folder.checkpoint_meta()  # fails early on a file that is not an nnU-Net checkpoint
+    digest = replace(digest, trusted=bool(model.checksum) or record_vouches(folder.path, digest))
+    # fails early on a file that is not an nnU-Net checkpoint, or one the safe loader refuses
+    open_model_folder(folder.path, model.folds, model.checkpoint, model.name, digest).checkpoint_meta()
     return ModelSpec(model.name, str(folder.path), tuple(model.folds), model.checkpoint, model.tile_step_size,
-                     model.mirroring, tuple(model.modalities), model.contrasts, digest, folder.label_map.names)
+                     model.mirroring, tuple(model.modalities), model.contrasts, digest.sha256,
+                     folder.label_map.names, digest)
 
 
 @dataclass
