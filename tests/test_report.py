@@ -28,7 +28,8 @@ from mrseg_cohort.io.storage import Store, join_uri
 from mrseg_cohort.labels import MRSEG
 from mrseg_cohort.manifest import discover
 from mrseg_cohort.report.previews import LABEL_ALPHA, canonical, choose_slices, render_plane
-from mrseg_cohort.report.summaries import find_outliers, redact, robust_z
+from mrseg_cohort.report.summaries import find_outliers, redact
+from mrseg_cohort.stats import robust_z
 
 SECRET_KEY, SECRET = "AKIAEXAMPLEKEY123456", "s3cr3t-never-shown"
 SHRUNK = "spleen"  # the structure cut down in one participant, to make an outlier
@@ -264,7 +265,7 @@ def test_report_in_headless_chromium(chromium, report, tmp_path):
 # -- pure parts --------------------------------------------------------------------------------------------
 def test_robust_z_known_values():
     z = robust_z(np.array([1.0, 2.0, 3.0, 4.0, 100.0]))  # median 3, MAD 1
-    assert z == pytest.approx(0.6745 * np.array([-2, -1, 0, 1, 97]))
+    assert z == pytest.approx(np.array([-2, -1, 0, 1, 97]) / 1.4826)
     assert robust_z(np.array([5.0, 5.0, 5.0, 9.0])) == pytest.approx([0, 0, 0, 4 / (1.253314 * 1.0)])
     assert not robust_z(np.full(4, 2.0)).any()
 
@@ -275,7 +276,7 @@ def test_find_outliers_per_structure_and_minimum_scans():
                           "volume_ml": [10.0, 11.0, 12.0, 13.0, 90.0, 5.0, 500.0], "ff_median_pct": np.nan})
     found = find_outliers(frame, min_scans=3)
     assert found[["participant_id", "structure", "measure"]].values.tolist() == [["e", "liver", "volume_ml"]]
-    assert found["z"].iloc[0] == pytest.approx(0.6745 * (90 - 12) / 1)
+    assert found["z"].iloc[0] == pytest.approx((90 - 12) / (1.4826 * 1))
 
 
 def test_redact_removes_credentials():

@@ -286,7 +286,7 @@ def _outlier_section(outliers: pd.DataFrame, previews: dict, options: ReportOpti
                      h.Cell("preview", link) if link else "no preview"])
     return h.section(
         "outliers", f"Outliers ({len(outliers)})",
-        h.paragraph(f"Modified z-score z = 0.6745 (x - median) / MAD per structure and measure over the scans where "
+        h.paragraph(f"Robust z-score z = (x - median) / (1.4826 MAD) per structure and measure over the scans where "
                     f"the structure is present (MAD = median absolute deviation; Iglewicz and Hoaglin, 1993); "
                     f"|z| > {options.z_threshold:g} is an outlier. Structures present in fewer than "
                     f"{options.min_scans} scans are not assessed. Largest |z| first."),
