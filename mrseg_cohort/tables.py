@@ -87,8 +87,8 @@ def wide_view(structures: pd.DataFrame, measures: tuple[str, ...] = WIDE_MEASURE
         scans: the ``scans`` table; when given, its body-composition columns (VAT, SAT, ratios) are
             added as ``<model>:<column>``.
     """
-    df = _one_contrast(structures, contrast)
-    df = df.assign(_name=df["structure"].where(df["model"] == "base", df["model"] + ":" + df["structure"]))
+    df = one_contrast(structures, contrast)
+    df = df.assign(_name=[wide_name(m, s) for m, s in zip(df["model"], df["structure"])])
     frames = []
     for measure in measures:
         spread = df.pivot(index=["participant_id", "visit"], columns="_name", values=measure)
@@ -96,14 +96,23 @@ def wide_view(structures: pd.DataFrame, measures: tuple[str, ...] = WIDE_MEASURE
         frames.append(spread)
     wide = pd.concat(frames, axis=1)
     if scans is not None and len(scans) and "vat_ml" in scans.columns:
-        depots = _one_contrast(scans, contrast).dropna(subset=["vat_ml"])
+        depots = one_contrast(scans, contrast).dropna(subset=["vat_ml"])
         for model, rows in depots.groupby("model"):
             extra = rows.set_index(["participant_id", "visit"])[list(BODY_COMPOSITION_COLUMNS)]
             wide = wide.join(extra.add_prefix(f"{model}:"), how="left")
     return wide.reset_index()
 
 
-def _one_contrast(df: pd.DataFrame, contrast: str | None) -> pd.DataFrame:
+def wide_name(model: str, structure: str, measure: str | None = None) -> str:
+    """Column name of the wide view: ``<structure>__<measure>``, ``<model>:`` prefixed for models other
+    than ``base`` (``measure`` None: the name without ``__<measure>``)."""
+    name = structure if model == "base" else f"{model}:{structure}"
+    return name if measure is None else f"{name}__{measure}"
+
+
+def one_contrast(df: pd.DataFrame, contrast: str | None) -> pd.DataFrame:
+    """Rows of ``df`` (keys participant_id, visit, contrast) of one label contrast per participant x
+    visit: ``contrast``, or by default the first in sort order of each participant x visit."""
     if contrast is not None:
         return df[df["contrast"] == contrast]
     first = df.groupby(["participant_id", "visit"])["contrast"].transform("min")
