@@ -209,11 +209,11 @@ def test_change_between_visits_on_a_participant_imaged_twice(output, table, tmp_
     for row in change.to_dict("records"):
         pid = row["participant_id"]
         for organ, sign in (("liver", 1), ("left_kidney", -1), ("spleen", None)):
-            known = truth.loc[(pid, "3", "base", organ), "volume_ml"] - truth.loc[(pid, "2", "base", organ), "volume_ml"]
+            before, after = (truth.loc[(pid, v, "base", organ), "volume_ml"] for v in ("2", "3"))
+            known = after - before
             assert sign is None or np.sign(known) == sign, organ  # the phantom's change, as set
             assert row[f"{organ}_volume_ml_change"] == pytest.approx(known, rel=1e-6, abs=1e-6), organ
-            assert row[f"{organ}_volume_ml_change_rel_pct"] == pytest.approx(
-                100 * known / truth.loc[(pid, "2", "base", organ), "volume_ml"], rel=1e-6, abs=1e-6)
+            assert row[f"{organ}_volume_ml_change_rel_pct"] == pytest.approx(100 * known / before, rel=1e-6, abs=1e-6)
         ff_before = truth.loc[(pid, "2", "base", "liver"), "ff_truth_pct"]
         assert row["liver_ff_median_pct_to"] == pytest.approx(30.0, abs=0.5)
         assert row["liver_ff_median_pct_change"] == pytest.approx(30.0 - ff_before, abs=1.0)

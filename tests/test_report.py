@@ -90,6 +90,23 @@ def report(output):
     return {"path": out, "html": out.read_text(), "stdout": result.stdout, "seconds": time.perf_counter() - t}
 
 
+@pytest.fixture(scope="module")
+def report_covariates(output):
+    """The report with covariates: the participant with the shrunk spleen and two others female, one
+    male, all in their sixties (3 females: the smallest stratum assessed with --min-scans 3)."""
+    keys, shrunk = output["keys"], output["shrunk"]
+    male = next(k for k in keys if k != shrunk)
+    path = output["root"] / "covariates.csv"
+    pd.DataFrame({"eid": [k[0] for k in keys], "sex": ["m" if k == male else "f" for k in keys],
+                  "age": [61, 63, 65, 67][: len(keys)], "height_cm": [170, 175, 180, 165][: len(keys)]}).to_csv(
+        path, index=False)
+    out = output["root"] / "report-covariates.html"
+    result = CliRunner().invoke(app, ["report", str(output["config"]), "--out", str(out), "--min-scans", "3",
+                                      "--covariates", str(path)])
+    assert result.exit_code == 0, result.output
+    return {"path": out, "html": out.read_text(), "stdout": result.stdout, "male": male}
+
+
 class _Page(HTMLParser):
     """Images (with attributes), element ids and link targets of a page."""
 
@@ -160,6 +177,32 @@ def test_failures_metadata_and_escaping(output, report):
     assert re.search(r"key: (&#x27;)?\*\*\*", text) and re.search(r"secret: (&#x27;)?\*\*\*", text)
     for name in ("aorta", "inferior_vena_cava", "left_iliac_artery"):
         assert f"<td>{name}</td>" in text  # vessel consistency rows
+
+
+def test_phenotypes_by_sex_and_their_outliers(output, report, report_covariates, tmp_path):
+    """The shrunk spleen is a phenotype outlier among the three females; z as computed by hand from the
+    phenotype table; without covariates the section says how to get them."""
+    assert "give --covariates" in report["html"] and "phenotype outliers" not in report["stdout"]
+    page = _Page(report_covariates["html"])
+    assert "phenotypes" in page.ids
+    figures = [i for i in page.images if i.get("class") == "phenotypes"]
+    assert len(figures) == 1 and _decode(figures[0]).shape[1] > 1000
+    table_path = tmp_path / "phenotypes.parquet"
+    done = CliRunner().invoke(app, ["tables", "phenotypes", str(output["config"]), "--out", str(table_path)])
+    assert done.exit_code == 0, done.output
+    phen = pd.read_parquet(table_path)
+    females = phen[phen["participant_id"] != report_covariates["male"][0]]
+    x = females["spleen_volume_ml"].to_numpy()
+    pid, visit = output["shrunk"]
+    value = float(females.loc[females["participant_id"] == pid, "spleen_volume_ml"].iloc[0])
+    z = (value - np.median(x)) / (1.4826 * np.median(np.abs(x - np.median(x))))
+    assert z < -4
+    row = re.search(rf'<td class="outlier">(?:<a href="#[^"]+">)?{pid}(?:</a>)?</td><td>{visit}</td><td>female</td>'
+                    r'<td>60-69</td><td>spleen_volume_ml</td><td class="num">([^<]+)</td><td class="num">[^<]+</td>'
+                    r'<td class="num">([^<]+)</td>', report_covariates["html"])
+    assert row, "the shrunk spleen is listed among the phenotype outliers"
+    assert float(row.group(1)) == pytest.approx(value, rel=1e-3) and float(row.group(2)) == pytest.approx(z, abs=0.01)
+    assert "phenotype outliers" in report_covariates["stdout"]
 
 
 # -- alignment of labels with anatomy -------------------------------------------------------------------
@@ -245,7 +288,9 @@ def chromium() -> str:
 
 
 @pytest.mark.browser
-def test_report_in_headless_chromium(chromium, report, tmp_path):
+def test_report_in_headless_chromium(chromium, report_covariates, tmp_path):
+    """The report with covariates: every section of the plain report plus the phenotypes."""
+    report = report_covariates
     screenshot = tmp_path / "report.png"
     command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
