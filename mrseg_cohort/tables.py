@@ -88,7 +88,9 @@ def wide_view(structures: pd.DataFrame, measures: tuple[str, ...] = WIDE_MEASURE
             added as ``<model>:<column>``.
     """
     df = one_contrast(structures, contrast)
-    df = df.assign(_name=[wide_name(m, s) for m, s in zip(df["model"], df["structure"])])
+    key = df["model"].astype(str) + "\0" + df["structure"].astype(str)
+    names = {k: wide_name(*k.split("\0")) for k in key.unique()}
+    df = df.assign(_name=key.map(names))
     frames = []
     for measure in measures:
         spread = df.pivot(index=["participant_id", "visit"], columns="_name", values=measure)

@@ -243,7 +243,7 @@ def test_covariates_with_uk_biobank_fields_index_by_height(output, table, tmp_pa
     result = cli("phenotypes", str(output["config"]), "--out", str(out), "--covariates", str(path),
                  "--min-stratum", "2")
     assert result.exit_code == 0, result.output
-    assert "sex known for 4 rows" in result.output
+    assert "covariates for 4 rows (sex and age for 4)" in result.output
     got = pd.read_parquet(out).set_index(["participant_id", "visit"])
     height = {(pids[0], "2"): 181.0, (pids[1], "2"): 174.5, (pids[0], "3"): 180.0, (pids[1], "3"): 174.0}
     for key, h in height.items():

@@ -90,6 +90,9 @@ def evaluate(
             table = demographics(frames["per_class"], subjects, welch)
             write_demographics(store, out, table, welch)
             known = int(subjects["sex"].notna().sum())
+            if not known and not subjects["age_years"].notna().any():
+                log.warning("demographics: no pair matched a participant of %s (pairs are matched by the list's "
+                            "participant_id column, else by pair id, e.g. %r)", covariates, pair_list[0].pair_id)
             log.info("demographics: %d of %d pairs matched a sex, %d an age; %d of %d rows NaN (reasons in "
                      "demographics.md)", known, len(subjects), int(subjects["age_years"].notna().sum()),
                      int(table["note"].ne("").sum()), len(table))

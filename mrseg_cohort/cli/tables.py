@@ -77,19 +77,25 @@ def phenotypes(
     with one_line_errors():
         job, outputs = _output(config, output)
         frame = _phenotypes(job, outputs, contrast)
-        outliers = None
+        matched = None
         if covariates:
             from mrseg_cohort.phenotypes.normative import with_covariates
 
-            frame = with_covariates(frame, _covariates(outputs, covariates), z_threshold, min_stratum)
-            outliers = int(frame["n_outliers"].sum())
+            table = _covariates(outputs, covariates)
+            matched = int(frame["participant_id"].isin(set(table["participant_id"])).sum())
+            frame = with_covariates(frame, table, z_threshold, min_stratum)
         _write_frame(outputs, out, frame)
     text = (f"wrote {len(frame)} rows ({frame['participant_id'].nunique()} participants) x {frame.shape[1]} columns "
             f"to {out}; {int((frame['n_qc_flags'] > 0).sum())} rows with a QC flag")
-    if outliers is not None:
-        matched = int(frame["sex"].notna().sum())
-        text += f"; covariates: sex known for {matched} rows, {outliers} outlier flags (|z| > {z_threshold:g})"
+    if matched is not None:
+        stratified = int((frame["sex"].notna() & frame["age_band"].notna()).sum())
+        text += (f"; covariates for {matched} rows (sex and age for {stratified}), "
+                 f"{int(frame['n_outliers'].sum())} outlier flags (|z| > {z_threshold:g})")
     typer.echo(text)
+    if matched == 0:
+        example = f", e.g. {frame['participant_id'].iloc[0]!r}" if len(frame) else ""
+        typer.echo(f"warning: no participant of {covariates} is in the output (ids are compared as text{example})",
+                   err=True)
 
 
 @tables_app.command("change")

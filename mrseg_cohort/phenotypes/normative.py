@@ -63,15 +63,14 @@ def stratified_robust_z(values: pd.Series, strata: pd.DataFrame, min_stratum: in
     """Robust z of ``values`` within each combination of ``strata``'s columns (rows with an unknown
     stratum, non-finite values and strata with fewer than ``min_stratum`` finite values: NaN)."""
     x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
-    usable = np.isfinite(x) & strata.notna().all(axis=1).to_numpy()
+    code = strata.groupby(list(strata.columns), dropna=True, sort=False).ngroup()  # NaN: unknown stratum
+    code = code.fillna(-1).to_numpy(dtype=np.int64)
+    code = np.where(np.isfinite(x), code, -1)
     out = np.full(x.shape, np.nan)
-    if usable.any():
-        groups = strata[usable].astype(str).agg("\0".join, axis=1)
-        positions = np.flatnonzero(usable)
-        for _, index in groups.groupby(groups.to_numpy()).indices.items():
-            rows = positions[index]
-            if rows.size >= min_stratum:
-                out[rows] = robust_z(x[rows])
+    for group in np.unique(code[code >= 0]):
+        rows = np.flatnonzero(code == group)
+        if rows.size >= min_stratum:
+            out[rows] = robust_z(x[rows])
     return pd.Series(out, index=values.index)
 
 
@@ -104,6 +103,5 @@ def outlier_counts(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _stratum_medians(table: pd.DataFrame, name: str) -> np.ndarray:
-    strata = table[list(STRATA)].astype(str).agg("\0".join, axis=1)
     values = pd.to_numeric(table[name], errors="coerce")
-    return values.groupby(strata).transform("median").to_numpy(dtype=float)
+    return values.groupby([table[c] for c in STRATA], dropna=False).transform("median").to_numpy(dtype=float)
