@@ -295,6 +295,9 @@ def test_covariate_names_and_visits():
     rap = normalise_covariates(pd.DataFrame({"eid": [1000001.0], "p31": ["Female"], "p21003_i2": ["70"],
                                              "f.21002.3.0": ["66"]}), "rap.parquet")
     assert rap["participant_id"].tolist() == ["1000001"] * 3  # a float eid column reads as the integer's text
+    both = normalise_covariates(pd.DataFrame({"eid": ["1", "2"], "12144-2.0": ["170", "171"], "50-2.0": ["175", None]}),
+                                "h.csv")
+    assert both["height_cm"].tolist() == [175.0, 171.0]  # field 50 first, 12144 where 50 is missing
     keys = pd.DataFrame({"participant_id": ["1000001", "1000001", "1000001", "9"], "visit": ["2", "3", None, "2"]})
     got = attach_covariates(keys, rap)
     assert got["sex"].tolist() == ["female", "female", "female", None]  # sex holds for every visit
