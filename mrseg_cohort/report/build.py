@@ -15,8 +15,8 @@ from mrseg_cohort.colortables import color_lookup, label_colors
 from mrseg_cohort.config import JobConfig
 from mrseg_cohort.errors import ScanError
 from mrseg_cohort.io.storage import Store
-from mrseg_cohort.labels import KNOWN_MAPS, MRSEG, LabelMap, label_map_from_dataset_json
 from mrseg_cohort.io.tables import read_frame
+from mrseg_cohort.labels import KNOWN_MAPS, MRSEG, LabelMap, label_map_from_dataset_json
 from mrseg_cohort.outputs import Outputs
 from mrseg_cohort.phenotypes import PHENOTYPES, phenotype_table
 from mrseg_cohort.phenotypes.covariates import normalise_covariates
@@ -128,8 +128,7 @@ def build_report(job: JobConfig, options: ReportOptions = ReportOptions()) -> Re
     ]
     nav = [("overview", "Overview"), ("metadata", "Run metadata"), ("qc", "QC flags"), ("vessels", "Vessels"),
            ("distributions", "Distributions"), ("outliers", "Outliers"), ("phenotypes", "Phenotypes"),
-           ("failures", "Failures"),
-           ("previews", "Previews")]
+           ("failures", "Failures"), ("previews", "Previews")]
     subtitle = (f"Output {job.output.uri} | model {job.model.name}, contrast {contrast or '-'} | generated "
                 f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     page = h.page(f"mrseg-cohort QC report: {job.cohort.name}", subtitle, nav, body)
