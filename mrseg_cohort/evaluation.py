@@ -40,12 +40,20 @@ INPUT_ERRORS = (ScanError, StorageError, OSError, ValueError)
 
 @dataclass(frozen=True)
 class Pair:
-    """One prediction/reference pair; ``groups`` are (column, value) such as ("dataset", "NAKO")."""
+    """One prediction/reference pair; ``groups`` are (column, value) such as ("dataset", "NAKO");
+    ``participant_id`` joins covariates (empty: the pair id)."""
 
     pair_id: str
     pred_uri: str
     ref_uri: str
     groups: tuple[tuple[str, str], ...] = ()
+    participant_id: str = ""
+
+    @property
+    def participant(self) -> tuple[str, str | None]:
+        """(participant id, visit) for covariates: the ``participant_id`` (else the pair id) and the
+        ``visit`` grouping column (None without one)."""
+        return self.participant_id or self.pair_id, dict(self.groups).get("visit")
 
 
 @dataclass(frozen=True)
@@ -152,8 +160,10 @@ def pairs_from_folders(store: Store, pred_root: str, ref_root: str, group: str =
 def pairs_from_list(store: Store, list_uri: str) -> list[Pair]:
     """Pairs from a CSV or Parquet list with columns ``pred`` and ``ref`` (paths or URIs).
 
-    An optional ``id`` column names pairs (default: the reference's file name); every other column
-    is a grouping column (e.g. ``dataset``, ``sequence``). Relative paths are relative to the list.
+    An optional ``id`` column names pairs (default: the reference's file name); an optional
+    ``participant_id`` (or ``eid``) column says whose scan it is (for ``--covariates``); every other
+    column is a grouping column (e.g. ``dataset``, ``sequence``, ``visit``). Relative paths are
+    relative to the list.
     """
     if list_uri.endswith(".parquet"):
         frame = read_table_file(store, list_uri).to_pandas()
@@ -163,7 +173,8 @@ def pairs_from_list(store: Store, list_uri: str) -> list[Pair]:
     if missing:
         raise ConfigError(f"{list_uri}: needs columns 'pred' and 'ref'; missing {sorted(missing)} "
                           f"(found {list(frame.columns)})")
-    group_cols = [c for c in frame.columns if c not in ("pred", "ref", "id")]
+    participant_col = next((c for c in ("participant_id", "eid") if c in frame.columns), None)
+    group_cols = [c for c in frame.columns if c not in ("pred", "ref", "id", participant_col)]
     base = list_uri.rsplit("/", 1)[0] if "/" in list_uri else "."
     pairs = []
     for i, rec in enumerate(frame.astype(str).to_dict("records")):
@@ -171,7 +182,8 @@ def pairs_from_list(store: Store, list_uri: str) -> list[Pair]:
         if not ref:
             raise ConfigError(f"{list_uri}: row {i + 1} has an empty 'ref'")
         pair_id = rec.get("id") or image_stem(ref.rsplit("/", 1)[-1])
-        pairs.append(Pair(pair_id, pred, ref, tuple((c, rec[c]) for c in group_cols)))
+        pairs.append(Pair(pair_id, pred, ref, tuple((c, rec[c]) for c in group_cols),
+                          rec[participant_col].strip() if participant_col else ""))
     ids = [p.pair_id for p in pairs]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)

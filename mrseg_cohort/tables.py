@@ -87,8 +87,10 @@ def wide_view(structures: pd.DataFrame, measures: tuple[str, ...] = WIDE_MEASURE
         scans: the ``scans`` table; when given, its body-composition columns (VAT, SAT, ratios) are
             added as ``<model>:<column>``.
     """
-    df = _one_contrast(structures, contrast)
-    df = df.assign(_name=df["structure"].where(df["model"] == "base", df["model"] + ":" + df["structure"]))
+    df = one_contrast(structures, contrast)
+    key = df["model"].astype(str) + "\0" + df["structure"].astype(str)
+    names = {k: wide_name(*k.split("\0")) for k in key.unique()}
+    df = df.assign(_name=key.map(names))
     frames = []
     for measure in measures:
         spread = df.pivot(index=["participant_id", "visit"], columns="_name", values=measure)
@@ -96,7 +98,7 @@ def wide_view(structures: pd.DataFrame, measures: tuple[str, ...] = WIDE_MEASURE
         frames.append(spread)
     wide = pd.concat(frames, axis=1)
     if scans is not None and len(scans) and "vat_ml" in scans.columns:
-        depots = _one_contrast(scans, contrast).dropna(subset=["vat_ml"])
+        depots = one_contrast(scans, contrast).dropna(subset=["vat_ml"])
         for model, rows in depots.groupby("model"):
             extra = rows.set_index(["participant_id", "visit"])[list(BODY_COMPOSITION_COLUMNS)]
             wide = wide.join(extra.add_prefix(f"{model}:"), how="left")
@@ -117,7 +119,17 @@ def require_contrast(frame: pd.DataFrame, contrast: str | None) -> None:
                          f"{', '.join(found) or 'none'}")
 
 
-def _one_contrast(df: pd.DataFrame, contrast: str | None) -> pd.DataFrame:
+def wide_name(model: str, structure: str, measure: str | None = None) -> str:
+    """Column name of the wide view: ``<structure>__<measure>``, ``<model>:`` prefixed for models other
+    than ``base`` (``measure`` None: the name without ``__<measure>``)."""
+    name = structure if model == "base" else f"{model}:{structure}"
+    return name if measure is None else f"{name}__{measure}"
+
+
+def one_contrast(df: pd.DataFrame, contrast: str | None) -> pd.DataFrame:
+    """Rows of ``df`` (keys participant_id, visit, contrast) of one label contrast per participant x
+    visit: ``contrast`` (refused when no row has it), or by default the first in sort order of each
+    participant x visit."""
     require_contrast(df, contrast)
     if contrast is not None:
         return df[df["contrast"] == contrast]

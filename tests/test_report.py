@@ -28,7 +28,8 @@ from mrseg_cohort.io.storage import Store, join_uri
 from mrseg_cohort.labels import MRSEG
 from mrseg_cohort.manifest import discover
 from mrseg_cohort.report.previews import LABEL_ALPHA, canonical, choose_slices, render_plane
-from mrseg_cohort.report.summaries import find_outliers, redact, robust_z
+from mrseg_cohort.report.summaries import find_outliers, redact
+from mrseg_cohort.stats import robust_z
 
 SECRET_KEY, SECRET = "AKIAEXAMPLEKEY123456", "s3cr3t-never-shown"
 SHRUNK = "spleen"  # the structure cut down in one participant, to make an outlier
@@ -87,6 +88,23 @@ def report(output):
     result = CliRunner().invoke(app, ["report", str(output["config"]), "--out", str(out), "--min-scans", "3"])
     assert result.exit_code == 0, result.output
     return {"path": out, "html": out.read_text(), "stdout": result.stdout, "seconds": time.perf_counter() - t}
+
+
+@pytest.fixture(scope="module")
+def report_covariates(output):
+    """The report with covariates: the participant with the shrunk spleen and two others female, one
+    male, all in their sixties (3 females: the smallest stratum assessed with --min-scans 3)."""
+    keys, shrunk = output["keys"], output["shrunk"]
+    male = next(k for k in keys if k != shrunk)
+    path = output["root"] / "covariates.csv"
+    pd.DataFrame({"eid": [k[0] for k in keys], "sex": ["m" if k == male else "f" for k in keys],
+                  "age": [61, 63, 65, 67][: len(keys)], "height_cm": [170, 175, 180, 165][: len(keys)]}).to_csv(
+        path, index=False)
+    out = output["root"] / "report-covariates.html"
+    result = CliRunner().invoke(app, ["report", str(output["config"]), "--out", str(out), "--min-scans", "3",
+                                      "--covariates", str(path)])
+    assert result.exit_code == 0, result.output
+    return {"path": out, "html": out.read_text(), "stdout": result.stdout, "male": male}
 
 
 class _Page(HTMLParser):
@@ -159,6 +177,32 @@ def test_failures_metadata_and_escaping(output, report):
     assert re.search(r"key: (&#x27;)?\*\*\*", text) and re.search(r"secret: (&#x27;)?\*\*\*", text)
     for name in ("aorta", "inferior_vena_cava", "left_iliac_artery"):
         assert f"<td>{name}</td>" in text  # vessel consistency rows
+
+
+def test_phenotypes_by_sex_and_their_outliers(output, report, report_covariates, tmp_path):
+    """The shrunk spleen is a phenotype outlier among the three females; z as computed by hand from the
+    phenotype table; without covariates the section says how to get them."""
+    assert "give --covariates" in report["html"] and "phenotype outliers" not in report["stdout"]
+    page = _Page(report_covariates["html"])
+    assert "phenotypes" in page.ids
+    figures = [i for i in page.images if i.get("class") == "phenotypes"]
+    assert len(figures) == 1 and _decode(figures[0]).shape[1] > 1000
+    table_path = tmp_path / "phenotypes.parquet"
+    done = CliRunner().invoke(app, ["tables", "phenotypes", str(output["config"]), "--out", str(table_path)])
+    assert done.exit_code == 0, done.output
+    phen = pd.read_parquet(table_path)
+    females = phen[phen["participant_id"] != report_covariates["male"][0]]
+    x = females["spleen_volume_ml"].to_numpy()
+    pid, visit = output["shrunk"]
+    value = float(females.loc[females["participant_id"] == pid, "spleen_volume_ml"].iloc[0])
+    z = (value - np.median(x)) / (1.4826 * np.median(np.abs(x - np.median(x))))
+    assert z < -4
+    row = re.search(rf'<td class="outlier">(?:<a href="#[^"]+">)?{pid}(?:</a>)?</td><td>{visit}</td><td>female</td>'
+                    r'<td>60-69</td><td>spleen_volume_ml</td><td class="num">([^<]+)</td><td class="num">[^<]+</td>'
+                    r'<td class="num">([^<]+)</td>', report_covariates["html"])
+    assert row, "the shrunk spleen is listed among the phenotype outliers"
+    assert float(row.group(1)) == pytest.approx(value, rel=1e-3) and float(row.group(2)) == pytest.approx(z, abs=0.01)
+    assert "phenotype outliers" in report_covariates["stdout"]
 
 
 # -- alignment of labels with anatomy -------------------------------------------------------------------
@@ -244,7 +288,9 @@ def chromium() -> str:
 
 
 @pytest.mark.browser
-def test_report_in_headless_chromium(chromium, report, tmp_path):
+def test_report_in_headless_chromium(chromium, report_covariates, tmp_path):
+    """The report with covariates: every section of the plain report plus the phenotypes."""
+    report = report_covariates
     screenshot = tmp_path / "report.png"
     command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -264,7 +310,7 @@ def test_report_in_headless_chromium(chromium, report, tmp_path):
 # -- pure parts --------------------------------------------------------------------------------------------
 def test_robust_z_known_values():
     z = robust_z(np.array([1.0, 2.0, 3.0, 4.0, 100.0]))  # median 3, MAD 1
-    assert z == pytest.approx(0.6745 * np.array([-2, -1, 0, 1, 97]))
+    assert z == pytest.approx(np.array([-2, -1, 0, 1, 97]) / 1.4826)
     assert robust_z(np.array([5.0, 5.0, 5.0, 9.0])) == pytest.approx([0, 0, 0, 4 / (1.253314 * 1.0)])
     assert not robust_z(np.full(4, 2.0)).any()
 
@@ -275,7 +321,7 @@ def test_find_outliers_per_structure_and_minimum_scans():
                           "volume_ml": [10.0, 11.0, 12.0, 13.0, 90.0, 5.0, 500.0], "ff_median_pct": np.nan})
     found = find_outliers(frame, min_scans=3)
     assert found[["participant_id", "structure", "measure"]].values.tolist() == [["e", "liver", "volume_ml"]]
-    assert found["z"].iloc[0] == pytest.approx(0.6745 * (90 - 12) / 1)
+    assert found["z"].iloc[0] == pytest.approx((90 - 12) / (1.4826 * 1))
 
 
 def test_redact_removes_credentials():

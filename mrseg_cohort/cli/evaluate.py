@@ -32,6 +32,13 @@ def evaluate(
                                  "--ray-address, else starts a local Ray)."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (implies --ray)."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs for a local Ray (default: all)."),
+    covariates: Optional[str] = typer.Option(None, "--covariates", help="CSV or Parquet with eid (or "
+                                             "participant_id), sex and age (or UK Biobank fields 31, 21003): "
+                                             "adds demographics.parquet/.md, Dice and HD95 by sex (t-test) and "
+                                             "against age (Pearson r). Pairs are matched by the list's "
+                                             "participant_id column, else by pair id."),
+    welch: bool = typer.Option(False, "--welch", help="Welch's t-test instead of Student's (the paper's, SciPy's "
+                               "default)."),
 ) -> None:
     """Evaluate predicted label maps against references; writes Parquet, CSV and Markdown tables.
 
@@ -57,6 +64,7 @@ def evaluate(
         options = (ev.options_with_map(store, map_file, label_map, **kwargs) if map_file
                    else ev.identity_options(label_map, **kwargs))
         pair_list = ev.pairs_from_list(store, pairs) if pairs else ev.pairs_from_folders(store, pred, ref, group)
+        subjects = _subjects(store, _absolute(covariates), pair_list) if covariates else None
         store.check_writable(out)
         log.info("evaluating %d pair(s) against %d %s classes", len(pair_list), len(label_map), label_map.name)
         done = []
@@ -72,7 +80,19 @@ def evaluate(
             results = evaluate_pairs_ray(store, pair_list, options, ray_address, num_cpus, on_result=progress)
         else:
             results = ev.evaluate_pairs(store, pair_list, options, on_result=progress)
-        ev.write_outputs(store, out, results, pair_list, label_map)
+        frames = ev.write_outputs(store, out, results, pair_list, label_map)
+        if subjects is not None:
+            from mrseg_cohort.demographics import demographics, write_demographics
+
+            table = demographics(frames["per_class"], subjects, welch)
+            write_demographics(store, out, table, welch)
+            known = int(subjects["sex"].notna().sum())
+            if not known and not subjects["age_years"].notna().any():
+                log.warning("demographics: no pair matched a participant of %s (pairs are matched by the list's "
+                            "participant_id column, else by pair id, e.g. %r)", covariates, pair_list[0].pair_id)
+            log.info("demographics: %d of %d pairs matched a sex, %d an age; %d of %d rows NaN (reasons in "
+                     "demographics.md)", known, len(subjects), int(subjects["age_years"].notna().sum()),
+                     int(table["note"].ne("").sum()), len(table))
     failed = [r.row for r in results if r.row["status"] != "ok"]
     for row in failed[:10]:
         typer.echo(f"failed: {row['pair_id']}: {row['error']}", err=True)
@@ -80,6 +100,20 @@ def evaluate(
     if failed:
         typer.echo(f"{len(failed)} pair(s) failed (all listed in {out}/pairs.parquet)", err=True)
         raise typer.Exit(ExitStatus.SOME_FAILED)
+
+
+def _subjects(store, uri: str, pair_list):
+    """pair_id, sex, age_years of every pair, from the covariates file ``uri``."""
+    import pandas as pd
+
+    from mrseg_cohort.io.tables import read_frame
+    from mrseg_cohort.phenotypes.covariates import attach_covariates, normalise_covariates
+
+    covariates = normalise_covariates(read_frame(store, uri), uri)
+    keys = pd.DataFrame([p.participant for p in pair_list], columns=["participant_id", "visit"])
+    found = attach_covariates(keys, covariates)
+    return pd.DataFrame({"pair_id": [p.pair_id for p in pair_list], "sex": found["sex"].to_numpy(dtype=object),
+                         "age_years": found["age_years"].to_numpy(dtype=float)})
 
 
 def _parse_spacing(text: str) -> tuple[float, float, float]:

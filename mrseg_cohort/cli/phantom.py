@@ -21,6 +21,10 @@ def phantom(
     fmt: str = typer.Option("nifti", "--format",
                             help="nifti: station NIfTI files (layouts phantom/nako-nifti); dicom-zip: UK "
                                  "Biobank field-20201 zips <eid>_20201_<visit>_0.zip (layout ukbb-dicom-zip)."),
+    repeat_visit: str = typer.Option(None, "--repeat-visit", help="Image every participant again as this visit "
+                                     "(e.g. 3, UK Biobank's repeat imaging), with the --repeat-change changes."),
+    repeat_change: list[str] = typer.Option([], "--repeat-change", help="STRUCTURE=FACTOR: at the repeat visit "
+                                            "the structure's radii times FACTOR (repeatable), e.g. liver=1.1."),
 ) -> None:
     """Generate phantom participants (stations per Dixon contrast, truth labels and fat fractions)."""
     from mrseg_cohort.io.storage import Store
@@ -33,13 +37,29 @@ def phantom(
         fail(f"--format must be nifti or dicom-zip, not {fmt!r}")
     if fmt == "dicom-zip" and layout != "ukbb":
         fail(f"--format dicom-zip writes UK Biobank zips and needs --layout ukbb, not {layout!r}")
+    changes = tuple(_change(c) for c in repeat_change)
+    if changes and repeat_visit is None:
+        fail("--repeat-change needs --repeat-visit")
+    if repeat_visit == visit:
+        fail(f"--repeat-visit must differ from --visit ({visit!r})")
     with one_line_errors():
         station_layout(layout, scale)  # validates layout and scale before any writing
         store = Store()
         out = from_command_line(out)
         store.check_writable(out)
         spec = PhantomSpec(participants=participants, layout=layout, seed=seed, scale=scale, visit=visit,
-                           wholebody=wholebody, format=fmt)
+                           wholebody=wholebody, format=fmt, repeat_visit=repeat_visit, repeat_changes=changes)
         truth = write_phantom_cohort(store, out, spec)
     typer.echo(f"wrote {participants} {layout} phantom participant(s) as {fmt} to {out} "
                f"({truth['participant_id'].nunique()} ids; truth in {out}/truth/)")
+
+
+def _change(text: str) -> tuple[str, float]:
+    name, sep, factor = text.partition("=")
+    try:
+        value = float(factor)
+    except ValueError:
+        value = float("nan")
+    if not sep or not name or not value > 0:
+        fail(f"--repeat-change must be STRUCTURE=FACTOR with a positive factor, e.g. liver=1.1, not {text!r}")
+    return name, value

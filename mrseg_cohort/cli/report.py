@@ -21,11 +21,16 @@ def report(
     contrast: str = typer.Option(None, "--contrast", help="Segmented contrast to report (default: the first)."),
     z_threshold: float = typer.Option(3.5, "--z-threshold", min=0.0, help="|robust z| above which a value is an "
                                       "outlier."),
-    min_scans: int = typer.Option(10, "--min-scans", min=1, help="Structures present in fewer scans are not "
-                                  "assessed for outliers."),
+    min_scans: int = typer.Option(10, "--min-scans", min=1, help="Structures present in fewer scans, and "
+                                  "phenotype strata with fewer values, are not assessed for outliers."),
     max_outlier_previews: int = typer.Option(200, "--max-outlier-previews", min=0,
                                              help="Outlier scans previewed at most (most extreme first)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random preview sample."),
+    covariates: str = typer.Option(None, "--covariates", help="CSV or Parquet with eid (or participant_id) and sex, "
+                                   "age, height, weight (or UK Biobank fields 31, 21003, 50, 12144, 21002): "
+                                   "phenotype distributions by sex and outliers within sex x age band."),
+    phenotype_z_threshold: float = typer.Option(4.0, "--phenotype-z-threshold", min=0.0,
+                                                help="|robust z| above which a phenotype value is an outlier."),
 ) -> None:
     """Render a self-contained HTML QC report: distributions, outliers, QC flags, vessel consistency,
     failures, run metadata and overlay previews."""
@@ -36,10 +41,14 @@ def report(
     out_uri = from_command_line(out)
     with one_line_errors():
         job = load_config(config, overrides)
+        if covariates and "://" not in covariates:
+            covariates = str(Path(covariates).resolve())
         options = ReportOptions(sample=sample, contrast=contrast, z_threshold=z_threshold, min_scans=min_scans,
-                                max_outlier_previews=max_outlier_previews, seed=seed)
+                                max_outlier_previews=max_outlier_previews, seed=seed, covariates=covariates,
+                                phenotype_z_threshold=phenotype_z_threshold)
         result = write_report(job, out_uri, options)
-    typer.echo(f"report of {result.scans} scans, {result.outliers} outlier values, {result.previews} previews: "
-               f"{out_uri}")
+    extra = "" if result.phenotype_outliers is None else f", {result.phenotype_outliers} phenotype outliers"
+    typer.echo(f"report of {result.scans} scans, {result.outliers} outlier values{extra}, {result.previews} "
+               f"previews: {out_uri}")
     for error in result.preview_errors:
         typer.echo(f"warning: no preview for {error}", err=True)

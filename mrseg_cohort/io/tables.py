@@ -50,3 +50,19 @@ def read_table_folder(store: Store, uri: str, columns: list[str] | None = None) 
             table = table.select([c for c in columns if c in table.column_names])
         tables.append(table)
     return pa.concat_tables(tables, promote_options="default")
+
+
+def read_frame(store: Store, uri: str) -> pd.DataFrame:
+    """A user's table as pandas: Parquet (``.parquet``) as stored, CSV (tab-separated for ``.tsv``,
+    ``.tab`` and ``.txt``) with every cell as text and empty or ``NA`` cells missing."""
+    if uri.endswith(".parquet"):
+        try:
+            return read_table_file(store, uri).to_pandas()
+        except pa.ArrowException as err:
+            raise ValueError(f"{uri}: not a readable Parquet file: {err}") from err
+    sep = "\t" if uri.endswith((".tsv", ".tab", ".txt")) else ","
+    try:
+        return pd.read_csv(io.BytesIO(store.read_bytes(uri)), sep=sep, dtype=str)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise ValueError(f"{uri}: not a readable {'tab' if sep == chr(9) else 'comma'}-separated table: "
+                         f"{str(err).splitlines()[0]}") from err

@@ -27,7 +27,7 @@ from mrseg_cohort.io.nifti import write_volume
 from mrseg_cohort.io.storage import Store, join_uri
 from mrseg_cohort.io.tables import write_table
 from mrseg_cohort.labels import BODY_COMPOSITION, MRSEG
-from mrseg_cohort.phantom.anatomy import draw_participant
+from mrseg_cohort.phantom.anatomy import Participant, draw_participant
 from mrseg_cohort.phantom.render import RenderedParticipant, render_participant
 from mrseg_cohort.phantom.stations import station_layout, station_slices, whole_body_grid
 
@@ -56,6 +56,14 @@ class PhantomSpec:
     """dicom-zip: (contrast, station) series left out of every zip (a broken participant)."""
     repeat_stations: tuple[int, ...] = ()
     """dicom-zip: stations acquired twice, the later acquisition being the right one."""
+    repeat_visit: str | None = None
+    """Image every participant a second time, as this visit (UK Biobank's repeat imaging, e.g. "3"):
+    the same anatomy, images and noise, except for ``repeat_changes``."""
+    repeat_changes: tuple[tuple[str, float], ...] = ()
+    """At ``repeat_visit``: (structure, factor) multiplies the structure's radii. The volume grows by less
+    than factor**3 where structures painted later cover part of it: the exact change is in the truth table."""
+    repeat_ff_pct: tuple[tuple[str, float], ...] = ()
+    """At ``repeat_visit``: (structure, signal fat fraction in percent) replaces the structure's fat fraction."""
 
 
 def participant_id(seed: int, index: int) -> str:
@@ -68,10 +76,30 @@ def contrast_images(rendered: RenderedParticipant) -> dict[str, np.ndarray]:
             "fat": rendered.fat}
 
 
-def render_spec_participant(spec: PhantomSpec, index: int) -> RenderedParticipant:
-    """Render participant ``index`` of ``spec`` on its whole-body grid."""
+def visits(spec: PhantomSpec) -> tuple[str, ...]:
+    """The visits every participant of ``spec`` is imaged at."""
+    return (spec.visit,) if spec.repeat_visit is None else (spec.visit, spec.repeat_visit)
+
+
+def participant_at(spec: PhantomSpec, index: int, visit: str) -> Participant:
+    """Participant ``index`` of ``spec`` as imaged at ``visit`` (``repeat_changes`` applied at the repeat visit)."""
+    p = draw_participant(spec.seed, index)
+    if visit == spec.repeat_visit and visit != spec.visit:
+        for name, factor in spec.repeat_changes:
+            if name not in p.organ_scale:
+                raise ValueError(f"repeat_changes: {name!r} is not a phantom structure")
+            p.organ_scale[name] *= factor
+        for name, ff_pct in spec.repeat_ff_pct:
+            if name not in p.ff:
+                raise ValueError(f"repeat_ff_pct: {name!r} is not a phantom tissue")
+            p.ff[name] = ff_pct / 100.0
+    return p
+
+
+def render_spec_participant(spec: PhantomSpec, index: int, visit: str | None = None) -> RenderedParticipant:
+    """Render participant ``index`` of ``spec`` at ``visit`` (default: the first) on its whole-body grid."""
     grid = whole_body_grid(station_layout(spec.layout, spec.scale))
-    return render_participant(draw_participant(spec.seed, index), grid, spec.broken_vessel)
+    return render_participant(participant_at(spec, index, visit or spec.visit), grid, spec.broken_vessel)
 
 
 def station_volumes(spec: PhantomSpec, rendered: RenderedParticipant,
@@ -129,35 +157,43 @@ def write_phantom_cohort(store: Store, out_uri: str, spec: PhantomSpec) -> pd.Da
     rows = []
     for index in range(spec.first_index, spec.first_index + spec.participants):
         pid = participant_id(spec.seed, index)
-        rendered = render_participant(draw_participant(spec.seed, index), grid, spec.broken_vessel)
-        images = contrast_images(rendered)
-        stations = station_volumes(spec, rendered, slices)
-        if spec.format == "dicom-zip":
-            from mrseg_cohort.phantom.dicom import write_ukbb_zip
-
-            write_ukbb_zip(store, out_uri, pid, spec.visit, stations, spec.seed, spec.drop_series,
-                           spec.repeat_stations)
-        else:
-            write_nifti_stations(store, out_uri, pid, spec.visit, stations)
-        del stations
-        truth = join_uri(out_uri, "truth", pid, spec.visit)
-        write_volume(store, join_uri(truth, "labels.nii.gz"), Volume(rendered.labels, grid), np.uint8)
-        write_volume(store, join_uri(truth, "body_comp.nii.gz"), Volume(rendered.body_comp, grid), np.uint8)
-        if spec.wholebody:
-            for contrast in CONTRASTS:
-                write_volume(store, join_uri(truth, f"{contrast}.nii.gz"),
-                             Volume(np.rint(images[contrast]).astype(np.int16), grid), np.int16)
-        rows += truth_rows(pid, spec.visit, rendered)
+        for visit in visits(spec):
+            rendered = render_participant(participant_at(spec, index, visit), grid, spec.broken_vessel)
+            _write_participant(store, out_uri, spec, pid, visit, rendered, slices)
+            rows += truth_rows(pid, visit, rendered)
     table = pd.DataFrame(rows)
     write_table(store, join_uri(out_uri, "truth", "structures.parquet"), table)
     meta = {"generator_version": GENERATOR_VERSION, "layout": spec.layout, "seed": spec.seed,
             "scale": spec.scale, "participants": spec.participants, "first_index": spec.first_index,
             "visit": spec.visit, "broken_vessel": spec.broken_vessel, "format": spec.format,
             "drop_series": [list(d) for d in spec.drop_series], "repeat_stations": list(spec.repeat_stations),
-            "swap_fat_water": list(spec.swap_fat_water), "grid": grid.to_dict(),
+            "swap_fat_water": list(spec.swap_fat_water), "repeat_visit": spec.repeat_visit,
+            "repeat_changes": [list(c) for c in spec.repeat_changes],
+            "repeat_ff_pct": [list(c) for c in spec.repeat_ff_pct], "grid": grid.to_dict(),
             "stations": [[s.start, s.stop] for s in slices], "contrasts": list(CONTRASTS)}
     store.write_bytes(join_uri(out_uri, "phantom.json"), json.dumps(meta, indent=1).encode())
     return table
+
+
+def _write_participant(store: Store, out_uri: str, spec: PhantomSpec, pid: str, visit: str,
+                       rendered: RenderedParticipant, slices: list[slice]) -> None:
+    """The station files (or zip) and truth label maps of one participant x visit."""
+    grid = rendered.grid
+    stations = station_volumes(spec, rendered, slices)
+    if spec.format == "dicom-zip":
+        from mrseg_cohort.phantom.dicom import write_ukbb_zip
+
+        write_ukbb_zip(store, out_uri, pid, visit, stations, spec.seed, spec.drop_series, spec.repeat_stations)
+    else:
+        write_nifti_stations(store, out_uri, pid, visit, stations)
+    del stations
+    truth = join_uri(out_uri, "truth", pid, visit)
+    write_volume(store, join_uri(truth, "labels.nii.gz"), Volume(rendered.labels, grid), np.uint8)
+    write_volume(store, join_uri(truth, "body_comp.nii.gz"), Volume(rendered.body_comp, grid), np.uint8)
+    if spec.wholebody:
+        for contrast, image in contrast_images(rendered).items():
+            write_volume(store, join_uri(truth, f"{contrast}.nii.gz"), Volume(np.rint(image).astype(np.int16), grid),
+                         np.int16)
 
 
 def truth_rows(pid: str, visit: str, rendered: RenderedParticipant) -> list[dict]:

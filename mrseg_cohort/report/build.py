@@ -15,12 +15,18 @@ from mrseg_cohort.colortables import color_lookup, label_colors
 from mrseg_cohort.config import JobConfig
 from mrseg_cohort.errors import ScanError
 from mrseg_cohort.io.storage import Store
+from mrseg_cohort.io.tables import read_frame
 from mrseg_cohort.labels import KNOWN_MAPS, MRSEG, LabelMap, label_map_from_dataset_json
 from mrseg_cohort.outputs import Outputs
+from mrseg_cohort.phenotypes import PHENOTYPES, phenotype_table
+from mrseg_cohort.phenotypes.covariates import normalise_covariates
+from mrseg_cohort.phenotypes.derive import qc_column
+from mrseg_cohort.phenotypes.normative import (Z_THRESHOLD, outlier_column, outlier_counts, outlier_rows,
+                                               with_covariates)
 from mrseg_cohort.report import html as h
 from mrseg_cohort.report import summaries as S
 from mrseg_cohort.report.data import OutputData, read_output
-from mrseg_cohort.report.figures import distribution_png
+from mrseg_cohort.report.figures import distribution_png, phenotype_panels_png
 from mrseg_cohort.report.images import scan_images
 from mrseg_cohort.report.previews import (PreviewPlane, canonical, choose_slices, default_pixel_mm,
                                           intensity_window, render_plane)
@@ -42,6 +48,9 @@ class ReportOptions:
         max_outlier_previews: outlier scans previewed at most (the most extreme first); the rest are
             listed without a preview.
         preview_px: length in pixels of the longest field-of-view edge in previews.
+        covariates: CSV or Parquet of participant covariates (path or URI): phenotype distributions by
+            sex and phenotype outliers within sex x age band x visit (also stratum minimum ``min_scans``).
+        phenotype_z_threshold: |robust z| above which a phenotype value is an outlier.
     """
 
     sample: int = 6
@@ -51,6 +60,8 @@ class ReportOptions:
     max_outlier_previews: int = 200
     seed: int = 0
     preview_px: int = 480
+    covariates: str | None = None
+    phenotype_z_threshold: float = Z_THRESHOLD
 
 
 @dataclass
@@ -60,6 +71,7 @@ class ReportResult:
     outliers: int = 0
     previews: int = 0
     preview_errors: list[str] = field(default_factory=list)
+    phenotype_outliers: int | None = None
 
 
 def anchor_for(key: Key) -> str:
@@ -96,6 +108,7 @@ def build_report(job: JobConfig, options: ReportOptions = ReportOptions()) -> Re
     colors = {c.name: c.rgb for c in label_colors(label_map)}
     outliers = S.find_outliers(structures, options.z_threshold, options.min_scans)
     flags = S.scan_flags(scans)
+    phenotypes = _phenotypes(job, outputs, data, options)
 
     keys = list(zip(scans["participant_id"], scans["visit"]))
     outlier_keys = list(dict.fromkeys(zip(outliers["participant_id"], outliers["visit"])))
@@ -114,23 +127,26 @@ def build_report(job: JobConfig, options: ReportOptions = ReportOptions()) -> Re
         log.debug("preview %s/%s in %.1f s", key[0], key[1], time.perf_counter() - t)
 
     body = [
-        _overview(job, data, scans, outliers, flags, contrast),
+        _overview(job, data, scans, outliers, flags, contrast, phenotypes),
         _metadata_section(job, data, scans),
         _qc_section(scans, structures, flags, previews),
         _vessel_section(structures),
         _distribution_section(structures, label_map, colors, outliers, options),
         _outlier_section(outliers, previews, options),
+        _phenotype_section(phenotypes, previews, options),
         _failures_section(data),
         _preview_section(preview_keys, previews, rows, outliers, flags, colors, label_map, outlier_keys, options),
     ]
     nav = [("overview", "Overview"), ("metadata", "Run metadata"), ("qc", "QC flags"), ("vessels", "Vessels"),
-           ("distributions", "Distributions"), ("outliers", "Outliers"), ("failures", "Failures"),
-           ("previews", "Previews")]
+           ("distributions", "Distributions"), ("outliers", "Outliers"), ("phenotypes", "Phenotypes"),
+           ("failures", "Failures"), ("previews", "Previews")]
     subtitle = (f"Output {job.output.uri} | model {job.model.name}, contrast {contrast or '-'} | generated "
                 f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     page = h.page(f"mrseg-cohort QC report: {job.cohort.name}", subtitle, nav, body)
     n_previews = sum(isinstance(p, tuple) for p in previews.values())
-    return ReportResult(page, len(scans), len(outliers), n_previews, errors)
+    n_phenotype_outliers = int(phenotypes["n_outliers"].sum()) if phenotypes is not None and \
+        "n_outliers" in phenotypes else None
+    return ReportResult(page, len(scans), len(outliers), n_previews, errors, n_phenotype_outliers)
 
 
 # -- previews ---------------------------------------------------------------------------------------
@@ -203,13 +219,15 @@ def _preview_section(keys: list[Key], previews: dict, rows: dict[Key, dict], out
 
 # -- sections ---------------------------------------------------------------------------------------
 def _overview(job: JobConfig, data: OutputData, scans: pd.DataFrame, outliers: pd.DataFrame, flags: pd.DataFrame,
-              contrast: str | None) -> str:
+              contrast: str | None, phenotypes: pd.DataFrame | None) -> str:
     failures = S.failures_with_status(data.failures, data.scans)
     flagged = int(flags[[n for n, _, _ in S.SCAN_FLAGS]].any(axis=1).sum()) if len(flags) else 0
     status = data.scans.groupby("status").size().to_dict() if len(data.scans) else {}
     items = [("scans reported", len(scans)), ("participants", scans["participant_id"].nunique()),
              ("scans with a QC flag", flagged), ("outlier values", len(outliers)),
              ("failures not resolved", int((~failures["resolved"]).sum()) if len(failures) else 0)]
+    if phenotypes is not None and "n_outliers" in phenotypes:
+        items.insert(4, ("phenotype outliers", int(phenotypes["n_outliers"].sum())))
     text = (f"Cohort {job.cohort.name} ({job.cohort.layout}), model {job.model.name}, segmented contrast "
             f"{contrast or '-'}. Scan rows by status (all models and contrasts): "
             + (", ".join(f"{k} {v}" for k, v in sorted(status.items())) or "none") + ".")
@@ -297,12 +315,61 @@ def _outlier_section(outliers: pd.DataFrame, previews: dict, options: ReportOpti
                      h.Cell("preview", link) if link else "no preview"])
     return h.section(
         "outliers", f"Outliers ({len(outliers)})",
-        h.paragraph(f"Modified z-score z = 0.6745 (x - median) / MAD per structure and measure over the scans where "
+        h.paragraph(f"Robust z-score z = (x - median) / (1.4826 MAD) per structure and measure over the scans where "
                     f"the structure is present (MAD = median absolute deviation; Iglewicz and Hoaglin, 1993); "
                     f"|z| > {options.z_threshold:g} is an outlier. Structures present in fewer than "
                     f"{options.min_scans} scans are not assessed. Largest |z| first."),
         h.table(["participant", "visit", "structure", "measure", "value", "cohort median", "robust z", "preview"],
                 rows, numeric=[4, 5, 6]))
+
+
+def _phenotypes(job: JobConfig, outputs: Outputs, data: OutputData, options: ReportOptions) -> pd.DataFrame | None:
+    """The phenotype table (with covariate columns when ``options.covariates``), None without base-model rows."""
+    if not (data.structures["model"] == job.model.name).any():
+        return None
+    table = phenotype_table(data.structures, data.scans, job.model.name, options.contrast)
+    if options.covariates:
+        covariates = normalise_covariates(read_frame(outputs.store, options.covariates), options.covariates)
+        table = with_covariates(table, covariates, options.phenotype_z_threshold, options.min_scans)
+    return table
+
+
+def _phenotype_section(table: pd.DataFrame | None, previews: dict, options: ReportOptions) -> str:
+    if table is None:
+        return h.section("phenotypes", "Phenotypes", h.paragraph("No phenotypes: no rows of the base model."))
+    names = [p.name for p in PHENOTYPES]
+    assessed = options.covariates is not None
+    flagged = {n: table[outlier_column(n)].to_numpy(dtype=bool) for n in names} if assessed else None
+    png = phenotype_panels_png(table, names, outliers=flagged, seed=options.seed)
+    qc = {n: int((table[qc_column(n)] != "").sum()) for n in names}
+    if assessed:
+        counts = outlier_counts(table)
+        count_rows = [[r.phenotype, r.values, qc[r.phenotype], r.assessed, r.outliers] for r in counts.itertuples()]
+        header = ["phenotype", "values", "with a QC reason", "assessed for outliers", "outliers"]
+        text = (f"Per participant x visit (mrseg-cohort tables phenotypes; rules in docs/tables.md), by sex from the "
+                f"covariates file. Outliers: |robust z| > {options.phenotype_z_threshold:g}, z = (x - median) / "
+                f"(1.4826 MAD) within visit x sex x 10-year age band; strata with fewer than {options.min_scans} "
+                "values, and rows without sex or age, are not assessed. Red points: outliers.")
+    else:
+        count_rows = [[n, int(table[n].notna().sum()), qc[n]] for n in names]
+        header = ["phenotype", "values", "with a QC reason"]
+        text = ("Per participant x visit (mrseg-cohort tables phenotypes; rules in docs/tables.md). Sex is unknown "
+                "without covariates: give --covariates for distributions by sex and outliers within sex and age.")
+    parts = [h.paragraph(text),
+             h.png_img(png, "phenotype distributions by sex", {"class": "phenotypes"}) if png
+             else h.paragraph("No phenotype values."),
+             "<h3>Counts</h3>", h.table(header, count_rows, numeric=range(1, len(header)))]
+    if assessed:
+        rows = []
+        for r in outlier_rows(table).itertuples():
+            key = (r.participant_id, r.visit)
+            link = f"#{anchor_for(key)}" if isinstance(previews.get(key), tuple) else None
+            rows.append([h.Cell(r.participant_id, link, "outlier"), r.visit, r.sex, r.age_band, r.phenotype, r.value,
+                         r.stratum_median, round(float(r.z), 2)])
+        parts += [f"<h3>Phenotype outliers ({len(rows)})</h3>",
+                  h.table(["participant", "visit", "sex", "age band", "phenotype", "value", "stratum median",
+                           "robust z"], rows, numeric=[5, 6, 7])]
+    return h.section("phenotypes", "Phenotypes", *parts)
 
 
 def _failures_section(data: OutputData) -> str:

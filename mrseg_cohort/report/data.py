@@ -20,8 +20,9 @@ from mrseg_cohort.tables import SCHEMAS
 log = logging.getLogger(__name__)
 
 STRUCTURE_COLUMNS = ["participant_id", "visit", "contrast", "model", "structure_id", "structure", "group",
-                     "side", "n_voxels", "volume_ml", "ff_median_pct", "touches_border", "fragmented",
-                     "single_component", "lr_plausible", "missing"]
+                     "side", "n_voxels", "volume_ml", "ff_median_pct", "ff_mean_pct", "ff_n_voxels",
+                     "ff_eroded_empty", "touches_border", "fragmented", "single_component", "lr_plausible",
+                     "missing"]
 """Columns of ``structures`` the report uses (read alone: the table has one row per scan x structure)."""
 
 

@@ -89,3 +89,68 @@ def distribution_png(values: pd.DataFrame, measure: str, label: str, order: list
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", metadata={"Software": None})
     return buffer.getvalue()
+
+
+SEX_GROUPS = (("female", "#c2185b"), ("male", "#1565c0"), (None, "#9e9e9e"))
+"""Sex groups of the phenotype panels (None: sex unknown), with their box colours."""
+
+
+def phenotype_panels_png(table: pd.DataFrame, names: list[str], labels: dict[str, str] | None = None,
+                         outliers: dict[str, np.ndarray] | None = None, columns: int = 5,
+                         max_points: int = 1000, seed: int = 0) -> bytes | None:
+    """One small panel per phenotype: a horizontal box per sex (female, male, unknown) with the rows'
+    values as points, outliers in red.
+
+    Args:
+        table: rows with ``sex`` (female, male or None) and a column per name in ``names``.
+        labels: panel titles (default: the column names).
+        outliers: name -> bool array over ``table``'s rows, drawn in red.
+        max_points: at most this many points per box (a reproducible random subset; outliers always
+            drawn); the boxes use every value.
+
+    Returns:
+        PNG bytes, or None when no phenotype has a finite value.
+    """
+    shown = [n for n in names if np.isfinite(table[n].to_numpy(dtype=float)).any()]
+    if not shown:
+        return None
+    rows = -(-len(shown) // columns)
+    fig = Figure(figsize=(2.7 * columns, 1.55 * rows + 0.3), dpi=90)
+    FigureCanvasAgg(fig)
+    rng = np.random.default_rng(seed)
+    sex = table["sex"].to_numpy(dtype=object) if "sex" in table else np.full(len(table), None, dtype=object)
+    for k, name in enumerate(shown):
+        ax = fig.add_subplot(rows, columns, k + 1)
+        x = table[name].to_numpy(dtype=float)
+        flagged = outliers.get(name) if outliers else None
+        ticks = []
+        for group, color in SEX_GROUPS:
+            member = np.array([s == group if group else s not in ("female", "male") for s in sex], dtype=bool)
+            use = member & np.isfinite(x)
+            if not use.any():
+                continue
+            pos = -len(ticks)
+            ticks.append((pos, f"{group or 'unknown'} ({int(use.sum())})"))
+            box = ax.boxplot([x[use]], positions=[pos], widths=0.6, patch_artist=True, showfliers=False,
+                             medianprops={"color": "black"}, **_HORIZONTAL)
+            box["boxes"][0].set_facecolor(color + "99")
+            values = x[use]
+            red = flagged[use] if flagged is not None else np.zeros(values.size, dtype=bool)
+            jitter = rng.uniform(-0.2, 0.2, size=values.size)
+            normal = np.flatnonzero(~red)
+            if normal.size > max_points:
+                normal = rng.choice(normal, max_points, replace=False)
+            ax.scatter(values[normal], pos + jitter[normal], s=5, color="#333333", alpha=0.5, linewidths=0, zorder=3)
+            if red.any():
+                ax.scatter(values[red], pos + jitter[red], s=20, color=OUTLIER_COLOR, edgecolors="black",
+                           linewidths=0.5, zorder=4)
+        ax.set_yticks([t for t, _ in ticks], [label for _, label in ticks], fontsize=7)
+        ax.set_ylim(-len(ticks) + 0.4, 0.6)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.set_title((labels or {}).get(name, name), fontsize=8)
+        ax.grid(axis="x", color="#dddddd", linewidth=0.5)
+        ax.set_axisbelow(True)
+    fig.subplots_adjust(left=0.075, right=0.99, bottom=0.2 / rows, top=1 - 0.25 / rows, wspace=0.7, hspace=0.55)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()

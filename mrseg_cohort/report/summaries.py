@@ -2,16 +2,15 @@
 
 Pure: pandas frames of the published tables in, frames and records out.
 
-Outliers use the modified z-score of Iglewicz and Hoaglin (1993), per structure and measure over
-the scans where the structure is present:
+Outliers use the robust z-score of :mod:`mrseg_cohort.stats`, per structure and measure over the
+scans where the structure is present:
 
-    z = 0.6745 * (x - median) / MAD,   MAD = median(|x - median|),
+    z = (x - median) / (1.4826 * MAD),   MAD = median(|x - median|)
 
-and a value is an outlier when ``|z| > 3.5``. The median and MAD are robust: a few failed
-segmentations do not hide themselves by inflating the spread, as they would with mean and standard
-deviation. When MAD is 0 (more than half the values equal) the mean absolute deviation is used,
-``z = (x - median) / (1.253314 * mean|x - median|)``; when that is 0 too, nothing is an outlier.
-Structures present in fewer than ``min_scans`` scans are not assessed.
+(the modified z-score of Iglewicz and Hoaglin, 1993), and a value is an outlier when ``|z| > 3.5``.
+The median and MAD are robust: a few failed segmentations do not hide themselves by inflating the
+spread, as they would with mean and standard deviation. Structures present in fewer than
+``min_scans`` scans are not assessed.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ import pandas as pd
 from mrseg_cohort.labels import VESSEL_NAMES
 from mrseg_cohort.redact import redact  # noqa: F401  (re-exported: the report's config section uses it)
 from mrseg_cohort.tables import require_contrast
+from mrseg_cohort.stats import robust_z
 
 Z_THRESHOLD = 3.5
 OUTLIER_MEASURES = {"volume_ml": "volume (mL)", "ff_median_pct": "fat fraction, median (%)"}
@@ -51,21 +51,6 @@ def select(structures: pd.DataFrame, scans: pd.DataFrame, model: str,
         contrast = found[0] if found else None
     return (s[s["contrast"] == contrast].reset_index(drop=True), c[c["contrast"] == contrast].reset_index(drop=True),
             contrast)
-
-
-def robust_z(values: np.ndarray) -> np.ndarray:
-    """Modified z-scores of ``values`` (1-D, finite); zeros when the spread is 0 (module docstring)."""
-    values = np.asarray(values, dtype=np.float64)
-    if values.size == 0:
-        return values
-    deviation = values - np.median(values)
-    mad = np.median(np.abs(deviation))
-    if mad > 0:
-        return 0.6745 * deviation / mad
-    mean_ad = np.mean(np.abs(deviation))
-    if mean_ad > 0:
-        return deviation / (1.253314 * mean_ad)
-    return np.zeros_like(values)
 
 
 def find_outliers(structures: pd.DataFrame, threshold: float = Z_THRESHOLD, min_scans: int = 10,
