@@ -18,7 +18,7 @@ import json
 import logging
 import sys
 
-from mrseg_cohort.cli._common import ExitStatus, error_line, exit_statuses
+from mrseg_cohort.cli._common import SIGNAL_EXIT, ExitStatus, error_line, exit_statuses
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     from mrseg_cohort.errors import ConfigError
     from mrseg_cohort.logs import configure_logging
     from mrseg_cohort.pipeline.run import run_job
+    from mrseg_cohort.pipeline.scheduler import StopRequest
+    from mrseg_cohort.pipeline.signals import stop_on_signals
 
     configure_logging(logging.INFO, args.json_logs)
     overrides: dict = {}
@@ -51,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         job = load_config(args.config, overrides)
         address = args.address or job.resources.address or "auto"  # join the cluster, never start one
         job = job.model_copy(update={"resources": job.resources.model_copy(update={"address": address})})
-        summary = run_job(job, restart=args.restart)
+        with stop_on_signals(StopRequest()) as stop:
+            summary = run_job(job, restart=args.restart, stop=stop)
     except (ConfigError, OSError) as err:
         print(error_line(err), file=sys.stderr)
         return ExitStatus.CANNOT_START
@@ -60,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"summary": record, "failures_uri": summary.failures_uri}, default=str))
     print(f"run {summary.run_id} on {summary.device or 'no work'}: {summary.done} done, {summary.failed} failed, "
           f"{summary.already_done} already done earlier ({summary.seconds:.0f} s)")
+    if summary.interrupted_by:
+        print(f"interrupted ({summary.interrupted_by}): {summary.published} scan(s) published by this run; "
+              "submit the same job again to resume", file=sys.stderr)
+        return SIGNAL_EXIT.get(summary.interrupted_by, ExitStatus.CANNOT_START)
     return ExitStatus.SOME_FAILED if summary.failed else ExitStatus.DONE
 
 

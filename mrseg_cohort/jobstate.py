@@ -15,6 +15,7 @@ from mrseg_cohort.io.storage import Store
 from mrseg_cohort.io.tables import read_table_folder
 from mrseg_cohort.manifest import ScanSource, discover
 from mrseg_cohort.outputs import Outputs
+from mrseg_cohort.work_units import plan_work
 
 GPU_STAGES = ("preprocess", "network", "export")
 CPU_STAGES = ("read", "stitch", "measure", "write")
@@ -36,14 +37,15 @@ class JobState:
 
 
 def job_state(job: JobConfig, with_sizes: bool = False) -> tuple[JobState, list[ScanSource]]:
-    """Manifest anti-joined with the output: done, staged (finished, not yet published), failed
-    (not done, with a failure recorded), pending (everything else)."""
+    """Manifest anti-joined with the output: done (every configured model committed), staged
+    (finished, not yet published), failed (not done, with a failure recorded), pending (the rest)."""
     in_store = Store.from_config(job.input.storage)
     outputs = Outputs.for_job(job)
     sources = discover(job, in_store)
     keys = {s.key for s in sources}
-    done = outputs.committed_keys() & keys
-    staged = (outputs.staged_keys() & keys) - done
+    plan = plan_work(sources, tuple(m.name for m in job.models), outputs.committed_units(), [])
+    done = keys - {u.source.key for u in plan.todo}  # every configured model committed
+    staged = ({(k[0], k[1]) for k in outputs.staged_keys()} & keys) - done
     failures_table = read_table_folder(outputs.store, outputs.table_uri("failures"))
     failures = failures_table.to_pandas() if failures_table is not None else pd.DataFrame(
         columns=["participant_id", "visit", "stage", "error_type", "message", "uri", "attempt", "time"])

@@ -20,12 +20,18 @@ class ExitStatus(IntEnum):
     DONE = 0
     SOME_FAILED = 1
     CANNOT_START = 2
+    INTERRUPTED = 130
+    """SIGINT (Ctrl-C): 128 + 2, as shells report it."""
+    TERMINATED = 143
+    """SIGTERM (``kill``, ``ray job stop``, a deleted KubeRay RayJob): 128 + 15."""
 
 
 EXIT_MEANINGS: dict[ExitStatus, str] = {
     ExitStatus.DONE: "done",
     ExitStatus.SOME_FAILED: "some {items} failed, the others are done ({where})",
     ExitStatus.CANNOT_START: "a bad call, config, input or output: one line on stderr says what is wrong",
+    ExitStatus.INTERRUPTED: "stopped by SIGINT (finished scans are published; the same command resumes)",
+    ExitStatus.TERMINATED: "stopped by SIGTERM (likewise)",
 }
 """What each status means, worded once for ``--help`` and the README (``{items}``, ``{where}``: see
 :data:`PARTIAL_FAILURES`). A new status is one more member and one more line here."""
@@ -33,14 +39,24 @@ EXIT_MEANINGS: dict[ExitStatus, str] = {
 PARTIAL_FAILURES: dict[str, tuple[str, str]] = {
     "run": ("scans", "listed in tables/failures; the same command retries them"),
     "evaluate": ("pairs", "listed in pairs.parquet"),
+    "weights list": ("weights folders", "those whose files no longer match their fetch record are named"),
 }
 """Commands that can end with some items failed: what the items are and where they are listed."""
+
+
+INTERRUPTIBLE = ("run",)
+"""Commands that stop cleanly on SIGINT/SIGTERM with their own exit statuses."""
+
+SIGNAL_EXIT = {"SIGINT": ExitStatus.INTERRUPTED, "SIGTERM": ExitStatus.TERMINATED}
+"""Exit status of a run the named signal stopped."""
 
 
 def exit_statuses(command: str) -> str:
     """The exit statuses of ``command`` in one sentence, as its ``--help`` and the README give them."""
     parts = []
     for status, meaning in EXIT_MEANINGS.items():
+        if status in SIGNAL_EXIT.values() and command not in INTERRUPTIBLE:
+            continue
         if status == ExitStatus.SOME_FAILED:
             if command not in PARTIAL_FAILURES:
                 continue

@@ -41,8 +41,7 @@ def report(
     out_uri = from_command_line(out)
     with one_line_errors():
         job = load_config(config, overrides)
-        if covariates and "://" not in covariates:
-            covariates = str(Path(covariates).resolve())
+        covariates = from_command_line(covariates) if covariates else None
         options = ReportOptions(sample=sample, contrast=contrast, z_threshold=z_threshold, min_scans=min_scans,
                                 max_outlier_previews=max_outlier_previews, seed=seed, covariates=covariates,
                                 phenotype_z_threshold=phenotype_z_threshold)

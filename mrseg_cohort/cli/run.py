@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from mrseg_cohort.cli import app
-from mrseg_cohort.cli._common import ExitStatus, exit_statuses, one_line_errors, shell_command
+from mrseg_cohort.cli._common import SIGNAL_EXIT, ExitStatus, exit_statuses, one_line_errors, shell_command
 from mrseg_cohort.redact import mask_url_credentials
 
 
@@ -32,7 +32,7 @@ def run(
     from mrseg_cohort.config import load_config
     from mrseg_cohort.pipeline.run import run_job
     from mrseg_cohort.pipeline.scheduler import StopRequest
-    from mrseg_cohort.pipeline.signals import EXIT_STATUS, stop_on_signals
+    from mrseg_cohort.pipeline.signals import stop_on_signals
 
     overrides: dict = {}
     if output is not None:
@@ -69,7 +69,7 @@ def run(
         console.print(f"interrupted ({summary.interrupted_by}): {summary.published} scan(s) published by this "
                       f"run, {summary.failed} failed; run the same command again to resume",
                       style="yellow", markup=False, highlight=False)
-        raise typer.Exit(EXIT_STATUS.get(summary.interrupted_by, ExitStatus.SOME_FAILED))
+        raise typer.Exit(SIGNAL_EXIT.get(summary.interrupted_by, ExitStatus.CANNOT_START))
     if summary.failed:
         console.print(f"{summary.failed} scan(s) failed: see {summary.failures_uri} (or "
                       f"{shell_command('mrseg-cohort', 'status', str(config))}); re-run the same command to retry "

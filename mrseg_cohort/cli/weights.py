@@ -8,13 +8,13 @@ from pathlib import Path
 import typer
 
 from mrseg_cohort.cli import app
-from mrseg_cohort.cli._common import fail, one_line_errors
+from mrseg_cohort.cli._common import ExitStatus, exit_statuses, fail, one_line_errors
 
 weights_app = typer.Typer(no_args_is_help=True, help="MRSegmentator's weights: fetch, list, checksum.")
 app.add_typer(weights_app, name="weights")
 
 
-@weights_app.command("fetch")
+@weights_app.command("fetch", epilog=exit_statuses("weights fetch"))
 def fetch(
     model: str = typer.Argument("base", help="base or body_comp."),
     url: str = typer.Option(None, help="Another zip: http(s) URL, file:// URL or local path (needs --sha256)."),
@@ -48,7 +48,7 @@ def fetch(
     typer.echo(f"{model}: {verb} at {result.path} (zip sha256 {result.zip_sha256})")
 
 
-@weights_app.command("list")
+@weights_app.command("list", epilog=exit_statuses("weights list"))
 def list_weights() -> None:
     """What 'weights: mrsegmentator' and 'mrsegmentator:body_comp' resolve to, and whether the files
     still match what 'weights fetch' recorded. Exit 1 when a folder found does not verify."""
@@ -75,10 +75,10 @@ def list_weights() -> None:
             typer.echo(f"  model.checksum for folds [{', '.join(map(str, summed['folds']))}]: {summed['sha256']}")
         failed |= check.status == "modified"
     if failed:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitStatus.SOME_FAILED)
 
 
-@weights_app.command("checksum")
+@weights_app.command("checksum", epilog=exit_statuses("weights checksum"))
 def checksum(
     folder: Path = typer.Argument(..., help="nnU-Net trained-model folder."),
     folds: str = typer.Option(None, help="Comma-separated folds as in model.folds (default: every fold present)."),

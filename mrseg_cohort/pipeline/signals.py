@@ -14,10 +14,6 @@ from typing import Iterator
 
 from mrseg_cohort.pipeline.scheduler import StopRequest
 
-EXIT_STATUS = {"SIGINT": 128 + signal.SIGINT, "SIGTERM": 128 + signal.SIGTERM}
-"""Exit status of a run stopped by a signal (130 and 143, as shells report them)."""
-
-
 @contextlib.contextmanager
 def stop_on_signals(stop: StopRequest) -> Iterator[StopRequest]:
     """Within the block, SIGINT/SIGTERM set ``stop`` (the main thread only; elsewhere a no-op)."""
