@@ -45,6 +45,7 @@ def main() -> None:
     from mrseg_cohort.phantom.cohort import PhantomSpec, write_phantom_cohort
     from mrseg_cohort.pipeline import stages
     from mrseg_cohort.segmentation.segmenter import Segmenter, check_model
+    from mrseg_cohort.work_units import ScanUnit
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="bc-bench-"))
@@ -69,7 +70,7 @@ def main() -> None:
             t = time.perf_counter()
             loaded = stages.read_and_stitch(ctx, source)
             segs = {c: segmenter(v, "MRI", c) for c, v in stages.segmentation_inputs(ctx, loaded).items()}
-            stages.finish(ctx, loaded, segs)
+            stages.finish(ctx, ScanUnit(source, tuple(variants[variant])), loaded, segs)
             seconds[variant].append(time.perf_counter() - t)
         print(source.participant_id, {v: round(s[-1], 2) for v, s in seconds.items()}, flush=True)
     results = {v: {"s_per_scan_median": float(np.median(s[1:])), "per_scan_s": s} for v, s in seconds.items()}

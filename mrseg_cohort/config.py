@@ -150,6 +150,13 @@ class ModelConfig(Strict):
     checkpoint: str = "checkpoint_final.pth"
     tile_step_size: float = Field(0.5, gt=0, le=1)
     mirroring: bool = False
+    skip_empty_tiles: bool = True
+    """Run only the sliding-window tiles that meet the body (found in the image itself; the rest of
+    the field of view is background). Labels equal the full sliding window's (docs/segmentation.md)."""
+    compile: bool = False
+    """``torch.compile`` the network once per actor (GPU; about 20 s at start, faster tiles after)."""
+    tiles_per_batch: int | None = Field(None, ge=1)
+    """Tiles per forward pass; default by the GPU's memory (8 from 40 GB, 4 from 16 GB, else 2), 1 on the CPU."""
     device: Device = "auto"
     labels: Literal["mrseg", "body_comp", "any"] = "mrseg"
     """Label map the model must have (from its dataset.json); ``any`` accepts whatever it has."""

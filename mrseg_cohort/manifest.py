@@ -117,7 +117,7 @@ def discover(cfg: JobConfig, store: Store) -> list[ScanSource]:
     """All scans under ``cfg.input.uri`` for ``cfg.cohort.layout``, sorted, selected and limited."""
     root = cfg.input.uri
     layout = cfg.cohort.layout
-    files = store.list_files(root)
+    files = [u for u in store.list_files(root) if not _inside(u, cfg.output.uri)]  # never our own output
     rel = [(u, u[len(root.rstrip("/")) + 1:]) for u in files]
     if layout in ("phantom", "nako-nifti"):
         sources = _by_pattern(cfg, rel)
@@ -127,6 +127,7 @@ def discover(cfg: JobConfig, store: Store) -> list[ScanSource]:
         sources = _ukbb_zips(cfg, rel)
     else:  # pragma: no cover - the config validates the layout
         raise ConfigError(f"cohort.layout: unknown layout {layout!r}")
+    sources = [_with_checked_ids(s) for s in sources]
     if cfg.input.participants_file:
         sources = _selected(sources, cfg.input.participants_file, store, root)
     sources.sort(key=lambda s: (s.participant_id, s.visit))
@@ -135,6 +136,33 @@ def discover(cfg: JobConfig, store: Store) -> list[ScanSource]:
         keep_set = set(keep)
         sources = [s for s in sources if s.participant_id in keep_set]
     return sources
+
+
+def _inside(uri: str, folder: str) -> bool:
+    """Whether ``uri`` lies under ``folder`` (an output inside the input is not read as input)."""
+    return bool(folder) and uri.startswith(folder.rstrip("/") + "/")
+
+
+def id_problem(value: str, what: str) -> str:
+    """Why ``value`` cannot be a participant or visit id, or "" when it can: ids become single path
+    components of the output (``labels/<participant_id>/<visit>/``), so they may not be empty, ``.``
+    or ``..``, nor hold a path separator or a control character."""
+    if value in ("", ".", ".."):
+        return f"{what} {value!r} is not a usable id (it would be a path of its own)"
+    bad = sorted({c for c in value if c in "/\\" or ord(c) < 32 or ord(c) == 127})
+    if bad:
+        return f"{what} {value!r} holds {', '.join(repr(c) for c in bad)}: ids may not hold path separators or control characters"
+    return ""
+
+
+def _with_checked_ids(source: ScanSource) -> ScanSource:
+    """``source``, with a ``problem`` (it fails at read, naming its file) when an id is unusable."""
+    problem = id_problem(source.participant_id, "participant id") or id_problem(source.visit, "visit")
+    if not problem or source.problem:
+        return source
+    problem += "; fix cohort.participant_regex / cohort.pattern or rename the file"
+    log.warning("%s (%s)", problem, source.uris[0] if source.uris else "")
+    return ScanSource(source.participant_id, source.visit, source.layout, source.modality, source.files, problem)
 
 
 def _selected(sources: list[ScanSource], participants_file: str, store: Store, root: str) -> list[ScanSource]:

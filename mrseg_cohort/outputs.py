@@ -246,8 +246,10 @@ class Outputs:
         self.store.write_bytes(join_uri(self.root, FINGERPRINT), json.dumps(fingerprint, indent=1).encode())
 
     def is_ours(self) -> bool:
-        """Whether this location is an mrseg-cohort output (it has a work area)."""
-        return self.store.exists(self._work())
+        """Whether this location is an mrseg-cohort output: it has a fingerprint, or results of an
+        earlier version (batches or staged rows); a lease alone is not enough (a run takes it first)."""
+        return any(self.store.exists(u) for u in (join_uri(self.root, FINGERPRINT), self._work("batches"),
+                                                   self._work("staged")))
 
     def foreign_entries(self, limit: int = 5) -> list[str]:
         """Up to ``limit`` names at the top of the output that this tool did not put there

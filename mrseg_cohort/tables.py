@@ -43,13 +43,14 @@ SCANS = pa.schema(KEYS + [
     ("seconds_read", pa.float64()), ("seconds_stitch", pa.float64()), ("seconds_preprocess", pa.float64()),
     ("seconds_network", pa.float64()), ("seconds_export", pa.float64()), ("seconds_measure", pa.float64()),
     ("seconds_write", pa.float64()), ("input_bytes", pa.int64()),
+    ("tiles_total", pa.int32()), ("tiles_run", pa.int32()),
     ("run_id", pa.string()), ("committed_at", pa.timestamp("ms", tz="UTC")),
 ])
 
 FAILURES = pa.schema([
     ("participant_id", pa.string()), ("visit", pa.string()), ("stage", pa.string()),
     ("error_type", pa.string()), ("message", pa.string()), ("uri", pa.string()), ("attempt", pa.int32()),
-    ("time", pa.timestamp("ms", tz="UTC")), ("run_id", pa.string()),
+    ("time", pa.timestamp("ms", tz="UTC")), ("run_id", pa.string()), ("models", pa.string()),
 ])
 
 SCHEMAS = {"structures": STRUCTURES, "intensities": INTENSITIES, "scans": SCANS, "failures": FAILURES}

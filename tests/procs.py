@@ -32,6 +32,12 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def matching(text: str) -> list[int]:
+    """Processes (other than this one) whose command line contains ``text``."""
+    return [int(e) for e in os.listdir("/proc")
+            if e.isdigit() and int(e) != os.getpid() and text in command_line(int(e))]
+
+
 def kill_matching(text: str) -> None:
     """SIGKILL every process whose command line contains ``text`` (e.g. a Ray temp dir)."""
     for entry in os.listdir("/proc"):

@@ -18,6 +18,7 @@ from mrseg_cohort.phantom.cohort import PhantomSpec, render_spec_participant
 from mrseg_cohort.pipeline import stages
 from mrseg_cohort.pipeline.run import run_job
 from mrseg_cohort.segmentation.segmenter import Segmenter, check_model
+from mrseg_cohort.work_units import ScanUnit
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_one_pass_reads_every_file_once_and_measures_both_models(mrseg_root, pha
     segmenter = Segmenter(list(specs), "cpu", threads=2)
     assert len({r.preprocess_key for r in segmenter.runners.values()}) == 1  # shared preprocessing
     seg = {c: segmenter(v, "MRI", c) for c, v in stages.segmentation_inputs(ctx, loaded).items()}
-    tables = stages.finish(ctx, loaded, seg)
+    tables = stages.finish(ctx, ScanUnit(source, tuple(s.name for s in specs)), loaded, seg)
     inputs = [u for u in reads if "/_work/" not in u]
     assert sorted(inputs) == sorted(source.uris) and len(inputs) == len(set(inputs)) == 24
 

@@ -78,7 +78,7 @@ def test_entry_point_joins_the_cluster_and_reports(tmp_path, monkeypatch, capsys
 
     seen = {}
 
-    def fake_run_job(job, restart=False, progress=None):
+    def fake_run_job(job, restart=False, progress=None, stop=None):
         seen["address"], seen["output"] = job.resources.address, job.output.uri
         return run_module.RunSummary("r1", job.output.uri, in_manifest=5, scheduled=5, done=5 - failed,
                                      failed=failed, device="cuda",

@@ -22,6 +22,7 @@ from mrseg_cohort.phantom.cohort import PhantomSpec, write_phantom_cohort
 from mrseg_cohort.phenotypes import PHENOTYPES, phenotype_table
 from mrseg_cohort.phenotypes.covariates import CovariateError, attach_covariates, normalise_covariates
 from mrseg_cohort.phenotypes.normative import outlier_rows, stratified_robust_z, with_covariates
+from mrseg_cohort.work_units import ScanUnit
 
 SPEC = PhantomSpec(participants=2, seed=18, visit="2", repeat_visit="3",
                    repeat_changes=(("liver", 1.1), ("left_kidney", 0.9)), repeat_ff_pct=(("liver", 30.0),))
@@ -88,9 +89,10 @@ def output(tmp_path_factory):
         folder = join_uri(str(cohort), "truth", *source.key)
         labels = {m: read_labels(STORE, join_uri(folder, f)).array
                   for m, f in (("base", "labels.nii.gz"), ("body_comp", "body_comp.nii.gz"))}
-        rows[source.key] = stages.finish(ctx, loaded, {"in": Segmentation(labels, {}, {})})
+        unit = ScanUnit(source, ("base", "body_comp"))
+        rows[unit.key] = stages.finish(ctx, unit, loaded, {"in": Segmentation(labels, {}, {})})
     ctx.outputs().publish(f"{ctx.run_id}-00001", rows, [])
-    return {"root": root, "config": config, "truth": truth, "out": root / "output", "keys": sorted(rows),
+    return {"root": root, "config": config, "truth": truth, "out": root / "output", "keys": sorted(k[:2] for k in rows),
             "images": images}
 
 

@@ -30,6 +30,7 @@ from mrseg_cohort.manifest import discover
 from mrseg_cohort.report.previews import LABEL_ALPHA, canonical, choose_slices, render_plane
 from mrseg_cohort.report.summaries import find_outliers, redact
 from mrseg_cohort.stats import robust_z
+from mrseg_cohort.work_units import ScanUnit
 
 SECRET_KEY, SECRET = "AKIAEXAMPLEKEY123456", "s3cr3t-never-shown"
 SHRUNK = "spleen"  # the structure cut down in one participant, to make an outlier
@@ -67,7 +68,8 @@ def output(phantom_cohort, tmp_path_factory):
             z = np.nonzero(spleen)[0]
             array[spleen & (np.arange(array.shape[0])[:, None, None] > np.percentile(z, 20))] = 0
         truth[source.key] = (array, labels.grid)
-        rows[source.key] = stages.finish(ctx, loaded, {"in": Segmentation({"base": array}, {}, {})})
+        unit = ScanUnit(source, ("base",))
+        rows[unit.key] = stages.finish(ctx, unit, loaded, {"in": Segmentation({"base": array}, {}, {})})
     failure = {"participant_id": "1099999", "visit": "0", "stage": "read", "error_type": "BadScanError",
                "message": "station 3 <script>alert('x')</script> is truncated", "uri": "/data/1099999/0",
                "attempt": 1, "time": time.time(), "run_id": ctx.run_id}

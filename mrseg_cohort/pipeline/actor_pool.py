@@ -8,10 +8,11 @@
   one (``resources.gpu_wait_s``), with one clear line if none comes. An actor that cannot start
   (weights missing on its node, CPU-only torch, out of memory at load) stops the job there with its
   error (:class:`ActorStartError`, exit 2).
-- Actors are restarted by Ray when their process or node dies (``max_restarts=-1``) and their calls
-  retried (``resources.max_retries``); an actor that fails ``resources.max_consecutive_failures``
-  scans in a row stops the job (:class:`ActorFailingError`): a broken actor should not fail a cohort
-  scan by scan.
+- An actor whose process or node dies is replaced by the pool (not by Ray: a restart pinned to a
+  GPU that left would wait forever), and the scans it held go to the other actors. The pool keeps
+  as many actors as ``resources.gpus`` asks for, or as the cluster has GPUs; when nodes leave it
+  shrinks with them. An actor that fails ``resources.max_consecutive_failures`` scans in a row stops
+  the job (:class:`ActorFailingError`): a broken actor should not fail a cohort scan by scan.
 - ``MRSEG_COHORT_TEST_LOGICAL_GPUS=1`` (tests only, never read from a config) lets actors that hold
   a logical GPU of a test cluster compute on the CPU.
 """
@@ -92,6 +93,7 @@ class _Member:
     handle: object
     ready_ref: object | None
     ready: bool = False
+    alive: bool = True
     load: int = 0
     failures_in_a_row: int = 0
     info: dict = field(default_factory=dict)
@@ -112,8 +114,7 @@ class ActorPool:
 
         self.session, self.device, self.models, self.resources = session, device, models, resources
         options = {"num_gpus": 1, "num_cpus": 1, "max_concurrency": 2} if device == "cuda" else {"num_cpus": 1}
-        self._actor_cls = ray.remote(SegmentActor).options(max_restarts=-1, max_task_retries=resources.max_retries,
-                                                           **options)
+        self._actor_cls = ray.remote(SegmentActor).options(max_restarts=0, **options)
         self.threads = None if device == "cuda" else (resources.threads_per_segmenter or os.cpu_count() or 1)
         self.members: list[_Member] = []
         self._last_growth_check = 0.0
@@ -133,7 +134,11 @@ class ActorPool:
 
     @property
     def n_ready(self) -> int:
-        return sum(m.ready for m in self.members)
+        return sum(m.ready and m.alive for m in self.members)
+
+    @property
+    def n_alive(self) -> int:
+        return sum(m.alive for m in self.members)
 
     # -- start ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -160,7 +165,7 @@ class ActorPool:
     def _collect_ready(self, timeout: float) -> None:
         import ray
 
-        pending = {m.ready_ref: m for m in self.members if m.ready_ref is not None}
+        pending = {m.ready_ref: m for m in self.members if m.ready_ref is not None and m.alive}
         if not pending:
             return
         done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=timeout)
@@ -169,25 +174,43 @@ class ActorPool:
             member.ready_ref = None
             try:
                 member.info = ray.get(ref)
+            except ray.exceptions.ActorUnavailableError:
+                self.mark_dead(self.members.index(member))  # its node went away while it started
+                continue
             except Exception as err:  # the actor's constructor raised: the job cannot work
+                if _died_with_its_node(err):
+                    self.mark_dead(self.members.index(member))
+                    continue
                 raise ActorStartError(f"a segmentation actor could not start: {creation_error(err)}") from None
             member.ready = True
 
     # -- while running --------------------------------------------------------------------------
-    def poll(self, every_s: float = 10.0) -> None:
-        """Pick up actors that became ready, and grow with GPUs that joined (no ``resources.gpus``)."""
+    def poll(self, every_s: float = 5.0) -> None:
+        """Pick up actors that became ready; replace dead ones and grow with GPUs that joined, up to
+        what the pool should have (:meth:`_target_now`), checked every ``every_s``."""
         self._collect_ready(timeout=0)
         now = time.monotonic()
-        if self.device == "cuda" and not self.resources.gpus and now - self._last_growth_check >= every_s:
-            self._last_growth_check = now
-            extra = self.session.gpus() - len(self.members)
-            if extra > 0:
-                log.info("%d more GPU(s) in the cluster: adding segmentation actors", extra)
-                self._add(extra)
+        if now - self._last_growth_check < every_s:
+            return
+        self._last_growth_check = now
+        missing = self._target_now() - self.n_alive
+        if missing > 0:
+            log.info("adding %d segmentation actor(s) (%d alive, %d wanted)", missing, self.n_alive,
+                     self.n_alive + missing)
+            self._add(missing)
+
+    def mark_dead(self, i: int) -> None:
+        """Actor ``i`` died (its process or node): no more scans go to it; :meth:`poll` replaces it."""
+        member = self.members[i]
+        if member.alive:
+            log.warning("segmentation actor %d (node %s) is gone; its scans go to the other actors", i,
+                        str(member.info.get("node", "?"))[:12])
+        member.alive, member.ready, member.load = False, False, 0
 
     def acquire(self) -> int | None:
         """Index of the least-loaded ready actor with room (``in_flight_per_worker``), or None."""
-        room = [i for i, m in enumerate(self.members) if m.ready and m.load < self.resources.in_flight_per_worker]
+        room = [i for i, m in enumerate(self.members)
+                if m.ready and m.alive and m.load < self.resources.in_flight_per_worker]
         if not room:
             return None
         i = min(room, key=lambda k: self.members[k].load)
@@ -204,7 +227,7 @@ class ActorPool:
             ActorFailingError: the actor failed ``resources.max_consecutive_failures`` scans in a row.
         """
         member = self.members[i]
-        member.load -= 1
+        member.load = max(0, member.load - 1)
         member.failures_in_a_row = member.failures_in_a_row + 1 if segment_failed else 0
         if member.failures_in_a_row >= self.resources.max_consecutive_failures:
             raise ActorFailingError(f"segmentation actor {i} (node {member.info.get('node', '?')[:12]}) failed "
@@ -215,6 +238,18 @@ class ActorPool:
     def capacity(self) -> int:
         """Scans the ready actors can hold at once."""
         return self.n_ready * self.resources.in_flight_per_worker
+
+
+def actor_died(err: BaseException) -> bool:
+    """Whether a call failed because its actor's process or node is gone (not because of the scan)."""
+    import ray
+
+    return isinstance(err, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError))
+
+
+def _died_with_its_node(err: BaseException) -> bool:
+    """An actor that died before it was ready, but not of an error in its constructor."""
+    return actor_died(err) and "creation task" not in str(err)
 
 
 def creation_error(err: BaseException) -> str:

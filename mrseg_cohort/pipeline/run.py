@@ -1,8 +1,10 @@
 """The cohort job: from ``run`` to each scan's commit, in order.
 
     checks      models, output and input answer, before anything is written   (preflight)
+    output      a user's own folder is refused, before anything is written
+    manifest    the scans under the input (none: refused, nothing written)    (mrseg_cohort.manifest)
     lease       this run holds the output; a second run is refused            (mrseg_cohort.lease)
-    output      --restart deletes only what this tool wrote; a user's folder is refused
+    restart     --restart deletes only what this tool wrote
     fingerprint the output holds one configuration; a change is refused      (mrseg_cohort.fingerprint)
     plan        manifest minus what is committed, per scan and model          (mrseg_cohort.work_units)
     recover     batches an interrupted run left are finished; its staged scans published
@@ -86,16 +88,18 @@ def run_job(job: JobConfig, restart: bool = False, progress: ProgressFn | None =
     versions = software_versions()
     models = preflight(job)
     outputs = Outputs.for_job(job)
+    refuse_foreign_folder(outputs, job)
+    sources = discover(job, Store.from_config(job.input.storage))
+    if not sources:
+        raise ConfigError(f"no scans found under {job.input.uri} for layout {job.cohort.layout!r} "
+                          f"(pattern {job.cohort.pattern!r})")
     lease = OutputLease(outputs.store, outputs.root, run_id, job.output.lease_timeout_s, job.output.lease_heartbeat_s)
     lease.acquire()
     try:
         lease.start_heartbeats(on_lost=lambda: stop.set("lost the output's lease"))
-        prepare_output(outputs, job, restart)
+        if restart:
+            restart_output(outputs, job)
         settle_fingerprint(outputs, job_fingerprint(job, models, versions))
-        sources = discover(job, Store.from_config(job.input.storage))
-        if not sources:
-            raise ConfigError(f"no scans found under {job.input.uri} for layout {job.cohort.layout!r} "
-                              f"(pattern {job.cohort.pattern!r})")
         recovery = outputs.recover()
         committed = outputs.committed_units()
         plan = plan_work(sources, tuple(m.name for m in models), committed, recovery.unpublished)
@@ -122,13 +126,16 @@ def run_job(job: JobConfig, restart: bool = False, progress: ProgressFn | None =
     return summary
 
 
-def prepare_output(outputs: Outputs, job: JobConfig, restart: bool) -> None:
-    """``--restart``: delete what this tool wrote here. A first run into a folder holding other files
-    is refused unless ``output.allow_non_empty``."""
-    if restart:
-        deleted = outputs.reset([m.name for m in job.models],
-                                list(job.contrasts.available) if job.stitching.save_stitched else [])
-        log.info("--restart: deleted %d objects this tool had written under %s", deleted, outputs.root)
+def restart_output(outputs: Outputs, job: JobConfig) -> None:
+    """``--restart``: delete what this tool wrote here (and nothing else)."""
+    deleted = outputs.reset([m.name for m in job.models],
+                            list(job.contrasts.available) if job.stitching.save_stitched else [])
+    log.info("--restart: deleted %d objects this tool had written under %s", deleted, outputs.root)
+
+
+def refuse_foreign_folder(outputs: Outputs, job: JobConfig) -> None:
+    """A first run into a folder holding files of someone else's is refused (before anything is
+    written) unless ``output.allow_non_empty``."""
     if not outputs.is_ours() and not job.output.allow_non_empty:
         foreign = outputs.foreign_entries()
         if foreign:

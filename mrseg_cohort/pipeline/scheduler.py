@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from mrseg_cohort.errors import ScanError
-from mrseg_cohort.pipeline.actor_pool import ActorPool, first_line
+from mrseg_cohort.pipeline.actor_pool import ActorPool, actor_died, first_line
 from mrseg_cohort.pipeline.publisher import BatchPublisher
 from mrseg_cohort.work_units import ScanUnit
 
@@ -95,8 +95,14 @@ class _InFlight:
     unit: ScanUnit
     loaded_ref: object = None
     inputs_ref: object = None
+    segs_ref: object = None
     actor: int | None = None
+    lost_actors: int = 0
     started: float = field(default_factory=time.time)
+
+
+MAX_LOST_ACTORS = 3
+"""A scan whose actor died this often is failed rather than handed to yet another actor."""
 
 
 class Scheduler:
@@ -147,9 +153,8 @@ class Scheduler:
 
     def _segment(self, item: _InFlight, i: int) -> None:
         item.actor = i
-        status_ref, segs_ref = self.pool.handle(i).segment.options(num_returns=2).remote(
+        status_ref, item.segs_ref = self.pool.handle(i).segment.options(num_returns=2).remote(
             item.inputs_ref, item.unit.source.modality, item.unit.models)
-        item.inputs_ref = segs_ref  # the segmentations replace the inputs: the finish task reads them
         self.segmenting[status_ref] = item
 
     def _collect(self, timeout: float) -> None:
@@ -168,11 +173,13 @@ class Scheduler:
                     self.waiting.append(item)
             elif ref in self.segmenting:
                 item = self.segmenting.pop(ref)
+                if self._actor_lost(ref, item):
+                    continue
                 ok = self._status(ref, item, "segment")
                 self.pool.release(item.actor, segment_failed=not ok)  # type: ignore[arg-type]
                 if ok:
                     self.finishing[self.tasks["finish"].remote(self.ctx_ref, item.unit, item.loaded_ref,
-                                                               item.inputs_ref)] = item
+                                                               item.segs_ref)] = item
             else:
                 item = self.finishing.pop(ref)
                 result = self._status(ref, item, "finish")
@@ -184,6 +191,27 @@ class Scheduler:
                              self.summary.done + self.summary.failed, self.summary.scheduled)
             if self.progress:
                 self.progress(self.summary)
+
+    def _actor_lost(self, ref, item: _InFlight) -> bool:
+        """When the scan's actor died (process or node), the pool replaces it and the scan waits for
+        another actor; True if so (after :data:`MAX_LOST_ACTORS` the scan fails instead)."""
+        import ray
+
+        try:
+            ray.get(ref)
+            return False
+        except Exception as err:  # noqa: BLE001 - only actor deaths are handled here
+            if not actor_died(err):
+                return False
+            self.pool.mark_dead(item.actor)  # type: ignore[arg-type]
+            item.lost_actors += 1
+            if item.lost_actors >= MAX_LOST_ACTORS:
+                return False  # _status records the failure
+            log.warning("%s/%s: its segmentation actor is gone; it goes to another actor",
+                        item.unit.source.participant_id, item.unit.source.visit)
+            item.actor, item.segs_ref = None, None
+            self.waiting.append(item)
+            return True
 
     def _status(self, ref, item: _InFlight, stage: str) -> dict | None:
         """The stage's status, or None after recording the scan's failure (the per-scan boundary)."""

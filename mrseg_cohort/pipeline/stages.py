@@ -127,8 +127,10 @@ def finish(ctx: RunContext, unit: ScanUnit, loaded: LoadedScan,
                              **seg.seconds.get(spec.name, {}), "write": shared["write"] + t_write,
                              "measure": t_measure}
             shared = {stage: 0.0 for stage in shared}
+            tiles = seg.tiles.get(spec.name)
             scans.append({**keys, **_scan_common(ctx, loaded, spec), **measures.scan, **depots, "status": "ok",
-                          "label_uri": uri, **{f"seconds_{k}": v for k, v in stage_seconds.items()}})
+                          "label_uri": uri, **{f"seconds_{k}": v for k, v in stage_seconds.items()},
+                          "tiles_total": tiles.total if tiles else None, "tiles_run": tiles.run if tiles else None})
     tables = {"structures": to_table("structures", structures), "intensities": to_table("intensities", intensities),
               "scans": to_table("scans", scans)}
     with writing_outputs(source):

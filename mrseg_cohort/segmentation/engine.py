@@ -34,6 +34,7 @@ from mrseg_cohort.errors import BadScanError, ModelError, SegmentationError
 from mrseg_cohort.segmentation.export import labels_by_boundary_band, labels_by_chunked_resampling
 from mrseg_cohort.segmentation.model_folder import ModelFolder, build_network, load_fold_weights
 from mrseg_cohort.segmentation.resampling import ResamplingPlan, resample_image
+from mrseg_cohort.segmentation.tiles import BodyMask, body_mask, coarse_step, tiles_to_run
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +75,16 @@ class ModelRunner:
         device: ``"cpu"`` or ``"cuda"`` / ``"cuda:N"``.
         tile_step_size: sliding-window step as a fraction of the patch (nnU-Net's default 0.5).
         mirroring: test-time mirroring over the axes the checkpoint allows.
-        tiles_per_batch: tiles per forward pass (GPU: 4-8 keeps the card busy; CPU: 1).
+        tiles_per_batch: tiles per forward pass; default on a GPU from its memory
+            (:func:`default_tiles_per_batch`), on the CPU 1 (one tile at a time, as nnU-Net).
+        skip_empty_tiles: run only the tiles that meet the body (:mod:`tiles`).
+        compile: ``torch.compile`` each fold's network once (GPU; batches are padded to a fixed
+            size so that it compiles once).
     """
 
     def __init__(self, model: ModelFolder, device: str = "cpu", tile_step_size: float = 0.5,
-                 mirroring: bool = False, tiles_per_batch: int | None = None):
+                 mirroring: bool = False, tiles_per_batch: int | None = None, skip_empty_tiles: bool = False,
+                 compile: bool = False):
         from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 
         self.model = model
@@ -103,7 +109,13 @@ class ModelRunner:
             self.networks.append(net.to(self.device).eval())
         self.fold_names = tuple(str(f) for f in model.folds)
         self.is_cuda = self.device.type == "cuda"
-        self.tiles_per_batch = tiles_per_batch or (4 if self.is_cuda else 1)
+        if self.is_cuda:
+            torch.backends.cudnn.benchmark = True  # as nnU-Net: fixed tile shapes, the fastest kernels
+        self.tiles_per_batch = tiles_per_batch or default_tiles_per_batch(self.device)
+        self.skip_empty_tiles = skip_empty_tiles
+        self.compiled = compile
+        if compile:
+            self.networks = [torch.compile(net) for net in self.networks]
         self.accumulate_dtype = torch.float16  # as nnU-Net, on GPU and CPU: same rounding, same labels
         self.gaussian = compute_gaussian(self.patch_size, sigma_scale=1.0 / 8, value_scaling_factor=10,
                                          dtype=self.accumulate_dtype, device=self.device)
@@ -172,11 +184,14 @@ class ModelRunner:
         return torch.from_numpy(np.ascontiguousarray(out[0], dtype=np.float32)).to(self.device)
 
     @torch.inference_mode()
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
+    def logits(self, x: torch.Tensor, body: BodyMask | None = None, stats: "TileCounts | None" = None,
+               tiles_per_batch: int | None = None) -> torch.Tensor:
         """Sliding-window logits averaged over folds: (C, z, y, x) float16 on the device.
 
         As nnU-Net's predictor: per fold, Gaussian-weighted tiles accumulated in float16 and divided
         by the summed weights; the folds' results summed in float16 and divided by their number.
+        With ``body`` (and ``skip_empty_tiles``) only the tiles meeting the body grown by half a patch
+        run; a voxel no tile covers gets logits 0, i.e. background.
 
         Raises:
             SegmentationError: a fold gives NaN or infinite logits (names the model and fold).
@@ -187,12 +202,21 @@ class ModelRunner:
         data, revert = pad_nd_image(x, self.patch_size, "constant", {"value": 0}, True, None)
         steps = compute_steps_for_sliding_window(tuple(data.shape[1:]), self.patch_size, self.tile_step_size)
         corners = list(itertools.product(*steps))
+        if self.skip_empty_tiles and body is not None:
+            offset = tuple(int(r.start or 0) for r in revert[1:])
+            margin = tuple(p // 2 + body.step for p in self.patch_size)
+            corners = [c for c, run in zip(corners, tiles_to_run(body, corners, self.patch_size, offset, margin))
+                       if run]
+        if stats is not None:
+            stats.total += len(list(itertools.product(*steps)))
+            stats.run += len(corners)
         weight = torch.zeros(data.shape[1:], dtype=self.accumulate_dtype, device=self.device)
         for corner in corners:
             weight[self._window(corner)] += self.gaussian
+        weight[weight == 0] = 1  # voxels no tile covers: logits stay 0 (background wins the tie)
         total = None
         for fold, net in zip(self.fold_names, self.networks):
-            fold_logits = self._sliding_window(net, data, corners)
+            fold_logits = self._sliding_window(net, data, corners, tiles_per_batch or self.tiles_per_batch)
             fold_logits /= weight
             if not bool(torch.isfinite(fold_logits).all()):
                 raise SegmentationError(f"model {self.model.name} fold {fold} gave NaN or infinite logits "
@@ -207,14 +231,18 @@ class ModelRunner:
     def _window(self, corner: tuple[int, int, int]) -> tuple[slice, slice, slice]:
         return tuple(slice(c, c + p) for c, p in zip(corner, self.patch_size))  # type: ignore[return-value]
 
-    def _sliding_window(self, net: torch.nn.Module, data: torch.Tensor, corners: list) -> torch.Tensor:
+    def _sliding_window(self, net: torch.nn.Module, data: torch.Tensor, corners: list,
+                        tiles_per_batch: int) -> torch.Tensor:
         """One fold's Gaussian-weighted sum of tile logits, float16 (C, z, y, x), not yet normalised."""
         out = torch.zeros((self.num_classes, *data.shape[1:]), dtype=self.accumulate_dtype, device=self.device)
         autocast = torch.autocast("cuda", dtype=torch.float16) if self.is_cuda else contextlib.nullcontext()
         with autocast:
-            for start in range(0, len(corners), self.tiles_per_batch):
-                batch_corners = corners[start:start + self.tiles_per_batch]
+            for start in range(0, len(corners), tiles_per_batch):
+                batch_corners = corners[start:start + tiles_per_batch]
                 tiles = torch.stack([data[(slice(None), *self._window(c))] for c in batch_corners])
+                if self.compiled and len(batch_corners) < tiles_per_batch:  # one static shape: one compile
+                    tiles = torch.cat([tiles, tiles[-1:].expand(tiles_per_batch - len(batch_corners),
+                                                                *tiles.shape[1:])])
                 pred = self._forward(net, tiles)
                 for corner, p in zip(batch_corners, pred):
                     out[(slice(None), *self._window(corner))] += p.mul_(self.gaussian)  # in place, as nnU-Net
@@ -264,18 +292,25 @@ class ModelRunner:
         spacing = tuple(spacing_zyx[a] for a in self.transpose_forward)
         box = nonzero_box(transposed)
         cropped = transposed[box]
+        network_input = self.preprocess(cropped, spacing)
+        step = coarse_step(self.spacing)
+        body = body_mask(network_input[0, ::step, ::step, ::step].float().cpu().numpy(), step)
         prepared = Prepared(box, tuple(transposed.shape), cropped.shape, spacing,  # type: ignore[arg-type]
-                            self.preprocess(cropped, spacing))
+                            network_input, body)
         times.add("preprocess", t)
         return prepared
 
     def __call__(self, image: np.ndarray, spacing_zyx: tuple[float, float, float],
-                 times: StageTimes | None = None, prepared: "Prepared | None" = None) -> np.ndarray:
-        """uint8 labels (z, y, x) for ``image`` ((z, y, x) float32, ``spacing_zyx`` mm), on its grid."""
+                 times: StageTimes | None = None, prepared: "Prepared | None" = None,
+                 tiles: "TileCounts | None" = None, tiles_per_batch: int | None = None) -> np.ndarray:
+        """uint8 labels (z, y, x) for ``image`` ((z, y, x) float32, ``spacing_zyx`` mm), on its grid.
+
+        ``tiles`` counts the sliding-window tiles there are and those run; ``tiles_per_batch``
+        overrides the runner's (the retry after running out of GPU memory halves it)."""
         times = times or StageTimes()
         prepared = prepared or self.prepare(image, spacing_zyx, times)
         t = time.perf_counter()
-        logits = self.logits(prepared.network_input)
+        logits = self.logits(prepared.network_input, prepared.body, tiles, tiles_per_batch)
         _sync(self.device)
         t = times.add("network", t)
         labels = np.zeros(prepared.shape, dtype=np.uint8)
@@ -313,6 +348,26 @@ class Prepared:
     cropped_shape: tuple[int, int, int]
     spacing_zyx: tuple[float, float, float]
     network_input: torch.Tensor
+    body: BodyMask | None = None
+    """The body on the model grid (for skipping tiles), None when it cannot be told apart."""
+
+
+@dataclass
+class TileCounts:
+    """Sliding-window tiles of one call (over all folds): there are ``total``, ``run`` ran."""
+
+    total: int = 0
+    run: int = 0
+
+
+def default_tiles_per_batch(device: torch.device) -> int:
+    """Tiles per forward pass: 1 on the CPU (as nnU-Net); on a GPU by its memory: 8 from 40 GB (the
+    best batch of the H200 anchor, ../shared/tools/gpu-anchor), 4 from 16 GB, else 2 (not measured
+    on smaller cards: set ``model.tiles_per_batch``)."""
+    if device.type != "cuda":
+        return 1
+    gigabytes = torch.cuda.get_device_properties(device).total_memory / 1e9
+    return 8 if gigabytes >= 40 else 4 if gigabytes >= 16 else 2
 
 
 def _sync(device: torch.device) -> None:

@@ -6,7 +6,9 @@ directly. What leaves it is uint8 labels per model, never logits.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from mrseg_cohort.errors import ConfigError, ModelError, SegmentationError
 from mrseg_cohort.geometry import Volume
 from mrseg_cohort.labels import KNOWN_MAPS, LabelMap, check_label_map, label_map_from_dataset_json
 from mrseg_cohort.orientation import lps_reorientation
-from mrseg_cohort.segmentation.engine import ModelRunner, StageTimes
+from mrseg_cohort.segmentation.engine import ModelRunner, StageTimes, TileCounts
 from mrseg_cohort.segmentation.model_folder import ModelFolder, WeightsDigest, open_model_folder, weights_digest
 from mrseg_cohort.weights.record import record_vouches
 
@@ -40,6 +42,9 @@ class ModelSpec:
     label_names: dict[int, str] = field(default_factory=dict)
     digest: WeightsDigest | None = None
     """Each file's sha256 as checked by :func:`check_model`; None: only ``sha256`` is checked."""
+    skip_empty_tiles: bool = False
+    compile: bool = False
+    tiles_per_batch: int | None = None
 
     def folder(self) -> ModelFolder:
         """The model folder on this node, set to verify what it loads against ``sha256``."""
@@ -73,7 +78,7 @@ def check_model(model: ModelConfig) -> ModelSpec:
     open_model_folder(folder.path, model.folds, model.checkpoint, model.name, digest).checkpoint_meta()
     return ModelSpec(model.name, str(folder.path), tuple(model.folds), model.checkpoint, model.tile_step_size,
                      model.mirroring, tuple(model.modalities), model.contrasts, digest.sha256,
-                     folder.label_map.names, digest)
+                     folder.label_map.names, digest, model.skip_empty_tiles, model.compile, model.tiles_per_batch)
 
 
 @dataclass
@@ -85,6 +90,8 @@ class Segmentation:
     seconds: dict[str, dict[str, float]]
     """Per model, wall seconds per stage it added; a preprocessing shared by several models is
     counted on the first of them."""
+    tiles: dict[str, TileCounts] = field(default_factory=dict)
+    """Per model, the sliding-window tiles there were and those run (over all folds)."""
 
 
 class Segmenter:
@@ -103,7 +110,9 @@ class Segmenter:
             torch.set_num_threads(threads)
         self.models = models
         self.device = device
-        self.runners = {m.name: ModelRunner(m.folder(), device, m.tile_step_size, m.mirroring) for m in models}
+        self.runners = {m.name: ModelRunner(m.folder(), device, m.tile_step_size, m.mirroring, m.tiles_per_batch,
+                                            m.skip_empty_tiles, m.compile) for m in models}
+        self._streams = threading.local()  # on a GPU: one CUDA stream per calling thread (two scans overlap)
 
     def __call__(self, image: Volume, modality: str, contrast: str,
                  only: tuple[str, ...] | None = None) -> Segmentation:
@@ -113,10 +122,24 @@ class Segmenter:
         The networks see the image reoriented to LPS, as MRSegmentator's reader gives it
         (:mod:`mrseg_cohort.orientation`); the labels are turned back onto ``image.grid``. Models
         sharing a preprocessing plan share the preprocessed volume (one pass)."""
+        with self._stream():
+            return self._segment(image, modality, contrast, only)
+
+    def _stream(self):
+        """This thread's CUDA stream (a GPU actor runs two scans at once, one per thread), or a no-op."""
+        import torch
+
+        if not str(self.device).startswith("cuda"):
+            return contextlib.nullcontext()
+        if getattr(self._streams, "stream", None) is None:
+            self._streams.stream = torch.cuda.Stream(device=self.device)
+        return torch.cuda.stream(self._streams.stream)
+
+    def _segment(self, image: Volume, modality: str, contrast: str, only: tuple[str, ...] | None) -> Segmentation:
         reorientation = lps_reorientation(image.grid)
         network_image = reorientation.volume(image)
         seconds: dict[str, dict[str, float]] = {}
-        labels, skipped = {}, {}
+        labels, skipped, tiles = {}, {}, {}
         prepared: dict[tuple, object] = {}
         for spec in self.models:
             if only is not None and spec.name not in only:
@@ -133,19 +156,42 @@ class Segmenter:
                 if runner.preprocess_key not in prepared:
                     prepared[runner.preprocess_key] = runner.prepare(network_image.array,
                                                                      network_image.grid.spacing_mm, times)
-                lps_labels = runner(network_image.array, network_image.grid.spacing_mm, times,
-                                    prepared[runner.preprocess_key])
+                lps_labels, tiles[spec.name] = self._run(runner, network_image, times, prepared[runner.preprocess_key])
                 labels[spec.name] = np.ascontiguousarray(reorientation.undo(lps_labels))
                 seconds[spec.name] = times.seconds
             except MemoryError as err:
                 raise SegmentationError(f"out of memory segmenting with {spec.name}: {err}", stage="segment") from err
-            except RuntimeError as err:
-                if "out of memory" in str(err).lower():
-                    import torch
+        return Segmentation(labels, skipped, seconds, tiles)
 
-                    if torch.cuda.is_available():
-                        torch.cuda.empty_cache()
-                    raise SegmentationError(f"GPU out of memory with model {spec.name} on a "
-                                            f"{image.grid.shape} image: {err}", stage="segment") from err
-                raise
-        return Segmentation(labels, skipped, seconds)
+    def _run(self, runner: ModelRunner, image: Volume, times: StageTimes, prepared) -> tuple[np.ndarray, TileCounts]:
+        """One model on one image; out of GPU memory, the scan is tried once more with half the tiles
+        per forward pass (then it fails with a clear error, and the actor goes on with the next)."""
+        batch = runner.tiles_per_batch
+        for attempt in (1, 2):
+            counts = TileCounts()
+            try:
+                return runner(image.array, image.grid.spacing_mm, times, prepared, counts, batch), counts
+            except RuntimeError as err:
+                if not _is_out_of_memory(err):
+                    raise
+                _free_gpu_memory()
+                if attempt == 2 or batch == 1:
+                    raise SegmentationError(f"GPU out of memory with model {runner.model.name} on a "
+                                            f"{image.grid.shape} image, also with {batch} tile(s) per batch: "
+                                            f"{str(err).splitlines()[0][:200]}", stage="segment") from err
+                log.warning("GPU out of memory with %d tiles per batch; retrying with %d", batch, batch // 2)
+                batch //= 2
+        raise AssertionError("unreachable")
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    import torch
+
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def _free_gpu_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,364 @@
+"""What operators do to a running cohort job (issue 15): a second run on one output, a changed config,
+--restart, signals, actors that cannot work, ids and folders that are not ours."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from conftest import DEMO_BODY_COMP_MODEL, REPO, shared_file, write_job_yaml
+from exactly_once import assert_each_scan_once
+from procs import kill_matching, matching
+from mrseg_cohort.cli import app
+from mrseg_cohort.config import load_config
+from mrseg_cohort.errors import ConfigError
+from mrseg_cohort.io.storage import Store
+from mrseg_cohort.lease import OutputLease
+from mrseg_cohort.phantom.cohort import PhantomSpec, write_phantom_cohort
+from mrseg_cohort.pipeline.run import run_job
+
+N_SCANS = 2
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("operators") / "in"
+    write_phantom_cohort(Store(), str(out), PhantomSpec(participants=N_SCANS, seed=91))
+    return out
+
+
+def _cli(args: list[str], tmpdir: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "RAY_TMPDIR": tmpdir}
+    return subprocess.Popen([sys.executable, "-m", "mrseg_cohort.cli", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+# -- one run per output -------------------------------------------------------------------------------
+@pytest.mark.parametrize("where", ["file", "s3"])
+def test_two_runs_started_together_one_is_refused_and_every_scan_is_once(where, cohort, tmp_path, request):
+    if where == "s3":
+        s3 = request.getfixturevalue("s3")
+        out_uri = f"s3://{s3['bucket']}/two-runs-{uuid.uuid4().hex[:6]}"
+        output = {"uri": out_uri, "storage": {"endpoint_url": s3["endpoint_url"], "key": s3["key"],
+                                              "secret": s3["secret"]}}
+    else:
+        out_uri = str(tmp_path / "out")
+        output = {"uri": out_uri}
+    config = write_job_yaml(tmp_path / "job.yaml", str(cohort), out_uri, output=output)
+    tmpdirs = [f"/tmp/r2{uuid.uuid4().hex[:6]}" for _ in range(2)]
+    try:
+        runs = [_cli(["run", str(config), "--no-progress"], t) for t in tmpdirs]
+        results = [(p.wait(timeout=600), *p.communicate()) for p in runs]
+    finally:
+        for t in tmpdirs:
+            kill_matching(t)
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 2], [r[2][-2000:] for r in results]
+    refused = next(err for code, _, err in results if code == 2)
+    assert "is in use by run" in refused or "was just taken by" in refused
+    assert "host" in refused and "since" in refused
+    if where == "s3":
+        local = tmp_path / "copy"
+        Store(load_config(config).output.storage.fsspec_options()).fs_and_path(out_uri)[0].get(
+            out_uri.removeprefix("s3://") + "/", str(local) + "/", recursive=True)
+        assert_each_scan_once(local, N_SCANS)
+    else:
+        assert_each_scan_once(Path(out_uri), N_SCANS)
+
+
+def test_restart_is_refused_while_a_run_holds_the_output(cohort, tmp_path):
+    out = tmp_path / "out"
+    (out / "labels").mkdir(parents=True)
+    (out / "labels" / "keep.txt").write_text("a result of the running job")
+    config = write_job_yaml(tmp_path / "job.yaml", str(cohort), str(out))
+    holder = OutputLease(Store(), str(out), "run-holding")
+    holder.acquire()  # a live run on this host (this process)
+    try:
+        result = CliRunner().invoke(app, ["run", str(config), "--restart", "--no-progress"])
+    finally:
+        holder.release()
+    assert result.exit_code == 2 and "in use by run run-holding" in result.output
+    assert (out / "labels" / "keep.txt").exists()
+
+
+# -- one configuration per output ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def committed(cohort, tmp_path_factory, ray_local):
+    """An output with the base model committed for every scan, and its config file."""
+    folder = tmp_path_factory.mktemp("fingerprint")
+    config = write_job_yaml(folder / "job.yaml", str(cohort), str(folder / "out"))
+    summary = run_job(load_config(config))
+    assert (summary.done, summary.failed) == (N_SCANS, 0)
+    return config, folder / "out"
+
+
+@pytest.mark.parametrize("section,values,changed", [
+    ("measures", {"erosion_voxels_inplane": 2}, "measures.erosion_voxels_inplane: 1 -> 2"),
+    ("model", {"tile_step_size": 0.75}, "models.base.tile_step_size: 0.5 -> 0.75"),
+    ("contrasts", {"segment": ["opp"]}, 'contrasts.segment: ["in"] -> ["opp"]'),
+])
+def test_a_resume_with_another_configuration_is_refused_naming_the_key(committed, section, values, changed,
+                                                                        tmp_path, demo_model):
+    config, out = committed
+    job = load_config(config)
+    base = {"model": {"weights": str(demo_model), "device": "auto"}}
+    changed_config = write_job_yaml(tmp_path / "changed.yaml", job.input.uri, str(out),
+                                    **{section: {**base.get(section, {}), **values}})
+    with pytest.raises(ConfigError, match="holds results of another configuration") as err:
+        run_job(load_config(changed_config))
+    assert changed in str(err.value) and "--restart" in str(err.value)
+
+
+def test_other_weights_are_a_change_of_configuration(committed, tmp_path, demo_model):
+    config, out = committed
+    weights = tmp_path / "weights"
+    shutil.copytree(demo_model, weights)
+    dataset = json.loads((weights / "dataset.json").read_text())
+    (weights / "dataset.json").write_text(json.dumps({**dataset, "description": "retrained"}))
+    job = load_config(config)
+    changed = write_job_yaml(tmp_path / "w.yaml", job.input.uri, str(out), model={"weights": str(weights)})
+    with pytest.raises(ConfigError, match=r"models\.base\.weights_sha256: \w{12}\.\.\. -> \w{12}\.\.\."):
+        run_job(load_config(changed))
+
+
+def test_an_added_model_runs_only_itself_over_the_committed_scans(committed, tmp_path, demo_model):
+    config, out = committed
+    job = load_config(config)
+    before = pd.read_parquet(out / "tables" / "scans")
+    both = write_job_yaml(tmp_path / "both.yaml", job.input.uri, str(out), model=None, models=[
+        {"name": "base", "weights": str(demo_model)},
+        {"name": "body_comp", "weights": str(DEMO_BODY_COMP_MODEL), "labels": "body_comp", "modalities": ["MRI"]}])
+    summary = run_job(load_config(both))
+    assert (summary.scheduled, summary.done, summary.failed) == (N_SCANS, N_SCANS, 0)
+    scans = pd.read_parquet(out / "tables" / "scans")
+    base = scans[scans.model == "base"].sort_values("participant_id")
+    assert len(base) == N_SCANS and set(base.run_id) == set(before.run_id)  # nothing of base redone
+    added = scans[scans.model == "body_comp"]
+    assert len(added) == N_SCANS and set(added.run_id) == {summary.run_id}
+    assert not scans[["participant_id", "visit", "model"]].duplicated().any()
+    again = run_job(load_config(both))
+    assert (again.scheduled, again.already_done) == (0, N_SCANS)
+
+
+# -- nothing outside what is ours ---------------------------------------------------------------------
+def test_a_dotdot_participant_id_is_a_failure_row_and_nothing_is_written_outside(tmp_path, demo_model, ray_local):
+    from mrseg_cohort.io.nifti import read_volume, write_volume
+
+    source = read_volume(Store(), str(shared_file("mr.nii.gz")))
+    (tmp_path / "in").mkdir()
+    write_volume(Store(), str(tmp_path / "in" / "sub-.._ses-1_in.nii.gz"), source, np.float32)
+    write_volume(Store(), str(tmp_path / "in" / "sub-ok_ses-1_in.nii.gz"), source, np.float32)
+    out = tmp_path / "deep" / "out"
+    config = write_job_yaml(tmp_path / "job.yaml", str(tmp_path / "in"), str(out),
+                            cohort={"name": "ids", "layout": "nifti-folder",
+                                    "participant_regex": r"^sub-(?P<participant_id>[^_]+)_ses-(?P<visit>[^_]+)_"},
+                            contrasts={"available": ["in"], "segment": ["in"], "fat": None, "water": None})
+    before = {p for p in tmp_path.rglob("*")}
+    summary = run_job(load_config(config))
+    assert (summary.done, summary.failed) == (1, 1)
+    failures = pd.read_parquet(out / "tables" / "failures")
+    row = failures.iloc[0]
+    assert row.participant_id == ".." and row.stage == "read" and "not a usable id" in row.message
+    assert row.uri.endswith("sub-.._ses-1_in.nii.gz")
+    new = {p for p in tmp_path.rglob("*")} - before
+    assert all(out in p.parents or p == out or p in out.parents for p in new), sorted(map(str, new))
+
+
+def test_restart_leaves_a_users_own_files_alone(committed, tmp_path):
+    config, out = committed
+    mine = [out / "labels" / "my_notes.txt", out / "tables" / "my_analysis.csv",
+            out / "tables" / "structures" / "README.txt"]
+    for path in mine:
+        path.write_text("the user's own file")
+    result = CliRunner().invoke(app, ["run", str(config), "--restart", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert all(p.read_text() == "the user's own file" for p in mine)
+    assert_each_scan_once_except(out, mine)
+
+
+def assert_each_scan_once_except(out: Path, extra: list[Path]) -> None:
+    """assert_each_scan_once on a copy without the user's files (pandas would read them as parts)."""
+    copy = out.parent / (out.name + "-check")
+    shutil.copytree(out, copy, dirs_exist_ok=False)
+    for path in extra:
+        (copy / path.relative_to(out)).unlink()
+    assert_each_scan_once(copy, N_SCANS)
+    shutil.rmtree(copy)
+
+
+def test_a_first_run_into_a_users_folder_is_refused(cohort, tmp_path):
+    out = tmp_path / "my folder"
+    out.mkdir()
+    (out / "thesis.docx").write_text("not ours")
+    config = write_job_yaml(tmp_path / "job.yaml", str(cohort), str(out))
+    result = CliRunner().invoke(app, ["run", str(config), "--no-progress"])
+    assert result.exit_code == 2 and "is not empty and is not an mrseg-cohort output" in result.output
+    assert "thesis.docx" in result.output and sorted(p.name for p in out.iterdir()) == ["thesis.docx"]
+
+
+def test_an_output_inside_the_input_is_not_read_back(tmp_path):
+    """nifti-folder lists every image below the input: our own label files (labels/a/0/in.nii.gz)
+    would become participant "in" on the next run."""
+    from mrseg_cohort.manifest import discover
+
+    root = tmp_path / "scans"
+    (root / "results" / "labels" / "a" / "0").mkdir(parents=True)
+    for path in (root / "a.nii.gz", root / "results" / "labels" / "a" / "0" / "in.nii.gz"):
+        path.write_bytes(b"not read by discover")
+    sections = {"cohort": {"name": "t", "layout": "nifti-folder"},
+                "contrasts": {"available": ["in"], "segment": ["in"], "fat": None, "water": None}}
+    inside = write_job_yaml(tmp_path / "inside.yaml", str(root), str(root / "results"), **sections)
+    elsewhere = write_job_yaml(tmp_path / "elsewhere.yaml", str(root), str(tmp_path / "out"), **sections)
+    assert [s.participant_id for s in discover(load_config(inside), Store())] == ["a"]
+    assert [s.participant_id for s in discover(load_config(elsewhere), Store())] == ["a", "in"]
+
+
+# -- stops --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def larger_cohort(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("signals") / "in"
+    write_phantom_cohort(Store(), str(out), PhantomSpec(participants=4, seed=92))
+    return out
+
+
+@pytest.mark.parametrize("sig,code,to_group", [(signal.SIGTERM, 143, True), (signal.SIGINT, 130, False)])
+def test_a_signal_mid_run_stops_cleanly_and_the_rerun_is_exactly_once(sig, code, to_group, larger_cohort, tmp_path):
+    """SIGTERM to the whole process group (a cluster stopping a driver pod), SIGINT to the driver
+    (Ctrl-C): within 30 s, the status of the signal, finished scans published, no Ray process left."""
+    out = tmp_path / "out"
+    config = write_job_yaml(tmp_path / "job.yaml", str(larger_cohort), str(out))
+    tmpdir = f"/tmp/rs{uuid.uuid4().hex[:6]}"
+    try:
+        run = _cli(["run", str(config), "--no-progress"], tmpdir, start_new_session=True)
+        deadline = time.monotonic() + 400
+        while not list((out / "_work" / "staged" / "scans").glob("*.parquet")):  # a scan finished
+            assert run.poll() is None and time.monotonic() < deadline, run.communicate()[1][-3000:]
+            time.sleep(0.2)
+        sent = time.monotonic()
+        os.killpg(run.pid, sig) if to_group else run.send_signal(sig)
+        _, stderr = run.communicate(timeout=60)
+        stopped_in = time.monotonic() - sent
+        time.sleep(2)
+        left = matching(tmpdir)
+    finally:
+        kill_matching(tmpdir)
+    assert run.returncode == code, stderr[-3000:]
+    assert stopped_in < 30 and not left, (stopped_in, left)
+    assert f"interrupted ({signal.Signals(sig).name})" in stderr and "run the same command again to resume" in stderr
+    published = pd.read_parquet(out / "tables" / "scans")
+    assert 1 <= len(published) < 4  # what had finished is published; the rest is left for the next run
+    rerun = subprocess.run([sys.executable, "-m", "mrseg_cohort.cli", "run", str(config), "--no-progress"], cwd=REPO,
+                           env={**os.environ, "RAY_TMPDIR": tmpdir}, capture_output=True, text=True, timeout=600)
+    kill_matching(tmpdir)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert_each_scan_once(out, 4)
+
+
+# -- actors that cannot work ----------------------------------------------------------------------------
+def _model_copy(demo_model: Path, folder: Path, change) -> Path:
+    shutil.copytree(demo_model, folder)
+    change(folder)
+    return folder
+
+
+def _plans_with_unknown_normalisation(folder: Path) -> None:
+    plans = json.loads((folder / "plans.json").read_text())
+    plans["configurations"]["3d_fullres"]["normalization_schemes"] = ["MyNormalization"]
+    (folder / "plans.json").write_text(json.dumps(plans))
+
+
+def test_an_actor_that_raises_at_construction_stops_the_job_before_any_scan(cohort, demo_model, tmp_path,
+                                                                            ray_local):
+    weights = _model_copy(demo_model, tmp_path / "weights", _plans_with_unknown_normalisation)
+    out = tmp_path / "out"
+    config = write_job_yaml(tmp_path / "job.yaml", str(cohort), str(out), model={"weights": str(weights)})
+    t0 = time.monotonic()
+    result = CliRunner().invoke(app, ["run", str(config), "--no-progress"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "a segmentation actor could not start" in lines[0]
+    assert "normalization_schemes 'MyNormalization' is not supported" in lines[0]
+    assert not (out / "labels" / "P0000").exists() and not (out / "tables").exists()  # no scan was read
+    assert time.monotonic() - t0 < 120
+
+
+def test_an_actor_whose_weights_are_missing_on_its_node_stops_the_job(cohort, demo_model, tmp_path, ray_local,
+                                                                     monkeypatch):
+    """The driver's node has the weights (preflight passes); the actor's node does not."""
+    from dataclasses import replace
+
+    from mrseg_cohort.pipeline import run as run_module
+
+    checked = run_module.preflight
+
+    def preflight_on_another_node(job):
+        return [replace(spec, path=str(tmp_path / "not-on-this-node")) for spec in checked(job)]
+
+    monkeypatch.setattr(run_module, "preflight", preflight_on_another_node)
+    out = tmp_path / "out"
+    config = write_job_yaml(tmp_path / "job.yaml", str(cohort), str(out))
+    result = CliRunner().invoke(app, ["run", str(config), "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert "a segmentation actor could not start" in result.output and "not-on-this-node" in result.output
+    assert not (out / "tables").exists()
+
+
+def test_an_actor_failing_scan_after_scan_stops_the_job_keeping_what_is_done(cohort, demo_model, tmp_path,
+                                                                             ray_local):
+    """Corrupt weights (NaN) load fine and fail every scan: the job stops after
+    resources.max_consecutive_failures instead of failing the cohort scan by scan."""
+    import torch
+
+    def poison(folder: Path) -> None:
+        path = folder / "fold_0" / "checkpoint_final.pth"
+        checkpoint = torch.load(path, weights_only=False)
+        next(iter(checkpoint["network_weights"].values())).fill_(float("nan"))
+        torch.save(checkpoint, path)
+
+    weights = _model_copy(demo_model, tmp_path / "weights", poison)
+    out = tmp_path / "out"
+    config = write_job_yaml(tmp_path / "job.yaml", str(cohort), str(out), model={"weights": str(weights)},
+                            resources={"cpu_segmenters": 1, "threads_per_segmenter": 2, "memory_gb_per_scan": 0.5,
+                                       "max_consecutive_failures": 1, "in_flight_per_worker": 1})
+    result = CliRunner().invoke(app, ["run", str(config), "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert "failed 1 scans in a row; stopping the job" in result.output
+    failures = pd.read_parquet(out / "tables" / "failures")  # the failure is published, not lost
+    assert len(failures) >= 1 and failures.iloc[0].stage == "segment"
+    assert "NaN or infinite logits" in failures.iloc[0].message
+
+
+def test_a_cuda_error_ends_the_actor_so_that_ray_replaces_it(monkeypatch):
+    from mrseg_cohort.pipeline import actor_pool
+
+    exits = []
+    monkeypatch.setattr(actor_pool, "_exit_soon", lambda: exits.append(True))
+    actor = actor_pool.SegmentActor.__new__(actor_pool.SegmentActor)
+
+    def broken(*args):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    actor.segmenter = broken
+    status, segs = actor.segment({"in": None}, "MRI")
+    assert exits and segs is None and not status["ok"] and "CUDA error, actor restarted" in status["message"]
+    exits.clear()
+
+    def bug(*args):
+        raise RuntimeError("shape mismatch")  # not a device error: a bug, raised (a failures row with traceback)
+
+    actor.segmenter = bug
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        actor.segment({"in": None}, "MRI")
+    assert not exits
