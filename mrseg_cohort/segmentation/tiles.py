@@ -37,6 +37,8 @@ class BodyMask:
 
     def any_in(self, lo: tuple[int, ...], hi: tuple[int, ...]) -> bool:
         """Whether the mask holds a voxel in model-grid box ``[lo, hi)`` (clipped to the grid)."""
+        if any(h <= l for l, h in zip(lo, hi)):
+            return False
         a = [max(0, math.floor(v / self.step)) for v in lo]
         b = [min(n, math.ceil(v / self.step)) for v, n in zip(hi, self.mask.shape)]
         if any(x >= y for x, y in zip(a, b)):
