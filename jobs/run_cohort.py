@@ -40,8 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from mrseg_cohort.errors import ConfigError
     from mrseg_cohort.logs import configure_logging
     from mrseg_cohort.pipeline.run import run_job
-    from mrseg_cohort.pipeline.scheduler import StopRequest
-    from mrseg_cohort.pipeline.signals import stop_on_signals
+    from mrseg_cohort.pipeline.signals import StopRequest, stop_on_signals
 
     configure_logging(logging.INFO, args.json_logs)
     overrides: dict = {}

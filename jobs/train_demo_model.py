@@ -27,7 +27,6 @@ import torch.nn.functional as F
 
 from mrseg_cohort.labels import BODY_COMPOSITION, MRSEG, LabelMap
 from mrseg_cohort.phantom.cohort import render_spec_participant, PhantomSpec
-from mrseg_cohort.phantom.stations import station_layout
 
 TRAIN_SEED = 7
 """Phantom seed of the training participants (tests and the demo use other seeds)."""

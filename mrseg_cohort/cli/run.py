@@ -31,8 +31,7 @@ def run(
 
     from mrseg_cohort.config import load_config
     from mrseg_cohort.pipeline.run import run_job
-    from mrseg_cohort.pipeline.scheduler import StopRequest
-    from mrseg_cohort.pipeline.signals import stop_on_signals
+    from mrseg_cohort.pipeline.signals import StopRequest, stop_on_signals
 
     overrides: dict = {}
     if output is not None:

@@ -32,7 +32,8 @@ from mrseg_cohort.manifest import discover
 from mrseg_cohort.outputs import Outputs
 from mrseg_cohort.pipeline import stages
 from mrseg_cohort.pipeline.publisher import BatchPublisher
-from mrseg_cohort.pipeline.scheduler import FailureLog, ProgressFn, RunSummary, Scheduler, StopRequest
+from mrseg_cohort.pipeline.scheduler import FailureLog, ProgressFn, RunSummary, Scheduler
+from mrseg_cohort.pipeline.signals import StopRequest
 from mrseg_cohort.pipeline.session import choose_device
 from mrseg_cohort.segmentation.segmenter import ModelSpec, check_model
 from mrseg_cohort.work_units import WorkPlan, plan_work

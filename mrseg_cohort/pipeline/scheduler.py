@@ -11,7 +11,6 @@ the loop at once: scans not finished are left for the next run.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import traceback
 from collections import deque
@@ -21,6 +20,7 @@ from typing import Callable
 from mrseg_cohort.errors import ScanError
 from mrseg_cohort.pipeline.actor_pool import ActorPool, actor_died, first_line
 from mrseg_cohort.pipeline.publisher import BatchPublisher
+from mrseg_cohort.pipeline.signals import StopRequest
 from mrseg_cohort.work_units import ScanUnit
 
 log = logging.getLogger(__name__)
@@ -52,22 +52,6 @@ class RunSummary:
 
 
 ProgressFn = Callable[[RunSummary], None]
-
-
-class StopRequest:
-    """Set from a signal handler or the lease's heartbeat thread; read by the loop."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self.reason = ""
-
-    def set(self, reason: str) -> None:
-        if not self._event.is_set():
-            self.reason = reason
-            self._event.set()
-
-    def is_set(self) -> bool:
-        return self._event.is_set()
 
 
 class FailureLog:
@@ -141,8 +125,7 @@ class Scheduler:
                 self._segment(self.waiting.popleft(), i)
             self._collect(timeout=1.0)
             self.publisher.maybe_flush()
-        if self.stop.is_set():
-            self._collect(timeout=0)  # what finished by now is published; the rest is left for the next run
+        if self.stop.is_set():  # finished scans are published (the run adopts the staged ones); the rest waits
             log.warning("stopping (%s) with %d scan(s) unfinished: the next run does them", self.stop.reason,
                         self.in_flight + len(queue))
 

@@ -15,6 +15,7 @@ from typing import Iterator
 
 from mrseg_cohort.config import ResourcesConfig
 from mrseg_cohort.errors import ConfigError
+from mrseg_cohort.pipeline import signals
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ def ray_session(resources: ResourcesConfig) -> Iterator[RaySession]:
     else:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
                  log_to_driver=False)
+    signals.reassert()  # Ray's core replaced the run's SIGINT/SIGTERM handlers
     try:
         yield RaySession(on_cluster=bool(resources.address), started_here=True)
     finally:

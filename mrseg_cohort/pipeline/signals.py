@@ -3,6 +3,9 @@
 A cluster stops a driver with SIGTERM (``ray job stop``, a deleted KubeRay RayJob, the driver pod's
 termination), a terminal with SIGINT. The first signal asks the run to stop; a second one stops
 the process at once (the next run recovers what it had staged).
+
+``ray.init`` installs its own handlers (its C++ core aborts the process on SIGTERM, exit -6):
+:func:`reassert` puts ours back once Ray is up.
 """
 
 from __future__ import annotations
@@ -12,7 +15,21 @@ import signal
 import threading
 from typing import Iterator
 
-from mrseg_cohort.pipeline.scheduler import StopRequest
+class StopRequest:
+    """Set from a signal handler or the lease's heartbeat thread; read by the loop."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason = ""
+
+    def set(self, reason: str) -> None:
+        if not self._event.is_set():
+            self.reason = reason
+            self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
 
 @contextlib.contextmanager
 def stop_on_signals(stop: StopRequest) -> Iterator[StopRequest]:
@@ -31,8 +48,20 @@ def stop_on_signals(stop: StopRequest) -> Iterator[StopRequest]:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         previous[sig] = signal.signal(sig, handler)
+    _active.append(handler)
     try:
         yield stop
     finally:
+        _active.remove(handler)
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+_active: list = []
+
+
+def reassert() -> None:
+    """Install the innermost :func:`stop_on_signals` handler again (after a library replaced it)."""
+    if _active and threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _active[-1])
