@@ -44,6 +44,9 @@ class StorageConfig(Strict):
     request_attempts: int = Field(3, ge=1)
     """Attempts botocore makes per request; mrseg-cohort retries failed reads again on top
     (with backoff), so a dead endpoint is given up on after about a minute, not many."""
+    timeout_s: float = Field(60.0, gt=0)
+    """Seconds botocore waits to connect, and for each read of an answer, before it gives up on the
+    attempt (a stalled connection is then retried)."""
 
     @field_serializer("endpoint_url")
     def _endpoint_without_credentials(self, value: str | None) -> str | None:
@@ -56,7 +59,8 @@ class StorageConfig(Strict):
 
     def fsspec_options(self) -> dict[str, Any]:
         out: dict[str, Any] = {"config_kwargs": {"retries": {"max_attempts": self.request_attempts,
-                                                             "mode": "standard"}}}
+                                                             "mode": "standard"},
+                                                 "connect_timeout": self.timeout_s, "read_timeout": self.timeout_s}}
         if self.endpoint_url:
             out["endpoint_url"] = self.endpoint_url
         if self.profile:

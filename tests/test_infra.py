@@ -98,6 +98,8 @@ def test_entry_point_joins_the_cluster_and_reports(tmp_path, monkeypatch, capsys
 def test_ray_cluster_launcher_yaml():
     text = (INFRA / "ray-cluster-aws.yaml").read_text()
     cluster = yaml.safe_load(text)
+    assert any("RAY_JOB_STOP_WAIT_TIME_S=60" in c for c in cluster["head_start_ray_commands"])
+    assert cluster["available_node_types"][cluster["head_node_type"]]["resources"] == {"CPU": 0}
     assert cluster["provider"]["type"] == "aws"
     types = cluster["available_node_types"]
     assert cluster["head_node_type"] in types
@@ -144,6 +146,14 @@ def test_kuberay_rayjob_manifest(tmp_path):
     assert job_config.resources.address == "auto"
     assert all(m["mountPath"] != "/models" or m["name"] == "models" for m in head["containers"][0]["volumeMounts"])
     assert job_config.model.weights.startswith("/models/")
+    # GPUs are asked for: as many GPU actors as the worker groups can give, none required at submit
+    per_pod = [int(w["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]) for w in gpu]
+    assert job_config.resources.gpus == sum(w["maxReplicas"] * n for w, n in zip(gpu, per_pod))
+    assert job_config.model.device == "cuda" and all(w["replicas"] == 0 for w in gpu)
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    # a stop (ray job stop, a deleted RayJob) leaves the driver time to publish what finished
+    env = {e["name"]: e["value"] for e in head["containers"][0].get("env", [])}
+    assert int(env["RAY_JOB_STOP_WAIT_TIME_S"]) >= 30 and head["terminationGracePeriodSeconds"] >= 60
 
 
 # -- Dockerfile -------------------------------------------------------------------------------------------

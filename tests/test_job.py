@@ -73,17 +73,14 @@ def test_written_labels_equal_nnunets_predictor(demo_run, phantom_cohort, demo_m
     from mrseg_cohort.io.nifti import write_volume
     from mrseg_cohort.loading import load_scan
     from mrseg_cohort.manifest import discover
-    from mrseg_cohort.segmentation.model_folder import make_nnunet_predictor, open_model_folder
+    from nnunet_driver import predict_from_files
 
     job, _, out = demo_run
     source = discover(job, Store())[0]
     loaded = load_scan(Store(), source, job.contrasts, job.stitching, ReadLimits.from_config(job.limits))
     (tmp_path / "in").mkdir()
     write_volume(Store(), str(tmp_path / "in" / "case_0000.nii.gz"), loaded.images["in"], np.float32)
-    predictor = make_nnunet_predictor(open_model_folder(demo_model, (0,)), "cpu")
-    predictor.predict_from_files(str(tmp_path / "in"), str(tmp_path / "pred"), save_probabilities=False,
-                                 overwrite=True, num_processes_preprocessing=1,
-                                 num_processes_segmentation_export=1)
+    predict_from_files(demo_model, (0,), tmp_path / "in", tmp_path / "pred")
     reference = read_labels(Store(), str(tmp_path / "pred" / "case.nii.gz"))
     ours = read_labels(Store(), str(out / "labels" / source.participant_id / "0" / "in.nii.gz"))
     assert reference.grid.is_close(ours.grid)

@@ -12,12 +12,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from nnunet_driver import predict_from_files
+
 from mrseg_cohort.config import ModelConfig
 from mrseg_cohort.geometry import Volume
 from mrseg_cohort.io.nifti import read_labels, write_volume
 from mrseg_cohort.io.storage import Store
 from mrseg_cohort.phantom.noise import textured_body_in_noise
-from mrseg_cohort.segmentation.model_folder import make_nnunet_predictor, open_model_folder
 from mrseg_cohort.segmentation.random_model import RandomModelSpec, write_random_model
 from mrseg_cohort.segmentation.segmenter import Segmenter, check_model
 
@@ -52,12 +53,10 @@ def test_labels_equal_nnunets_predict_from_files(variant, tmp_path):
     image = _image(options)
     (tmp_path / "in").mkdir()
     write_volume(Store(), str(tmp_path / "in" / "case_0000.nii.gz"), image, np.float32)
-    predictor = make_nnunet_predictor(open_model_folder(model_dir, folds), "cpu", use_mirroring=mirroring)
-    predictor.predict_from_files(str(tmp_path / "in"), str(tmp_path / "pred"), save_probabilities=False,
-                                 overwrite=True, num_processes_preprocessing=1, num_processes_segmentation_export=1)
+    predict_from_files(model_dir, folds, tmp_path / "in", tmp_path / "pred", mirroring)
     reference = read_labels(Store(), str(tmp_path / "pred" / "case.nii.gz")).array
 
-    model = check_model(ModelConfig(weights=str(model_dir), folds=folds, mirroring=mirroring))
+    model = check_model(ModelConfig(weights=str(model_dir), folds=folds, mirroring=mirroring, skip_empty_tiles=False))
     segmentation = Segmenter([model], "cpu")(image, "CT" if options.get("ct") else "MRI", "in")
     ours = segmentation.labels["base"]
     present = np.unique(reference)

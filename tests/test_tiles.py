@@ -99,14 +99,12 @@ def test_skipping_keeps_the_labels_of_the_full_sliding_window(phantom_with_air, 
 def test_skipped_tiles_agree_with_nnunets_predictor(phantom_with_air, demo_model, tmp_path):
     from mrseg_cohort.io.nifti import read_labels, write_volume
     from mrseg_cohort.io.storage import Store
-    from mrseg_cohort.segmentation.model_folder import make_nnunet_predictor
+    from nnunet_driver import predict_from_files
 
     _, padded, rows = phantom_with_air
     (tmp_path / "in").mkdir()
     write_volume(Store(), str(tmp_path / "in" / "case_0000.nii.gz"), padded, np.float32)
-    predictor = make_nnunet_predictor(open_model_folder(demo_model, (0,)), "cpu")
-    predictor.predict_from_files(str(tmp_path / "in"), str(tmp_path / "pred"), save_probabilities=False,
-                                 overwrite=True, num_processes_preprocessing=1, num_processes_segmentation_export=1)
+    predict_from_files(demo_model, (0,), tmp_path / "in", tmp_path / "pred")
     reference = read_labels(Store(), str(tmp_path / "pred" / "case.nii.gz")).array
     counts = TileCounts()
     runner = ModelRunner(open_model_folder(demo_model, (0,)), "cpu", skip_empty_tiles=True)
