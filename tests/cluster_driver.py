@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -39,8 +40,13 @@ def main(config: str) -> None:
     actor_pool.ActorPool._add = counting_add
 
     def first_gpu_joins_later() -> None:
+        # `ray start` in a process of its own, as a node joins a real cluster (Cluster.add_node
+        # installs signal handlers, which only the main thread may do)
         time.sleep(8)
-        added.append(cluster.add_node(num_cpus=2, num_gpus=1))
+        ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+        added.append(subprocess.Popen([ray_cli, "start", "--address", cluster.address, "--num-cpus=2",
+                                       "--num-gpus=1", "--block", "--disable-usage-stats"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         events.append("gpu node 1 joined while the job waited")
 
     threading.Thread(target=first_gpu_joins_later, daemon=True).start()
@@ -61,6 +67,8 @@ def main(config: str) -> None:
     print("RESULT " + json.dumps({"done": summary.done, "failed": summary.failed, "device": summary.device,
                                   "events": events, "actors_created": created, "seconds": time.monotonic() - t0,
                                   "failures": [f["message"] for f in summary.failures]}), flush=True)
+    added[0].terminate()
+    added[0].wait(timeout=60)
     cluster.shutdown()
 
 

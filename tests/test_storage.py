@@ -157,8 +157,8 @@ def _job(input_uri: str, input_storage: dict, output_uri: str, output_storage: d
 @pytest.mark.parametrize("case", ["input bucket", "input credentials", "input prefix", "output bucket",
                                   "output credentials"])
 def test_job_stops_before_any_work(case, s3_server, tmp_path):
-    """prepare() refuses with one ConfigError line naming the key; no output is written."""
-    from mrseg_cohort.pipeline.run import prepare
+    """preflight() refuses with one ConfigError line naming the key; no output is written."""
+    from mrseg_cohort.pipeline.run import preflight
 
     if not s3_server.auth and ("credentials" in case or "prefix" in case):
         pytest.skip("moto's server does not check credentials")
@@ -180,7 +180,7 @@ def test_job_stops_before_any_work(case, s3_server, tmp_path):
     else:
         out, out_storage = f"s3://{bucket}/results", {**good, "secret": bad_secret}
     with pytest.raises(ConfigError) as info:
-        prepare(_job(inp, inp_storage, out, out_storage))
+        preflight(_job(inp, inp_storage, out, out_storage))
     message = str(info.value)
     assert message.startswith("input.uri" if case.startswith("input") else "output.uri"), message
     assert len(message.splitlines()) == 1 and bad_secret not in message and s3_server.secret not in message
@@ -336,7 +336,7 @@ def test_full_disk_while_publishing_says_so_and_keeps_the_staged_scans(tmp_path,
     from mrseg_cohort.tables import empty_table
 
     outputs = Outputs(Store(), str(tmp_path / "out"))
-    key = ("1000001", "2")
+    key = ("1000001", "2", "base")
     outputs.stage(key, {t: empty_table(t) for t in ("structures", "intensities", "scans")})
     real = storage._replace_local
     monkeypatch.setattr(storage, "_replace_local", lambda path, data: real(path, data) if "_work" in path else
