@@ -5,8 +5,12 @@
 A phantom cohort (demo grid) on a local SeaweedFS server; the job reads and writes it through a
 fault-injecting TCP proxy (tests/fault_proxy.py: connection resets, stalls past the client timeout,
 503 SlowDown, answers cut short). Each step starts ``mrseg-cohort run`` and, at a random moment,
-SIGKILLs the driver, a Ray worker process or the raylet; then the next step is the re-run. After
-every step the output is read directly (not through the proxy) and checked:
+SIGKILLs the driver, a Ray worker process or the raylet (a worker or the raylet as soon as one
+exists when the moment comes before it); then the next step is the re-run. Each run is given the
+committed scans plus ``--per-step`` more (``--first-n``), so that the kills fall while scans are in
+flight rather than into runs with nothing left to do; should the cohort be complete before the last
+kill, the job goes on into a fresh output. After every step the output is read directly (not
+through the proxy) and checked:
 
 - every scan (and model) at most once in ``scans``, every (scan, structure) at most once in
   ``structures`` and ``intensities``; every committed scan has all its structure rows;
@@ -116,7 +120,7 @@ class Checker:
 
 
 def run_soak(scans: int, kills: int, fault_rate: float, kinds: tuple[str, ...], seed: int, max_delay_s: float,
-             work: Path) -> dict:
+             work: Path, per_step: int = 2) -> dict:
     import yaml
 
     from fault_proxy import FaultProxy
@@ -136,22 +140,32 @@ def run_soak(scans: int, kills: int, fault_rate: float, kinds: tuple[str, ...], 
     storage = {"endpoint_url": proxy.endpoint_url, "key": server.key, "secret": server.secret, "timeout_s": 3,
                "request_attempts": 2}
     config = work / "job.yaml"
-    config.write_text(yaml.safe_dump({
-        "cohort": {"name": "soak", "layout": "phantom"},
-        "input": {"uri": f"{prefix}/in", "storage": storage},
-        "model": {"weights": "bundled:demo"},
-        "output": {"uri": f"{prefix}/out", "storage": storage, "commit_every": 3, "commit_interval_s": 20,
-                   "lease_timeout_s": 60},
-        "resources": {"cpu_segmenters": 1, "threads_per_segmenter": 2, "memory_gb_per_scan": 0.3}}))
-    checker = Checker(direct, f"{prefix}/out")
+
+    def use_output(generation: int) -> Checker:
+        out = f"{prefix}/out-{generation}"
+        config.write_text(yaml.safe_dump({
+            "cohort": {"name": "soak", "layout": "phantom"},
+            "input": {"uri": f"{prefix}/in", "storage": storage},
+            "model": {"weights": "bundled:demo"},
+            "output": {"uri": out, "storage": storage, "commit_every": 3, "commit_interval_s": 20,
+                       "lease_timeout_s": 60},
+            "resources": {"cpu_segmenters": 1, "threads_per_segmenter": 2, "memory_gb_per_scan": 0.3}}))
+        return Checker(direct, out)
+
+    outputs = 1
+    checker = use_output(outputs)
+    committed = 0
     killed: Counter = Counter()
     results: dict = {"steps": [], "violations": []}
     t0 = time.monotonic()
     try:
         while sum(killed.values()) < kills:
-            step = _step(config, rng, max_delay_s, killed, kill_matching)
+            if committed == scans:  # the cohort is done before the last kill: go on into a fresh output
+                outputs += 1
+                checker, committed = use_output(outputs), 0
+            step = _step(config, rng, max_delay_s, killed, kill_matching, first_n=min(scans, committed + per_step))
             problems, committed = checker.check()
-            step.update(committed=committed, violations=problems)
+            step.update(output=outputs, committed=committed, violations=problems)
             results["steps"].append(step)
             results["violations"] += problems
             print(json.dumps(step), flush=True)
@@ -166,30 +180,33 @@ def run_soak(scans: int, kills: int, fault_rate: float, kinds: tuple[str, ...], 
     finally:
         proxy.stop()
         server.stop()
-    results.update(kills=dict(killed), faults=dict(proxy.counts), runs=len(results["steps"]) + 1,
+    results.update(kills=dict(killed), faults=dict(proxy.counts), runs=len(results["steps"]) + 1, outputs=outputs,
                    hung_runs=sum(s["hung"] for s in results["steps"]),
                    scans=scans, seconds=time.monotonic() - t0, n_violations=len(results["violations"]))
     return results
 
 
 def _step(config: Path, rng: random.Random, max_delay_s: float, killed: Counter, kill_matching,
-          kill: bool = True) -> dict:
-    """One run, with a SIGKILL at a random moment (one of :data:`TARGETS`) unless ``kill`` is False."""
+          kill: bool = True, first_n: int | None = None) -> dict:
+    """One run (of the first ``first_n`` participants), with a SIGKILL at a random moment (one of
+    :data:`TARGETS`, as soon as it exists) unless ``kill`` is False."""
     tmpdir = f"/tmp/soak{uuid.uuid4().hex[:6]}"
-    proc = subprocess.Popen([sys.executable, "-m", "mrseg_cohort.cli", "run", str(config), "--no-progress"],
+    limit = ["--first-n", str(first_n)] if first_n else []
+    proc = subprocess.Popen([sys.executable, "-m", "mrseg_cohort.cli", "run", str(config), "--no-progress", *limit],
                             cwd=REPO, env={**os.environ, "RAY_TMPDIR": tmpdir}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     target, victim = (rng.choice(TARGETS), None) if kill else ("none", None)
-    deadline = time.monotonic() + rng.uniform(1.0, max_delay_s) if kill else None
+    delay = rng.uniform(1.0, max_delay_s) if kill else 0.0
+    deadline = time.monotonic() + delay
     try:
-        while kill and proc.poll() is None and time.monotonic() < deadline:
+        while kill and proc.poll() is None and victim is None:
+            if time.monotonic() >= deadline:
+                pids = [proc.pid] if target == "driver" else _processes(proc.pid)[target]
+                if pids:
+                    victim = rng.choice(pids)
+                    os.kill(victim, signal.SIGKILL)
+                    killed[target] += 1
             time.sleep(0.2)
-        if kill and proc.poll() is None:
-            pids = [proc.pid] if target == "driver" else _processes(proc.pid)[target]
-            if pids:
-                victim = rng.choice(pids)
-                os.kill(victim, signal.SIGKILL)
-                killed[target] += 1
         try:
             _, stderr = proc.communicate(timeout=900)
             hung = False
@@ -199,7 +216,7 @@ def _step(config: Path, rng: random.Random, max_delay_s: float, killed: Counter,
             hung = True
     finally:
         kill_matching(tmpdir)
-    return {"target": target if victim else "none", "exit": proc.returncode, "hung": hung,
+    return {"target": target if victim else "none", "delay_s": round(delay, 1), "exit": proc.returncode, "hung": hung,
             "last_line": (stderr.strip().splitlines() or [""])[-1][:200]}
 
 
@@ -209,17 +226,18 @@ def main() -> None:
     ap.add_argument("--kills", type=int, default=50)
     ap.add_argument("--fault-rate", type=float, default=0.05, help="share of connections given a fault")
     ap.add_argument("--kinds", default="reset,stall,slowdown,truncate")
-    ap.add_argument("--max-delay-s", type=float, default=60.0, help="latest moment of a kill after a run starts")
+    ap.add_argument("--max-delay-s", type=float, default=25.0, help="latest moment of a kill after a run starts")
+    ap.add_argument("--per-step", type=int, default=2, help="scans each run is given beyond the committed ones")
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="mrseg-soak-") as work:
         results = run_soak(args.scans, args.kills, args.fault_rate, tuple(args.kinds.split(",")), args.seed,
-                           args.max_delay_s, Path(work))
+                           args.max_delay_s, Path(work), args.per_step)
     results["args"] = vars(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1, default=str))
-    print(json.dumps({k: results[k] for k in ("kills", "faults", "runs", "n_violations", "seconds")}))
+    print(json.dumps({k: results[k] for k in ("kills", "faults", "runs", "outputs", "n_violations", "seconds")}))
     sys.exit(1 if results["n_violations"] else 0)
 
 

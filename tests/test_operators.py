@@ -315,6 +315,50 @@ def test_an_actor_whose_weights_are_missing_on_its_node_stops_the_job(cohort, de
     assert not (out / "tables").exists()
 
 
+def _pool_of(actor_class, ray_local, segmenters: int = 1):
+    """An ActorPool on the test session's local Ray whose actors are ``actor_class``."""
+    from mrseg_cohort.config import ResourcesConfig
+    from mrseg_cohort.pipeline.actor_pool import ActorPool
+    from mrseg_cohort.pipeline.session import RaySession
+
+    pool = ActorPool(RaySession(on_cluster=False, started_here=False), "cpu", [],
+                     ResourcesConfig(cpu_segmenters=segmenters, actor_start_timeout_s=120))
+    pool._actor_cls = ray_local.remote(actor_class).options(max_restarts=0, num_cpus=0)
+    return pool
+
+
+def test_an_actor_whose_process_dies_while_it_starts_is_replaced(tmp_path, ray_local):
+    """The soak found it: an actor SIGKILLed while loading its models left start() waiting (and
+    spinning) until actor_start_timeout_s; the pool now replaces it, a bounded number of times."""
+    died = tmp_path / "died-once"
+
+    class DiesTheFirstTime:
+        def __init__(self, models, device, threads):
+            if not died.exists():
+                died.touch()
+                os._exit(1)
+
+        def ready(self):
+            return {"node": "n", "pid": os.getpid(), "device": "cpu"}
+
+    pool = _pool_of(DiesTheFirstTime, ray_local)
+    t0 = time.monotonic()
+    pool.start()
+    assert died.exists() and pool.n_ready == 1 and len(pool.members) == 2 and time.monotonic() - t0 < 60
+
+    class AlwaysDies(DiesTheFirstTime):
+        def __init__(self, models, device, threads):
+            os._exit(1)
+
+    from mrseg_cohort.pipeline.actor_pool import START_REPLACEMENTS, ActorStartError
+
+    pool = _pool_of(AlwaysDies, ray_local)
+    t0 = time.monotonic()
+    with pytest.raises(ActorStartError, match="keep dying while they start"):
+        pool.start()
+    assert len(pool.members) == 1 + START_REPLACEMENTS and time.monotonic() - t0 < 60
+
+
 def test_an_actor_failing_scan_after_scan_stops_the_job_keeping_what_is_done(cohort, demo_model, tmp_path,
                                                                              ray_local):
     """Corrupt weights (NaN) load fine and fail every scan: the job stops after

@@ -17,7 +17,7 @@ def test_a_short_soak_keeps_every_scan_once(tmp_path):
     from soak import run_soak
 
     results = run_soak(scans=3, kills=5, fault_rate=0.1, kinds=("reset", "slowdown", "truncate"), seed=7,
-                       max_delay_s=25.0, work=tmp_path)
+                       max_delay_s=12.0, work=tmp_path, per_step=1)
     assert results["n_violations"] == 0, results["violations"]
     assert sum(results["kills"].values()) == 5 and sum(results["faults"].values()) > 0, results
     assert results["final"]["committed"] == 3 and results["final"]["exit"] == 0, results["final"]

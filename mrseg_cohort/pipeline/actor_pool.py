@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 TEST_LOGICAL_GPUS = "MRSEG_COHORT_TEST_LOGICAL_GPUS"
 
 
+START_REPLACEMENTS = 3
+"""Replacements per actor the pool makes while it starts, before it gives up (ActorStartError)."""
+
+
 class ActorStartError(ConfigError):
     """A segmentation actor could not start: the job stops before any scan."""
 
@@ -142,15 +146,31 @@ class ActorPool:
 
     # -- start ----------------------------------------------------------------------------------
     def start(self) -> None:
-        """Create the actors and wait for them (see module docstring); raises ActorStartError or a
-        ConfigError when no actor comes up in time."""
-        self._add(self._target_now())
+        """Create the actors and wait for them (see module docstring); an actor whose process dies
+        while it starts is replaced, up to :data:`START_REPLACEMENTS` times the pool's size.
+
+        Raises:
+            ActorStartError: an actor's constructor raised, or actors kept dying while they started.
+            ConfigError: no actor came up in time.
+        """
+        size = self._target_now()
+        self._add(size)
         wait_all = not self.session.on_cluster
         timeout = self.resources.actor_start_timeout_s if wait_all else self.resources.gpu_wait_s
         deadline = time.monotonic() + timeout
+        replaced = 0
         while True:
             self._collect_ready(timeout=min(5.0, max(0.0, deadline - time.monotonic())))
-            if (wait_all and self.n_ready == len(self.members)) or (not wait_all and self.n_ready >= 1):
+            missing = self._target_now() - self.n_alive
+            if missing > 0:  # died while starting (killed, out of memory, its node left)
+                if replaced + missing > START_REPLACEMENTS * size:
+                    raise ActorStartError(f"segmentation actors keep dying while they start ({replaced} replaced): "
+                                          "check the nodes' memory (the system's OOM killer) and the Ray logs")
+                log.warning("replacing %d segmentation actor(s) that died while starting", missing)
+                self._add(missing)
+                replaced += missing
+                continue
+            if (wait_all and self.n_ready == self.n_alive) or (not wait_all and self.n_ready >= 1):
                 break
             if time.monotonic() >= deadline:
                 what = "a GPU" if self.device == "cuda" else "CPUs"
@@ -167,6 +187,7 @@ class ActorPool:
 
         pending = {m.ready_ref: m for m in self.members if m.ready_ref is not None and m.alive}
         if not pending:
+            time.sleep(timeout)
             return
         done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=timeout)
         for ref in done:
