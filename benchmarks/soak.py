@@ -64,6 +64,10 @@ class Checker:
     def __init__(self, store, root: str, n_structures: int = 40):
         self.store, self.root, self.n_structures = store, root.rstrip("/"), n_structures
         self.label_times: dict[str, object] = {}
+        self.lagged: set[str] = set()
+        """Objects listed but not found on a first read, found on a later one (reported, not violations)."""
+
+    READS = 5
 
     def _table(self, name: str):
         import pyarrow as pa
@@ -71,10 +75,18 @@ class Checker:
 
         parts, bad = [], []
         for uri in self.store.list_files(f"{self.root}/tables/{name}"):
-            try:
-                parts.append(pq.read_table(io.BytesIO(self.store.read_bytes(uri))))
-            except Exception as err:  # noqa: BLE001 - any unreadable object is a violation
-                bad.append(f"{uri}: {type(err).__name__}")
+            for attempt in range(self.READS):
+                try:
+                    parts.append(pq.read_table(io.BytesIO(self.store.read_bytes(uri))))
+                    break
+                except FileNotFoundError:  # listed but not found: the server's read-after-write lag?
+                    self.lagged.add(uri)
+                    time.sleep(2.0)
+                except Exception as err:  # noqa: BLE001 - any unreadable object is a violation
+                    bad.append(f"{uri}: {type(err).__name__}")
+                    break
+            else:
+                bad.append(f"{uri}: listed, but not found in {self.READS} reads over {2 * self.READS} s")
         return (pa.concat_tables(parts, promote_options="default").to_pandas() if parts else None), bad
 
     def check(self) -> tuple[list[str], int]:
@@ -162,7 +174,8 @@ def run_soak(scans: int, kills: int, fault_rate: float, kinds: tuple[str, ...], 
         while sum(killed.values()) < kills:
             if committed == scans:  # the cohort is done before the last kill: go on into a fresh output
                 outputs += 1
-                checker, committed = use_output(outputs), 0
+                lagged, checker, committed = checker.lagged, use_output(outputs), 0
+                checker.lagged = lagged
             step = _step(config, rng, max_delay_s, killed, kill_matching, first_n=min(scans, committed + per_step))
             problems, committed = checker.check()
             step.update(output=outputs, committed=committed, violations=problems)
@@ -181,6 +194,7 @@ def run_soak(scans: int, kills: int, fault_rate: float, kinds: tuple[str, ...], 
         proxy.stop()
         server.stop()
     results.update(kills=dict(killed), faults=dict(proxy.counts), runs=len(results["steps"]) + 1, outputs=outputs,
+                   listed_before_readable=sorted(checker.lagged),
                    hung_runs=sum(s["hung"] for s in results["steps"]),
                    scans=scans, seconds=time.monotonic() - t0, n_violations=len(results["violations"]))
     return results
