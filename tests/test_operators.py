@@ -266,6 +266,61 @@ def test_a_signal_mid_run_stops_cleanly_and_the_rerun_is_exactly_once(sig, code,
     assert_each_scan_once(out, 4)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_ray_job_stop_publishes_what_finished_and_the_rerun_is_exactly_once(larger_cohort, tmp_path):
+    """A job submitted to a Ray cluster (``ray start --head``, ``ray job submit``) and stopped with
+    ``ray job stop``: the driver gets SIGTERM, publishes what finished and exits within Ray's wait
+    (RAY_JOB_STOP_WAIT_TIME_S, as infra/ sets it); the job is stopped, no half-written table is
+    visible, and the same job submitted again completes the cohort exactly once."""
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    tmpdir, port = f"/tmp/rj{uuid.uuid4().hex[:6]}", _free_port()
+    # a throwaway local cluster: without Ray's token authentication (on by default with the dashboard)
+    env = {**os.environ, "RAY_TMPDIR": tmpdir, "RAY_JOB_STOP_WAIT_TIME_S": "60", "RAY_AUTH_MODE": "disabled"}
+    address = f"http://127.0.0.1:{port}"
+    out = tmp_path / "out"
+    config = write_job_yaml(tmp_path / "job.yaml", str(larger_cohort), str(out))
+    entry = ["--", sys.executable, str(REPO / "jobs" / "run_cohort.py"), "--config", str(config)]
+
+    def ray(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run([ray_cli, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+    try:
+        head = ray("start", "--head", "--num-cpus=2", "--include-dashboard=true", f"--dashboard-port={port}",
+                   "--dashboard-host=127.0.0.1", f"--temp-dir={tmpdir}", "--disable-usage-stats")
+        if head.returncode != 0 and "dashboard" in head.stderr.lower():
+            pytest.skip(f"Ray's dashboard (ray[default]) cannot start here: {head.stderr[-300:]}")
+        assert head.returncode == 0, head.stderr[-2000:]
+        submitted = ray("job", "submit", "--address", address, "--no-wait", "--submission-id", "stop-me", *entry)
+        assert submitted.returncode == 0, submitted.stderr[-2000:]
+        deadline = time.monotonic() + 400
+        while not list((out / "_work" / "staged" / "scans").glob("*.parquet")):  # a scan finished
+            assert time.monotonic() < deadline, ray("job", "logs", "--address", address, "stop-me").stdout[-3000:]
+            time.sleep(0.5)
+        sent = time.monotonic()
+        stopped = ray("job", "stop", "--address", address, "stop-me")  # waits for the job to end
+        stopped_in = time.monotonic() - sent
+        status = ray("job", "status", "--address", address, "stop-me").stdout
+        logs = ray("job", "logs", "--address", address, "stop-me").stdout
+        assert stopped.returncode == 0 and "was stopped" in status, (stopped.stderr[-2000:], status, logs[-3000:])
+        assert stopped_in < 60, (stopped_in, logs[-3000:])
+        assert "interrupted (SIGTERM)" in logs and "submit the same job again to resume" in logs, logs[-3000:]
+        published = pd.read_parquet(out / "tables" / "scans")
+        assert 1 <= len(published) < 4, logs[-3000:]  # what had finished is published, nothing else
+        again = ray("job", "submit", "--address", address, "--submission-id", "again", *entry, timeout=600)
+        assert again.returncode == 0, (again.stdout[-3000:], again.stderr[-2000:])
+    finally:
+        ray("stop", "--force", timeout=120)
+        kill_matching(tmpdir)
+    assert_each_scan_once(out, 4)
+
+
 # -- actors that cannot work ----------------------------------------------------------------------------
 def _model_copy(demo_model: Path, folder: Path, change) -> Path:
     shutil.copytree(demo_model, folder)
