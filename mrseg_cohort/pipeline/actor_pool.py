@@ -161,14 +161,14 @@ class ActorPool:
         replaced = 0
         while True:
             self._collect_ready(timeout=min(5.0, max(0.0, deadline - time.monotonic())))
-            missing = self._target_now() - self.n_alive
-            if missing > 0:  # died while starting (killed, out of memory, its node left)
-                if replaced + missing > START_REPLACEMENTS * size:
+            died = len(self.members) - self.n_alive - replaced  # while starting: killed, out of memory, node left
+            if died > 0:  # replaced one for one (growth with GPUs that join is poll()'s job)
+                if replaced + died > START_REPLACEMENTS * size:
                     raise ActorStartError(f"segmentation actors keep dying while they start ({replaced} replaced): "
                                           "check the nodes' memory (the system's OOM killer) and the Ray logs")
-                log.warning("replacing %d segmentation actor(s) that died while starting", missing)
-                self._add(missing)
-                replaced += missing
+                log.warning("replacing %d segmentation actor(s) that died while starting", died)
+                self._add(died)
+                replaced += died
                 continue
             if (wait_all and self.n_ready == self.n_alive) or (not wait_all and self.n_ready >= 1):
                 break
