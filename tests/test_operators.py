@@ -281,6 +281,10 @@ def test_ray_job_stop_publishes_what_finished_and_the_rerun_is_exactly_once(larg
     visible, and the same job submitted again completes the cohort exactly once."""
     ray_cli = str(Path(sys.executable).with_name("ray"))
     tmpdir, port = f"/tmp/rj{uuid.uuid4().hex[:6]}", _free_port()
+    # ports of their own: the test session's own local Ray (ray_local) may hold Ray's defaults
+    ports = [f"--{name}={_free_port()}" for name in (
+        "port", "ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+        "metrics-export-port", "runtime-env-agent-port")]
     # a throwaway local cluster: without Ray's token authentication (on by default with the dashboard)
     env = {**os.environ, "RAY_TMPDIR": tmpdir, "RAY_JOB_STOP_WAIT_TIME_S": "60", "RAY_AUTH_MODE": "disabled"}
     address = f"http://127.0.0.1:{port}"
@@ -293,7 +297,7 @@ def test_ray_job_stop_publishes_what_finished_and_the_rerun_is_exactly_once(larg
 
     try:
         head = ray("start", "--head", "--num-cpus=2", "--include-dashboard=true", f"--dashboard-port={port}",
-                   "--dashboard-host=127.0.0.1", f"--temp-dir={tmpdir}", "--disable-usage-stats")
+                   "--dashboard-host=127.0.0.1", f"--temp-dir={tmpdir}", "--disable-usage-stats", *ports)
         if head.returncode != 0 and "dashboard" in head.stderr.lower():
             pytest.skip(f"Ray's dashboard (ray[default]) cannot start here: {head.stderr[-300:]}")
         assert head.returncode == 0, head.stderr[-2000:]
@@ -315,8 +319,7 @@ def test_ray_job_stop_publishes_what_finished_and_the_rerun_is_exactly_once(larg
         assert 1 <= len(published) < 4, logs[-3000:]  # what had finished is published, nothing else
         again = ray("job", "submit", "--address", address, "--submission-id", "again", *entry, timeout=600)
         assert again.returncode == 0, (again.stdout[-3000:], again.stderr[-2000:])
-    finally:
-        ray("stop", "--force", timeout=120)
+    finally:  # this cluster's processes only (`ray stop` would also end the test session's own Ray)
         kill_matching(tmpdir)
     assert_each_scan_once(out, 4)
 
