@@ -165,7 +165,9 @@ def run_soak(scans: int, kills: int, fault_rate: float, kinds: tuple[str, ...], 
             "model": {"weights": "bundled:demo"},
             "output": {"uri": out, "storage": storage, "commit_every": 3, "commit_interval_s": 20,
                        "lease_timeout_s": 60},
-            "resources": {"cpu_segmenters": 1, "threads_per_segmenter": 2, "memory_gb_per_scan": 0.3}}))
+            "resources": {"cpu_segmenters": 1, "threads_per_segmenter": 2, "memory_gb_per_scan": 0.3,
+                          # a run whose raylet was killed while its actor started waits this long
+                          "actor_start_timeout_s": 120}}))
         return Checker(direct, out)
 
     outputs = 1
