@@ -65,10 +65,10 @@ def _processes(root_pid: int) -> dict[str, list[int]]:
 class Checker:
     """The invariants of the module docstring, on the output read without the proxy."""
 
-    def __init__(self, store, root: str, n_structures: int = 40):
+    def __init__(self, store, root: str, lagged: set[str], n_structures: int = 40):
         self.store, self.root, self.n_structures = store, root.rstrip("/"), n_structures
         self.label_times: dict[str, object] = {}
-        self.lagged: set[str] = set()
+        self.lagged = lagged
         """Objects listed but not found on a first read, found on a later one (reported, not violations)."""
 
     READS = 5
@@ -156,6 +156,7 @@ def run_soak(scans: int, kills: int, fault_rate: float, kinds: tuple[str, ...], 
     storage = {"endpoint_url": proxy.endpoint_url, "key": server.key, "secret": server.secret, "timeout_s": 3,
                "request_attempts": 2}
     config = work / "job.yaml"
+    lagged: set[str] = set()  # objects listed before they could be read, over all outputs (reported)
 
     def use_output(generation: int) -> Checker:
         out = f"{prefix}/out-{generation}"
@@ -168,7 +169,7 @@ def run_soak(scans: int, kills: int, fault_rate: float, kinds: tuple[str, ...], 
             "resources": {"cpu_segmenters": 1, "threads_per_segmenter": 2, "memory_gb_per_scan": 0.3,
                           # a run whose raylet was killed while its actor started waits this long
                           "actor_start_timeout_s": 120}}))
-        return Checker(direct, out)
+        return Checker(direct, out, lagged)
 
     outputs = 1
     checker = use_output(outputs)
@@ -180,8 +181,7 @@ def run_soak(scans: int, kills: int, fault_rate: float, kinds: tuple[str, ...], 
         while sum(killed.values()) < kills:
             if committed == scans:  # the cohort is done before the last kill: go on into a fresh output
                 outputs += 1
-                lagged, checker, committed = checker.lagged, use_output(outputs), 0
-                checker.lagged = lagged
+                checker, committed = use_output(outputs), 0
             step = _step(config, rng, max_delay_s, killed, kill_matching, first_n=min(scans, committed + per_step))
             problems, committed = checker.check()
             step.update(output=outputs, committed=committed, violations=problems)
@@ -200,7 +200,7 @@ def run_soak(scans: int, kills: int, fault_rate: float, kinds: tuple[str, ...], 
         proxy.stop()
         server.stop()
     results.update(kills=dict(killed), faults=dict(proxy.counts), runs=len(results["steps"]) + 1, outputs=outputs,
-                   listed_before_readable=sorted(checker.lagged),
+                   listed_before_readable=sorted(lagged),
                    hung_runs=sum(s["hung"] for s in results["steps"]),
                    scans=scans, seconds=time.monotonic() - t0, n_violations=len(results["violations"]))
     return results
