@@ -464,3 +464,69 @@ def test_a_cuda_error_ends_the_actor_so_that_ray_replaces_it(monkeypatch):
     with pytest.raises(RuntimeError, match="shape mismatch"):
         actor.segment({"in": None}, "MRI")
     assert not exits
+
+
+def test_a_local_run_whose_raylet_dies_while_its_actor_starts_stops_with_one_line(tmp_path):
+    """The soak found it: the pool replaced the actor that died with its node, and the replacement
+    waited for a node that would never come, until actor_start_timeout_s (600 s by default), and
+    then blamed the cluster's GPUs. Now it stops once the GCS marks the driver's node dead."""
+    tmpdir = f"/tmp/rl{uuid.uuid4().hex[:6]}"
+    try:
+        proc = subprocess.run([sys.executable, "tests/raylet_loss_driver.py"], cwd=REPO,
+                              env={**os.environ, "RAY_TMPDIR": tmpdir},
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        kill_matching(tmpdir)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, proc.stderr[-3000:]
+    result = json.loads(lines[-1][7:])
+    assert result["error"] == "NodeLostError", result
+    assert "Ray node is gone" in result["message"] and "run the same command again" in result["message"]
+    assert result["seconds"] < 90, result  # the GCS's dead-node detection, not the 120 s start timeout
+
+
+def test_the_pool_stops_the_run_once_its_node_is_gone(ray_local):
+    """While scans run, poll() is where the pool would replace dead actors: with the driver's node
+    gone it stops the run instead of asking for actors nothing can place."""
+    from mrseg_cohort.pipeline.actor_pool import NodeLostError
+
+    class Ready:
+        def __init__(self, models, device, threads):
+            pass
+
+        def ready(self):
+            return {"node": "n", "pid": os.getpid(), "device": "cpu"}
+
+    pool = _pool_of(Ready, ray_local)
+    pool.start()
+    pool.poll(every_s=0)  # the node is alive: nothing happens
+    pool.session.own_node_alive = lambda: False
+    with pytest.raises(NodeLostError, match="Ray node is gone"):
+        pool.poll(every_s=0)
+
+
+def test_a_cpu_actor_that_does_not_start_in_time_is_named_without_blaming_gpus(ray_local):
+    """The timeout line of a CPU run spoke of the cluster's GPUs and of resources.gpu_wait_s."""
+    from mrseg_cohort.config import ResourcesConfig
+    from mrseg_cohort.pipeline.actor_pool import ActorPool
+    from mrseg_cohort.pipeline.session import RaySession
+
+    class StartsSlowly:
+        def __init__(self, models, device, threads):
+            time.sleep(60)
+
+        def ready(self):
+            return {}
+
+    pool = ActorPool(RaySession(on_cluster=False, started_here=False), "cpu", [],
+                     ResourcesConfig(cpu_segmenters=1, actor_start_timeout_s=2))
+    pool._actor_cls = ray_local.remote(StartsSlowly).options(max_restarts=0, num_cpus=0)
+    try:
+        with pytest.raises(ConfigError) as caught:
+            pool.start()
+    finally:
+        for member in pool.members:
+            ray_local.kill(member.handle)
+    message = str(caught.value)
+    assert "0 of 1 segmentation actor(s) started within 2 s" in message, message
+    assert "actor_start_timeout_s" in message and "GPU" not in message and "gpu_wait_s" not in message

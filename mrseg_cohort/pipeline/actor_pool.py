@@ -47,6 +47,10 @@ class ActorFailingError(ConfigError):
     """One actor failed many scans in a row: the job stops (scans already done are kept)."""
 
 
+class NodeLostError(ConfigError):
+    """The Ray node the driver is attached to died: nothing more can run (scans already done are kept)."""
+
+
 class SegmentActor:
     """The Ray actor around :class:`Segmenter`: the models loaded once per process (one per GPU).
 
@@ -161,6 +165,7 @@ class ActorPool:
         replaced = 0
         while True:
             self._collect_ready(timeout=min(5.0, max(0.0, deadline - time.monotonic())))
+            self._require_own_node()
             died = len(self.members) - self.n_alive - replaced  # while starting: killed, out of memory, node left
             if died > 0:  # replaced one for one (growth with GPUs that join is poll()'s job)
                 if replaced + died > START_REPLACEMENTS * size:
@@ -173,14 +178,29 @@ class ActorPool:
             if (wait_all and self.n_ready == self.n_alive) or (not wait_all and self.n_ready >= 1):
                 break
             if time.monotonic() >= deadline:
-                what = "a GPU" if self.device == "cuda" else "CPUs"
-                raise ConfigError(f"no segmentation actor started within {timeout:.0f} s: the cluster gave no "
-                                  f"{what} for it ({self.session.resources().get('GPU', 0):.0f} GPUs now); check "
-                                  "that GPU workers can start (autoscaler limits, quotas), or raise "
-                                  "resources.gpu_wait_s")
+                raise ConfigError(self._start_timeout_message(timeout, wait_all))
             log.info("waiting for segmentation actors: %d of %d ready", self.n_ready, len(self.members))
         log.info("segmenting on %s with %d actor(s) ready of %d requested", self.device, self.n_ready,
                  len(self.members))
+
+    def _start_timeout_message(self, timeout: float, wait_all: bool) -> str:
+        have = self.session.resources()
+        started = f"{self.n_ready} of {self.n_alive} segmentation actor(s) started within {timeout:.0f} s"
+        if self.device == "cuda":
+            return (f"{started}: the cluster gave no GPU for them ({have.get('GPU', 0):.0f} GPUs now); check that "
+                    "GPU workers can start (autoscaler limits, quotas), or raise "
+                    f"resources.{'actor_start_timeout_s' if wait_all else 'gpu_wait_s'}")
+        return (f"{started} (each needs 1 of Ray's {have.get('CPU', 0):.0f} CPUs): the CPUs are taken, or loading "
+                "the models takes longer (a slow disk or object store, memory swapping?); lower "
+                "resources.cpu_segmenters, or raise resources.actor_start_timeout_s")
+
+    def _require_own_node(self) -> None:
+        """Raises :class:`NodeLostError` when the driver's Ray node is gone (see
+        :meth:`~mrseg_cohort.pipeline.session.RaySession.own_node_alive`)."""
+        if not self.session.own_node_alive():
+            raise NodeLostError("this run's Ray node is gone (its raylet ended: killed, or out of memory; see "
+                                "the system log and Ray's raylet.out); scans already done are kept: run the "
+                                "same command again to resume")
 
     def _collect_ready(self, timeout: float) -> None:
         import ray
@@ -214,6 +234,7 @@ class ActorPool:
         if now - self._last_growth_check < every_s:
             return
         self._last_growth_check = now
+        self._require_own_node()
         missing = self._target_now() - self.n_alive
         if missing > 0:
             log.info("adding %d segmentation actor(s) (%d alive, %d wanted)", missing, self.n_alive,

@@ -38,6 +38,17 @@ class RaySession:
         """GPUs the cluster has right now (logical ``GPU`` resources)."""
         return int(self.resources().get("GPU", 0))
 
+    @staticmethod
+    def own_node_alive() -> bool:
+        """Whether the Ray node this driver is attached to is alive. False once its raylet ended
+        (killed, out of memory) and the GCS marked it dead: then nothing this run asks for can start,
+        on a laptop because there is no other node, on a cluster because the driver's own node holds
+        the objects it owns."""
+        import ray
+
+        me = ray.get_runtime_context().get_node_id()
+        return any(node["NodeID"] == me and node["Alive"] for node in ray.nodes())
+
 
 @contextlib.contextmanager
 def ray_session(resources: ResourcesConfig) -> Iterator[RaySession]:
