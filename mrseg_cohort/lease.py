@@ -106,6 +106,17 @@ class OutputLease:
             log.warning("lease file %s is unreadable (%s); treating it as stale", self._uri(generation), err)
             return LeaseHolder("unknown", "unknown", -1, 0.0, 0.0, generation)
 
+    def _read_soon(self, generation: int, wait_s: float = 5.0) -> LeaseHolder | None:
+        """The lease that won a race for ``generation``: a store may refuse the exclusive create while
+        the winner's upload is still going on, or list and refuse before a read finds it (seen with
+        SeaweedFS), so it is read again for up to ``wait_s``."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            holder = self._read(generation)
+            if holder is not None or time.monotonic() >= deadline:
+                return holder
+            time.sleep(0.25)
+
     def current(self) -> LeaseHolder | None:
         """The live holder of the output, or None (no lease, or only stale ones)."""
         generations = self._generations()
@@ -140,9 +151,9 @@ class OutputLease:
         try:
             self.store.create_bytes(self._uri(self.generation), self._record())
         except FileExistsError:
-            winner = self._read(self.generation)
+            winner = self._read_soon(self.generation)
             self.generation = None
-            shown = winner.describe(self.clock()) if winner else "another run"
+            shown = winner.describe(self.clock()) if winner else "another run (its lease file is not readable yet)"
             raise LeaseHeldError(f"output {self.root} was just taken by {shown}") from None
         if not exclusive:
             self._confirm_without_exclusive_create()

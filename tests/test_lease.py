@@ -102,3 +102,28 @@ def test_of_runs_starting_together_exactly_one_holds_the_output(root):
     for t in threads:
         t.join()
     assert sorted(results.values()) == ["holds", "refused", "refused", "refused"]
+
+
+def test_a_run_that_loses_the_race_names_the_winner_even_if_its_lease_is_not_readable_yet(tmp_path):
+    """Seen on SeaweedFS under load: the exclusive create was refused, but the winner's lease file
+    was not readable at once; the refusal said only 'another run' (no host, no since)."""
+    winner = OutputLease(Store(), str(tmp_path / "out"), "run-winner")
+    winner.acquire()
+
+    class LaggingStore(Store):
+        """The winner's file exists (the create is refused) but its first reads find nothing."""
+
+        misses = 3
+
+        def read_bytes(self, uri):
+            if uri.endswith(".json") and self.misses:
+                self.misses -= 1
+                raise FileNotFoundError(uri)
+            return super().read_bytes(uri)
+
+    loser = OutputLease(LaggingStore(), str(tmp_path / "out"), "run-loser")
+    loser._generations = lambda: []  # it listed before the winner's file was there
+    with pytest.raises(LeaseHeldError) as caught:
+        loser.acquire()
+    message = str(caught.value)
+    assert "was just taken by run run-winner" in message and "host" in message and "since" in message, message
