@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements/cpu.lock requirements/reference.txt pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: install demo test clean-demo
+.PHONY: install demo test test-slow clean-demo
 
 install: $(STAMP)
 
@@ -22,8 +22,12 @@ demo: install
 	test -d demo-data/phantoms || $(BIN)/mrseg-cohort phantom demo-data/phantoms --participants 4 --layout ukbb --seed 1000
 	$(BIN)/mrseg-cohort run configs/demo.yaml
 
+# the default run leaves out tests marked slow (pyproject's addopts); CI (.ci/run) runs both
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 clean-demo:
 	rm -rf demo-data demo-output

