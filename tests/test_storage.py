@@ -105,6 +105,31 @@ def test_check_writable_and_readable(root):
     store.check_readable(join_uri(uri, "x/1_20201_2_0.zip"))
 
 
+
+def test_objects_another_process_wrote_after_a_listing_are_seen(root, tmp_path):
+    """s3fs caches folder listings: a process that had listed a folder did not list, and could not
+    read (FileNotFoundError), what another process wrote there afterwards. This hid the winner of a
+    lease race and made the soak's checker report published parts as missing."""
+    import subprocess
+    import sys
+
+    store, uri = root
+    folder = join_uri(uri, "shared")
+    store.write_bytes(join_uri(folder, "a.bin"), b"a")
+    assert store.list_files(folder, recursive=False) == [join_uri(folder, "a.bin")]
+    assert store.list_files(folder) == [join_uri(folder, "a.bin")]
+    writer = ("import pickle, sys; store = pickle.loads(bytes.fromhex(sys.argv[1])); "
+              "store.write_bytes(sys.argv[2], b'b')")
+    import pickle
+
+    subprocess.run([sys.executable, "-c", writer, pickle.dumps(store).hex(), join_uri(folder, "b.bin")],
+                   check=True, timeout=120)
+    both = [join_uri(folder, "a.bin"), join_uri(folder, "b.bin")]
+    assert store.list_files(folder, recursive=False) == both
+    assert store.read_bytes(join_uri(folder, "b.bin")) == b"b"
+    assert store.exists(join_uri(folder, "b.bin")) and store.size(join_uri(folder, "b.bin")) == 1
+    assert store.list_files(folder) == both
+
 # -- object-store failures: one clear line, before any work -------------------------------------------
 def test_missing_bucket(s3_server):
     store = Store(s3_server.options())

@@ -146,9 +146,14 @@ class Store:
 
     # -- plumbing ---------------------------------------------------------------------------------
     def fs_and_path(self, uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-        """The file system for ``uri`` (cached by fsspec per process and options) and its path."""
+        """The file system for ``uri`` (cached by fsspec per process and options) and its path.
+
+        Object stores are used without s3fs's listings cache: other processes (the other run, the
+        actors, the next run) write into folders this one has listed, and a cached listing hides
+        their objects from listing, ``exists`` and even reads (s3fs sizes a read from the cache).
+        """
         protocol = uri.split("://", 1)[0] if "://" in uri else "file"
-        options = self.options if protocol in ("s3", "s3a") else {}
+        options = {**self.options, "use_listings_cache": False} if protocol in ("s3", "s3a") else {}
         return url_to_fs(uri, **options)
 
     def retry(self, what: str, uri: str, fn: Callable[[], T]) -> T:
