@@ -83,7 +83,8 @@ class Checker:
                 try:
                     parts.append(pq.read_table(io.BytesIO(self.store.read_bytes(uri))))
                     break
-                except FileNotFoundError:  # listed but not found: the server's read-after-write lag?
+                except FileNotFoundError:  # listed but not found: a read-after-write lag of the server (this
+                    # was s3fs's listings cache, now off in Store: such objects stayed unreadable for good)
                     self.lagged.add(uri)
                     time.sleep(2.0)
                 except Exception as err:  # noqa: BLE001 - any unreadable object is a violation
