@@ -180,6 +180,10 @@ def run_soak(scans: int, kills: int, fault_rate: float, kinds: tuple[str, ...], 
     t0 = time.monotonic()
     try:
         while sum(killed.values()) < kills:
+            if len(results["steps"]) >= 4 * kills:  # runs that end before their kill, again and again
+                results["violations"].append(f"{len(results['steps'])} steps for {sum(killed.values())} kills: "
+                                             "the runs make no progress")
+                break
             if committed == scans:  # the cohort is done before the last kill: go on into a fresh output
                 outputs += 1
                 checker, committed = use_output(outputs), 0
