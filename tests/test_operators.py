@@ -375,14 +375,14 @@ def test_an_actor_whose_weights_are_missing_on_its_node_stops_the_job(cohort, de
     assert not (out / "tables").exists()
 
 
-def _pool_of(actor_class, ray_local, segmenters: int = 1):
+def _pool_of(actor_class, ray_local, segmenters: int = 1, start_timeout_s: float = 120):
     """An ActorPool on the test session's local Ray whose actors are ``actor_class``."""
     from mrseg_cohort.config import ResourcesConfig
     from mrseg_cohort.pipeline.actor_pool import ActorPool
     from mrseg_cohort.pipeline.session import RaySession
 
     pool = ActorPool(RaySession(on_cluster=False, started_here=False), "cpu", [],
-                     ResourcesConfig(cpu_segmenters=segmenters, actor_start_timeout_s=120))
+                     ResourcesConfig(cpu_segmenters=segmenters, actor_start_timeout_s=start_timeout_s))
     pool._actor_cls = ray_local.remote(actor_class).options(max_restarts=0, num_cpus=0)
     return pool
 
@@ -510,9 +510,6 @@ def test_the_pool_stops_the_run_once_its_node_is_gone(ray_local):
 
 def test_a_cpu_actor_that_does_not_start_in_time_is_named_without_blaming_gpus(ray_local):
     """The timeout line of a CPU run spoke of the cluster's GPUs and of resources.gpu_wait_s."""
-    from mrseg_cohort.config import ResourcesConfig
-    from mrseg_cohort.pipeline.actor_pool import ActorPool
-    from mrseg_cohort.pipeline.session import RaySession
 
     class StartsSlowly:
         def __init__(self, models, device, threads):
@@ -521,9 +518,7 @@ def test_a_cpu_actor_that_does_not_start_in_time_is_named_without_blaming_gpus(r
         def ready(self):
             return {}
 
-    pool = ActorPool(RaySession(on_cluster=False, started_here=False), "cpu", [],
-                     ResourcesConfig(cpu_segmenters=1, actor_start_timeout_s=2))
-    pool._actor_cls = ray_local.remote(StartsSlowly).options(max_restarts=0, num_cpus=0)
+    pool = _pool_of(StartsSlowly, ray_local, start_timeout_s=2)
     try:
         with pytest.raises(ConfigError) as caught:
             pool.start()
