@@ -198,6 +198,15 @@ class OutputConfig(Strict):
     def _uri_given(cls, v: str) -> str:
         return _location(v, "output URI")
 
+    @model_validator(mode="after")
+    def _heartbeat_within_timeout(self) -> "OutputConfig":
+        """A lease renewed no more often than it times out looks stale to other runs between renewals."""
+        if self.lease_heartbeat_s >= self.lease_timeout_s:
+            raise ValueError(f"lease_heartbeat_s ({self.lease_heartbeat_s:g} s) must be shorter than "
+                             f"lease_timeout_s ({self.lease_timeout_s:g} s), or other runs take the lease "
+                             "between heartbeats; a heartbeat of a sixth of the timeout is the default")
+        return self
+
 
 class ResourcesConfig(Strict):
     address: str | None = None
@@ -312,6 +321,48 @@ _PATH_KEYS = (("input", "uri"), ("input", "participants_file"), ("model", "weigh
 """Keys holding local paths or URIs: relative paths resolved by :mod:`mrseg_cohort.paths`."""
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A key given twice in one mapping of a YAML file: ``key`` (dotted, as :func:`_dotted` writes
+    it) and the 1-based ``lines`` of both."""
+
+    def __init__(self, key: str, lines: tuple[int, int]):
+        super().__init__(key, lines)
+        self.key, self.lines = key, lines
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (:class:`DuplicateKeyError`).
+
+    PyYAML keeps the last of two equal keys without a word (``output:`` twice moves the output);
+    YAML itself requires keys to be unique. Keys merged in with ``<<`` may still be overridden, as
+    YAML's merge keys allow. Keys are compared as loaded (``1`` and ``"1"`` differ, ``1`` and ``0x1``
+    do not)."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._check_unique_keys(node, "", set())
+        return super().construct_document(node)
+
+    def _check_unique_keys(self, node: yaml.Node, where: str, visited: set[int]) -> None:
+        if id(node) in visited:  # an alias of a node already checked
+            return
+        visited.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._check_unique_keys(item, f"{where}[{i}]", visited)
+        elif isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue  # merged keys may be overridden; complex keys are refused by the config itself
+                key = self.construct_object(key_node, deep=True)
+                name = f"{where}.{key}" if where else str(key)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise DuplicateKeyError(name, (seen[key], line))
+                seen[key] = line
+                self._check_unique_keys(value_node, name, visited)
+
+
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> JobConfig:
     """Read and validate a YAML job file; raise :class:`ConfigError` with one line naming the key.
 
@@ -330,7 +381,12 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Jo
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: is not a UTF-8 text file ({err.reason} at byte {err.start})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=UniqueKeyLoader)
+    except DuplicateKeyError as err:
+        first, second = err.lines
+        where = f"lines {first} and {second}" if first != second else f"line {first}, twice"
+        raise ConfigError(f"{path}: key {err.key!r} is given twice ({where}); keep one of them "
+                          "(YAML would silently use the last)") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -151,3 +151,46 @@ def test_plan_estimate_refuses_impossible_resources():
         with pytest.raises(ValueError, match="must be"):
             estimate(*args, "test")
     assert estimate(3600, 1.0, 1.0, 1, 1, "test").wall_hours == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("text,message", [
+    (GOOD + "output: {uri: elsewhere}\n", "key 'output' is given twice (lines 5 and 6)"),
+    (GOOD.replace("output: {uri: out}", "output:\n  uri: out\n  commit_every: 3\n  uri: elsewhere"),
+     "key 'output.uri' is given twice (lines 6 and 8)"),
+    (GOOD.replace("model: {weights: bundled:demo}", "models:\n  - {weights: bundled:demo}\n"
+                  "  - {name: b, weights: bundled:demo, name: c}"), "key 'models[1].name' is given twice (line 6, twice)"),
+])
+def test_a_key_given_twice_is_refused_naming_the_key_and_both_lines(tmp_path, text, message):
+    """Issue 23: PyYAML keeps the last of two equal keys; a second 'output:' moved the output silently."""
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert message in str(info.value) and str(path) in str(info.value)
+    result = CliRunner().invoke(app, ["plan", str(path)])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
+
+
+def test_merge_keys_may_be_overridden_and_equal_looking_keys_of_other_types_differ(tmp_path):
+    """YAML's merge keys allow overriding what was merged in; 1 and "1" are different keys."""
+    import yaml
+
+    from mrseg_cohort.config import UniqueKeyLoader
+
+    text = GOOD.replace("input: {uri: data}", "input: {uri: data, storage: &s {request_attempts: 2, timeout_s: 5}}")
+    text = text.replace("output: {uri: out}", "output: {uri: out, storage: {<<: *s, request_attempts: 1}}")
+    job = load_config(_write(tmp_path, text))
+    assert (job.output.storage.request_attempts, job.output.storage.timeout_s) == (1, 5)
+    assert yaml.load("a: &x {p: 1}\nb: {<<: *x, p: 2}\n", Loader=UniqueKeyLoader) == {"a": {"p": 1}, "b": {"p": 2}}
+    assert yaml.load("1: a\n'1': b\n", Loader=UniqueKeyLoader) == {1: "a", "1": "b"}
+
+
+@pytest.mark.parametrize("heartbeat,timeout", [(180, 180), (200, 180), (31, 30)])
+def test_a_lease_heartbeat_not_shorter_than_its_timeout_is_refused(tmp_path, heartbeat, timeout):
+    text = GOOD.replace("output: {uri: out}", f"output: {{uri: out, lease_heartbeat_s: {heartbeat}, "
+                                              f"lease_timeout_s: {timeout}}}")
+    with pytest.raises(ConfigError, match=f"lease_heartbeat_s \\({heartbeat} s\\) must be shorter than "
+                                          f"lease_timeout_s \\({timeout} s\\)"):
+        load_config(_write(tmp_path, text))
+    shorter = text.replace(f"lease_heartbeat_s: {heartbeat}", f"lease_heartbeat_s: {timeout - 1}")
+    assert load_config(_write(tmp_path, shorter)).output.lease_heartbeat_s == timeout - 1
