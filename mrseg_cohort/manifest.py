@@ -33,6 +33,10 @@ UKBB_ZIP = re.compile(r"^(?P<participant_id>\d+)_20201_(?P<visit>\d+)_(?P<array>
 UKBB_BULK_LINE = re.compile(r"^\s*(?P<eid>\d+)\s+(?P<field>\d+)_(?P<instance>\d+)_(?P<array>\d+)\s*$")
 SHOWN_IDS = 5
 """Ids named in a warning about a participants file (the rest are counted)."""
+NAME_MAX_BYTES = 255
+"""Longest file or folder name that common file systems allow (ext4, XFS, APFS: 255 bytes)."""
+MAX_ID_BYTES = 200
+"""Longest participant or visit id, in UTF-8 bytes: an id is one folder name of the output."""
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +131,8 @@ def discover(cfg: JobConfig, store: Store) -> list[ScanSource]:
         sources = _ukbb_zips(cfg, rel)
     else:  # pragma: no cover - the config validates the layout
         raise ConfigError(f"cohort.layout: unknown layout {layout!r}")
-    sources = [_with_checked_ids(s) for s in sources]
+    models = tuple(m.name for m in cfg.models)
+    sources = [_with_checked_ids(s, models) for s in sources]
     if cfg.input.participants_file:
         sources = _selected(sources, cfg.input.participants_file, store, root)
     sources.sort(key=lambda s: (s.participant_id, s.visit))
@@ -146,18 +151,40 @@ def _inside(uri: str, folder: str) -> bool:
 def id_problem(value: str, what: str) -> str:
     """Why ``value`` cannot be a participant or visit id, or "" when it can: ids become single path
     components of the output (``labels/<participant_id>/<visit>/``), so they may not be empty, ``.``
-    or ``..``, nor hold a path separator or a control character."""
+    or ``..``, nor hold a path separator or a control character, nor be longer than
+    :data:`MAX_ID_BYTES` (UTF-8)."""
     if value in ("", ".", ".."):
         return f"{what} {value!r} is not a usable id (it would be a path of its own)"
     bad = sorted({c for c in value if c in "/\\" or ord(c) < 32 or ord(c) == 127})
     if bad:
         return f"{what} {value!r} holds {', '.join(repr(c) for c in bad)}: ids may not hold path separators or control characters"
+    size = len(value.encode("utf-8"))
+    if size > MAX_ID_BYTES:
+        return (f"{what} {value[:24]!r}... is {size} bytes long: ids may be at most {MAX_ID_BYTES} bytes "
+                "(they name folders and files of the output)")
     return ""
 
 
-def _with_checked_ids(source: ScanSource) -> ScanSource:
-    """``source``, with a ``problem`` (it fails at read, naming its file) when an id is unusable."""
-    problem = id_problem(source.participant_id, "participant id") or id_problem(source.visit, "visit")
+def output_name_problem(source: ScanSource, models: tuple[str, ...]) -> str:
+    """Why the output cannot hold ``source``'s files, or "": the longest file name it makes for the
+    scan (its staged rows, named by participant, visit and ``models``) must fit :data:`NAME_MAX_BYTES`,
+    else the scan would fail after its label files were written."""
+    from mrseg_cohort.outputs import Outputs  # here: outputs imports work_units, which imports this module
+    from mrseg_cohort.work_units import unit_key
+
+    name = Outputs(Store(), "").staged_uri("scans", unit_key(source.key, models)).rsplit("/", 1)[-1]
+    size = len(name.encode("utf-8"))
+    if size <= NAME_MAX_BYTES:
+        return ""
+    return (f"participant id {source.participant_id[:24]!r}... and visit {source.visit[:24]!r} make an output file "
+            f"name of {size} bytes, above the {NAME_MAX_BYTES} bytes file systems allow; shorten the ids")
+
+
+def _with_checked_ids(source: ScanSource, models: tuple[str, ...]) -> ScanSource:
+    """``source``, with a ``problem`` (it fails at read, before anything of it is written, naming its
+    file) when an id is unusable or too long for the output's file names."""
+    problem = id_problem(source.participant_id, "participant id") or id_problem(source.visit, "visit") \
+        or output_name_problem(source, models)
     if not problem or source.problem:
         return source
     problem += "; fix cohort.participant_regex / cohort.pattern or rename the file"

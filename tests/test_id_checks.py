@@ -1,0 +1,67 @@
+"""Participant ids and visits are checked once (manifest.id_problem), by the run and by the phantom
+command alike, before anything is written (issue 23: a visit ``../../escape`` wrote outside the
+phantom folder; a 240-character id left a label file that no table names)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from conftest import write_job_yaml
+from mrseg_cohort.cli import app
+from mrseg_cohort.config import load_config
+from mrseg_cohort.io.storage import Store
+from mrseg_cohort.manifest import MAX_ID_BYTES, NAME_MAX_BYTES, ScanSource, discover, id_problem, output_name_problem
+from mrseg_cohort.phantom.cohort import PhantomSpec, participant_id, write_phantom_cohort
+
+SCALE = 3.0
+
+
+def _files(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*")}
+
+
+def test_id_limits():
+    assert id_problem("1" * MAX_ID_BYTES, "participant id") == ""
+    assert "201 bytes long" in id_problem("1" * (MAX_ID_BYTES + 1), "participant id")
+    assert "202 bytes long" in id_problem("é" * 101, "visit")  # bytes, not characters
+    # staged rows are named <participant>__<visit>__<models>.parquet: 150 + 2 + 80 + 2 + 4 + 8 = 246 bytes
+    scan = ScanSource("p" * 150, "v" * 80, "phantom", "MRI", ())
+    assert output_name_problem(scan, ("base",)) == ""
+    # models "base+body_comp" (the + written %2B): 150 + 2 + 80 + 2 + 16 + 8 = 258 bytes
+    assert f"output file name of 258 bytes, above the {NAME_MAX_BYTES}" in output_name_problem(
+        scan, ("base", "body_comp"))
+
+
+@pytest.fixture(scope="module")
+def long_id_cohort(tmp_path_factory) -> tuple[Path, str]:
+    """A one-participant phantom cohort whose participant id is 240 characters long."""
+    root = tmp_path_factory.mktemp("long-id") / "cohort"
+    write_phantom_cohort(Store(), str(root), PhantomSpec(participants=1, seed=8, scale=SCALE))
+    long_id = "x" * 240
+    (root / participant_id(8, 0)).rename(root / long_id)
+    return root, long_id
+
+
+def test_a_too_long_id_gets_a_problem_from_the_manifest(long_id_cohort, tmp_path):
+    root, long_id = long_id_cohort
+    job = load_config(write_job_yaml(tmp_path / "job.yaml", str(root), str(tmp_path / "out")))
+    [source] = discover(job, Store())
+    assert source.participant_id == long_id and "is 240 bytes long" in source.problem
+
+
+def test_a_run_over_a_too_long_id_writes_nothing_for_it(long_id_cohort, tmp_path, ray_local):
+    """The scan fails at read with a failures row; no label file (or staged row) is left for it."""
+    root, long_id = long_id_cohort
+    out = tmp_path / "out"
+    config = write_job_yaml(tmp_path / "job.yaml", str(root), str(out),
+                            model={"tile_step_size": 1.0})
+    result = CliRunner().invoke(app, ["run", str(config), "--no-progress"])
+    assert result.exit_code == 1, result.output
+    [row] = pd.read_parquet(out / "tables" / "failures").to_dict("records")
+    assert row["participant_id"] == long_id and row["stage"] == "read" and "240 bytes long" in row["message"]
+    assert not [p for p in out.rglob("*.nii.gz")], sorted(_files(out))
+    assert not any(long_id in name for name in _files(out))
