@@ -24,6 +24,27 @@ def _files(root: Path) -> set[str]:
     return {p.relative_to(root).as_posix() for p in root.rglob("*")}
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--visit", "../../escape"], "visit '../../escape' holds '/'"),
+    (["--visit", ""], "visit '' is not a usable id"),
+    (["--visit", ".."], "visit '..' is not a usable id"),
+    (["--repeat-visit", "a\\b"], "repeat visit 'a\\\\b' holds '\\\\'"),
+    (["--visit", "v" * (MAX_ID_BYTES + 1)], f"is {MAX_ID_BYTES + 1} bytes long"),
+])
+def test_phantom_refuses_visits_the_run_refuses_and_writes_nothing(tmp_path, args, message):
+    before = _files(tmp_path)
+    result = CliRunner().invoke(app, ["phantom", str(tmp_path / "a" / "b"), "-n", "1", "--scale", str(SCALE), *args])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
+    assert _files(tmp_path) == before  # not even the folder: nothing inside it, nothing beside it
+
+
+def test_the_phantom_library_refuses_them_too(tmp_path):
+    with pytest.raises(ValueError, match="holds '/'"):
+        write_phantom_cohort(Store(), str(tmp_path / "p"), PhantomSpec(participants=1, visit="../x", scale=SCALE))
+    assert not (tmp_path / "p").exists() and _files(tmp_path) == set()
+
+
 def test_id_limits():
     assert id_problem("1" * MAX_ID_BYTES, "participant id") == ""
     assert "201 bytes long" in id_problem("1" * (MAX_ID_BYTES + 1), "participant id")

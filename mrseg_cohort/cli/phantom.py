@@ -28,7 +28,7 @@ def phantom(
 ) -> None:
     """Generate phantom participants (stations per Dixon contrast, truth labels and fat fractions)."""
     from mrseg_cohort.io.storage import Store
-    from mrseg_cohort.phantom.cohort import PhantomSpec, write_phantom_cohort
+    from mrseg_cohort.phantom.cohort import PhantomSpec, check_spec, write_phantom_cohort
     from mrseg_cohort.phantom.stations import station_layout
 
     if participants < 1:
@@ -44,11 +44,12 @@ def phantom(
         fail(f"--repeat-visit must differ from --visit ({visit!r})")
     with one_line_errors():
         station_layout(layout, scale)  # validates layout and scale before any writing
+        spec = PhantomSpec(participants=participants, layout=layout, seed=seed, scale=scale, visit=visit,
+                           wholebody=wholebody, format=fmt, repeat_visit=repeat_visit, repeat_changes=changes)
+        check_spec(spec)  # visits as the run checks them, before the folder is made
         store = Store()
         out = from_command_line(out)
         store.check_writable(out)
-        spec = PhantomSpec(participants=participants, layout=layout, seed=seed, scale=scale, visit=visit,
-                           wholebody=wholebody, format=fmt, repeat_visit=repeat_visit, repeat_changes=changes)
         truth = write_phantom_cohort(store, out, spec)
     typer.echo(f"wrote {participants} {layout} phantom participant(s) as {fmt} to {out} "
                f"({truth['participant_id'].nunique()} ids; truth in {out}/truth/)")

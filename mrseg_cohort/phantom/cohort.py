@@ -27,6 +27,7 @@ from mrseg_cohort.io.nifti import write_volume
 from mrseg_cohort.io.storage import Store, join_uri
 from mrseg_cohort.io.tables import write_table
 from mrseg_cohort.labels import BODY_COMPOSITION, MRSEG
+from mrseg_cohort.manifest import id_problem
 from mrseg_cohort.phantom.anatomy import Participant, draw_participant
 from mrseg_cohort.phantom.render import RenderedParticipant, render_participant
 from mrseg_cohort.phantom.stations import station_layout, station_slices, whole_body_grid
@@ -127,6 +128,26 @@ def write_nifti_stations(store: Store, out_uri: str, pid: str, visit: str,
             write_volume(store, join_uri(folder, f"{contrast}_station{k}.nii.gz"), volume, np.int16)
 
 
+def check_spec(spec: PhantomSpec) -> None:
+    """Raise ValueError for a setting of ``spec`` out of range, before anything is written. Visits
+    and participant ids are checked as the run checks them (:func:`mrseg_cohort.manifest.id_problem`):
+    they name folders, so ``--visit ../../x`` would write outside the cohort folder."""
+    if spec.participants < 1:
+        raise ValueError(f"participants must be at least 1, not {spec.participants}")
+    if spec.format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, not {spec.format!r}")
+    if spec.format == "dicom-zip" and spec.layout != "ukbb":
+        raise ValueError(f"format dicom-zip writes UK Biobank zips: it needs layout ukbb, not {spec.layout!r}")
+    for what, value in (("visit", spec.visit), ("repeat visit", spec.repeat_visit)):
+        problem = id_problem(value, what) if value is not None else ""
+        if problem:
+            raise ValueError(problem)
+    for index in range(spec.first_index, spec.first_index + spec.participants):
+        problem = id_problem(participant_id(spec.seed, index), "participant id")
+        if problem:
+            raise ValueError(f"{problem} (seed {spec.seed}, index {index})")
+
+
 def write_phantom_cohort(store: Store, out_uri: str, spec: PhantomSpec) -> pd.DataFrame:
     """Generate ``spec.participants`` participants under ``out_uri``; returns the truth table.
 
@@ -137,14 +158,9 @@ def write_phantom_cohort(store: Store, out_uri: str, spec: PhantomSpec) -> pd.Da
 
     Raises:
         FileExistsError: ``out_uri`` already holds files.
-        ValueError: a setting of ``spec`` is out of range.
+        ValueError: a setting of ``spec`` is out of range (:func:`check_spec`).
     """
-    if spec.participants < 1:
-        raise ValueError(f"participants must be at least 1, not {spec.participants}")
-    if spec.format not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, not {spec.format!r}")
-    if spec.format == "dicom-zip" and spec.layout != "ukbb":
-        raise ValueError(f"format dicom-zip writes UK Biobank zips: it needs layout ukbb, not {spec.layout!r}")
+    check_spec(spec)
     layout = station_layout(spec.layout, spec.scale)
     grid = whole_body_grid(layout)
     slices = station_slices(layout)
