@@ -117,30 +117,79 @@ def read_participant_selection(store: Store, uri: str) -> tuple[set[str], set[tu
     return ids, pairs
 
 
+def check_input(cfg: JobConfig, store: Store) -> None:
+    """Refuse an input that cannot be listed, with one line (:class:`ConfigError` naming
+    ``input.uri``): a missing or empty folder or bucket, refused credentials, a store that does not
+    answer. The run's preflight and :func:`discover` both ask this."""
+    try:
+        store.check_readable(cfg.input.uri)
+    except OSError as err:
+        raise ConfigError(f"input.uri: {err}") from None
+
+
 def discover(cfg: JobConfig, store: Store) -> list[ScanSource]:
-    """All scans under ``cfg.input.uri`` for ``cfg.cohort.layout``, sorted, selected and limited."""
+    """All scans under ``cfg.input.uri`` for ``cfg.cohort.layout``, sorted, selected and limited.
+
+    Raises:
+        ConfigError: the input cannot be listed (:func:`check_input`), a pattern, regex or
+            participants file is wrong, or no scan is found: the message says why (no file matches
+            the layout, every file lies in the job's own output, the participants file selects none).
+    """
     root = cfg.input.uri
     layout = cfg.cohort.layout
-    files = [u for u in store.list_files(root) if not _inside(u, cfg.output.uri)]  # never our own output
+    if layout in ("phantom", "nako-nifti"):  # a wrong pattern or regex is refused before any listing
+        pattern = pattern_regex(cfg.cohort.pattern, cfg.contrasts.available)
+    elif layout == "nifti-folder":
+        name_regex = _participant_regex(cfg)
+    elif layout != "ukbb-dicom-zip":  # pragma: no cover - the config validates the layout
+        raise ConfigError(f"cohort.layout: unknown layout {layout!r}")
+    check_input(cfg, store)
+    listed = store.list_files(root)
+    files = [u for u in listed if not _inside(u, cfg.output.uri)]  # never our own output
     rel = [(u, u[len(root.rstrip("/")) + 1:]) for u in files]
     if layout in ("phantom", "nako-nifti"):
-        sources = _by_pattern(cfg, rel)
+        sources = _by_pattern(cfg, rel, pattern)
     elif layout == "nifti-folder":
-        sources = _by_regex(cfg, rel)
-    elif layout == "ukbb-dicom-zip":
+        sources = _by_regex(cfg, rel, name_regex)
+    else:
         sources = _ukbb_zips(cfg, rel)
-    else:  # pragma: no cover - the config validates the layout
-        raise ConfigError(f"cohort.layout: unknown layout {layout!r}")
+    if not sources:
+        raise ConfigError(_no_scans_found(cfg, store, len(listed), len(listed) - len(files)))
     models = tuple(m.name for m in cfg.models)
     sources = [_with_checked_ids(s, models) for s in sources]
     if cfg.input.participants_file:
-        sources = _selected(sources, cfg.input.participants_file, store, root)
+        ids, pairs = read_participant_selection(store, cfg.input.participants_file)
+        found = len(sources)
+        sources = _selected(sources, ids, pairs, cfg.input.participants_file, root)
+        if not sources:
+            listing = "it lists no ids" if not ids and not pairs else f"none of its {len(ids) + len(pairs)} ids has scans"
+            raise ConfigError(f"input.participants_file {cfg.input.participants_file} selects none of the {found} "
+                              f"scans found under {root} ({listing})")
     sources.sort(key=lambda s: (s.participant_id, s.visit))
     if cfg.limits.first_n is not None:
         keep = sorted({s.participant_id for s in sources})[: cfg.limits.first_n]
         keep_set = set(keep)
         sources = [s for s in sources if s.participant_id in keep_set]
     return sources
+
+
+def _no_scans_found(cfg: JobConfig, store: Store, n_listed: int, n_own_output: int) -> str:
+    """Why no scan was found under the input: it is a file, every file lies in the job's own output,
+    or no file is named as the layout expects (``n_listed`` files listed, ``n_own_output`` of them in
+    the output)."""
+    root, layout = cfg.input.uri, cfg.cohort.layout
+    if n_listed == 0 and not store.is_dir(root):
+        return f"input.uri {root} is a file, not a folder: give the folder (or prefix) that holds the cohort"
+    if n_listed and n_own_output == n_listed:
+        return (f"no scans found under {root}: all {n_listed} files there lie in this job's own output "
+                f"(output.uri {cfg.output.uri}), which is never read as input; write the output elsewhere")
+    expected = {"ukbb-dicom-zip": "a zip named <eid>_20201_<instance>_0.zip",
+                "nifti-folder": f"an image (.nii.gz, .mha, .nrrd) whose name matches participant_regex "
+                                f"{cfg.cohort.participant_regex!r}"}.get(layout, f"a file named as pattern "
+                                                                                 f"{cfg.cohort.pattern!r}")
+    own = f", {n_own_output} more in this job's own output (not read as input)" if n_own_output else ""
+    return (f"no scans found under {root} for layout {layout!r}: none of its {n_listed - n_own_output} "
+            f"files{own} is {expected}")
 
 
 def _inside(uri: str, folder: str) -> bool:
@@ -192,9 +241,10 @@ def _with_checked_ids(source: ScanSource, models: tuple[str, ...]) -> ScanSource
     return ScanSource(source.participant_id, source.visit, source.layout, source.modality, source.files, problem)
 
 
-def _selected(sources: list[ScanSource], participants_file: str, store: Store, root: str) -> list[ScanSource]:
-    """The sources a participants file selects; a warning names the selected ids with no scans."""
-    ids, pairs = read_participant_selection(store, participants_file)
+def _selected(sources: list[ScanSource], ids: set[str], pairs: set[tuple[str, str]], participants_file: str,
+              root: str) -> list[ScanSource]:
+    """The sources a participants file (``ids`` for all visits, ``pairs`` of id and visit) selects;
+    a warning names the selected ids with no scans."""
     kept = [s for s in sources if s.participant_id in ids or s.key in pairs]
     found_ids = {s.participant_id for s in kept}
     found_keys = {s.key for s in kept}
@@ -207,8 +257,7 @@ def _selected(sources: list[ScanSource], participants_file: str, store: Store, r
     return kept
 
 
-def _by_pattern(cfg: JobConfig, rel: list[tuple[str, str]]) -> list[ScanSource]:
-    regex = pattern_regex(cfg.cohort.pattern, cfg.contrasts.available)
+def _by_pattern(cfg: JobConfig, rel: list[tuple[str, str]], regex: re.Pattern) -> list[ScanSource]:
     found: dict[tuple[str, str], dict[str, list[tuple[int, str]]]] = {}
     for uri, path in rel:
         m = regex.match(path)
@@ -223,11 +272,14 @@ def _by_pattern(cfg: JobConfig, rel: list[tuple[str, str]]) -> list[ScanSource]:
             for (pid, visit), by_c in found.items()]
 
 
-def _by_regex(cfg: JobConfig, rel: list[tuple[str, str]]) -> list[ScanSource]:
+def _participant_regex(cfg: JobConfig) -> re.Pattern:
     try:
-        regex = re.compile(cfg.cohort.participant_regex)
+        return re.compile(cfg.cohort.participant_regex)
     except re.error as err:
         raise ConfigError(f"cohort.participant_regex is not a valid regex: {err}") from None
+
+
+def _by_regex(cfg: JobConfig, rel: list[tuple[str, str]], regex: re.Pattern) -> list[ScanSource]:
     contrast = cfg.contrasts.segment[0]
     out = []
     for uri, path in rel:

@@ -226,6 +226,30 @@ CALLS = [
          "input.uri", hidden="s3cr3tpw", absent=NOTHING_WRITTEN,
          config={"input.uri": "s3://bucket/cohort", "input.storage": {
              "endpoint_url": "http://user:s3cr3tpw@127.0.0.1:1", "anon": True, "request_attempts": 1}}),
+    # issue 23: the manifest's refusals say why, in plan and status as in run
+    Call("plan-input-missing", "issue 23: plan with a missing input.uri", ("plan", "{config}"), 2,
+         "input.uri: cannot read", config={"input.uri": "../no-such-cohort"}, absent=NOT_STARTED),
+    Call("status-input-missing", "issue 23: status with a missing input.uri", ("status", "{config}"), 2,
+         "input.uri: cannot read", config={"input.uri": "../no-such-cohort"}, absent=NOT_STARTED),
+    Call("plan-input-a-file", "issue 23: plan with an input.uri that is a file", ("plan", "{config}"), 2,
+         "is a file, not a folder", setup=_write("a-file.txt", "x"), config={"input.uri": "../a-file.txt"},
+         absent=NOT_STARTED),
+    Call("run-input-a-file", "issue 23: run with an input.uri that is a file", ("run", "{config}"), 2,
+         "is a file, not a folder", setup=_write("a-file.txt", "x"), config={"input.uri": "../a-file.txt"},
+         absent=NOTHING_WRITTEN),
+    Call("run-output-is-input", "issue 23: output = input with allow_non_empty", ("run", "{config}"), 2,
+         "lie in this job's own output", setup=_copy_cohort("cohort"),
+         config={"input.uri": "../cohort", "output.uri": "../cohort", "output.allow_non_empty": True},
+         absent=("cohort/_work", "cohort/tables", "cohort/labels")),
+    Call("plan-output-is-input", "issue 23: output = input with allow_non_empty (plan)", ("plan", "{config}"), 2,
+         "lie in this job's own output", setup=_copy_cohort("cohort"),
+         config={"input.uri": "../cohort", "output.uri": "../cohort", "output.allow_non_empty": True}),
+    Call("participants-empty", "issue 23: an empty participants file", ("plan", "{config}"), 2,
+         "selects none of the 1 scans found", setup=_write("ids.txt", ""),
+         config={"input.participants_file": "../ids.txt"}),
+    Call("participants-bom-only", "issue 23: a BOM-only participants file", ("run", "{config}"), 2,
+         "(it lists no ids)", setup=_write("ids.txt", "\ufeff".encode("utf-8")),
+         config={"input.participants_file": "../ids.txt"}, absent=NOTHING_WRITTEN),
     # guards: config and option errors that already stop with one line
     Call("config-missing", "guard", ("run", "{tmp}/nope.yaml"), 2, "cannot read the config file"),
     Call("yaml-invalid", "guard", ("run", "{config}"), 2, "is not valid YAML", config="cohort: [\n"),
@@ -401,3 +425,6 @@ def test_every_issue_row_is_in_the_table():
     assert {f"issue 16: {r}" for r in rows} <= origins
     assert {"issue 15: a numeric secret echoed", "issue 15: user:password in an endpoint_url"} <= origins
     assert sum(c.origin.startswith("guard") for c in CALLS) >= 25
+    issue_23 = ["plan with a missing input.uri", "status with a missing input.uri", "plan with an input.uri that is a file",
+                "output = input with allow_non_empty", "an empty participants file", "a BOM-only participants file"]
+    assert {f"issue 23: {r}" for r in issue_23} <= origins

@@ -28,7 +28,7 @@ from mrseg_cohort.fingerprint import added_models, changed_keys, job_fingerprint
 from mrseg_cohort.io.colortables import write_color_tables
 from mrseg_cohort.io.storage import Store, join_uri
 from mrseg_cohort.lease import OutputLease
-from mrseg_cohort.manifest import discover
+from mrseg_cohort.manifest import check_input, discover
 from mrseg_cohort.outputs import Outputs
 from mrseg_cohort.pipeline import stages
 from mrseg_cohort.pipeline.publisher import BatchPublisher
@@ -68,10 +68,7 @@ def preflight(job: JobConfig) -> list[ModelSpec]:
         Store.from_config(job.output.storage).check_writable(job.output.uri)
     except OSError as err:
         raise ConfigError(f"output.uri: {err}") from None
-    try:  # missing bucket, refused credentials, unreadable prefix: one line, before any work
-        Store.from_config(job.input.storage).check_readable(job.input.uri)
-    except OSError as err:
-        raise ConfigError(f"input.uri: {err}") from None
+    check_input(job, Store.from_config(job.input.storage))  # missing, refused, not answering: one line
     return models
 
 
@@ -90,10 +87,7 @@ def run_job(job: JobConfig, restart: bool = False, progress: ProgressFn | None =
     models = preflight(job)
     outputs = Outputs.for_job(job)
     refuse_foreign_folder(outputs, job)
-    sources = discover(job, Store.from_config(job.input.storage))
-    if not sources:
-        raise ConfigError(f"no scans found under {job.input.uri} for layout {job.cohort.layout!r} "
-                          f"(pattern {job.cohort.pattern!r})")
+    sources = discover(job, Store.from_config(job.input.storage))  # none found: refused, saying why
     lease = OutputLease(outputs.store, outputs.root, run_id, job.output.lease_timeout_s, job.output.lease_heartbeat_s)
     lease.acquire()
     try:
