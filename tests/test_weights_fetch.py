@@ -184,3 +184,46 @@ def test_cli_fetch_list_checksum(file_server, demo_zip, tmp_path):
     (root / "base" / "plans.json").write_text("{}")
     modified = runner.invoke(app, ["weights", "list"], env=env)
     assert modified.exit_code == 1 and "modified: plans.json differs" in modified.output
+
+
+def _bomb(path: Path, unpacked_mib: int) -> tuple[Path, str]:
+    """A model-folder zip whose checkpoint is ``unpacked_mib`` MiB of zeros (deflated to a few kB)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in DEMO_FILES.items():
+            if not name.endswith(".pth"):
+                z.writestr(name, data)
+        z.writestr("fold_0/checkpoint_final.pth", bytes(unpacked_mib * 2**20))
+    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_zip_bomb_is_refused_before_anything_is_unpacked(file_server, tmp_path, monkeypatch):
+    """Issue 23: a zip unpacking to 3 GiB from 18 MB was unpacked. Here 64 MiB from about 70 kB, against
+    the default bound with its floor lowered, and against a bound given outright."""
+    import mrseg_cohort.weights.archive as archive
+
+    bomb = _bomb(tmp_path / "bomb.zip", 64)
+    zip_mib = bomb[0].stat().st_size / 2**20
+    assert zip_mib < 0.5
+    with monkeypatch.context() as patch:
+        patch.setattr(archive, "MIN_UNPACKED_BOUND", 2**20)
+        _refused(file_server, tmp_path, bomb, rf"would unpack to 64 MiB from {zip_mib:.1f} MiB, above the bound of 1 MiB")
+        result = CliRunner().invoke(app, ["weights", "fetch", "--url", str(bomb[0]), "--sha256", bomb[1],
+                                          "--dest", str(tmp_path / "w" / "base")])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "would unpack to 64 MiB" in lines[0], result.output
+    assert not (tmp_path / "w").exists() and {p.name for p in tmp_path.iterdir()} == {"bomb.zip"}
+    before = _files_under(tmp_path)
+    with pytest.raises(ModelError, match="above the bound of 32 MiB"):
+        _fetch(tmp_path / "w" / "base", str(bomb[0]), bomb[1], max_unpacked_bytes=32 * 2**20)
+    assert _files_under(tmp_path) == before
+    dest = tmp_path / "w2" / "base"  # the same zip within the default bound: unpacked
+    _fetch(dest, str(bomb[0]), bomb[1])
+    assert (dest / "fold_0" / "checkpoint_final.pth").stat().st_size == 64 * 2**20
+
+
+def test_the_default_bound_leaves_room_for_weights_that_do_not_compress():
+    from mrseg_cohort.weights.archive import MAX_EXPANSION, MIN_UNPACKED_BOUND, unpacked_bound
+
+    assert unpacked_bound(10) == MIN_UNPACKED_BOUND
+    assert unpacked_bound(2 * 10**9) == MAX_EXPANSION * 2 * 10**9  # a 2 GB release zip: 40 GB
+    assert unpacked_bound(18 * 10**6) < 3 * 2**30  # the zip bomb of issue 23: 3 GiB from 18 MB

@@ -2,7 +2,8 @@
 
 Every member is checked before anything is written: absolute paths, drive letters, backslashes,
 ``..`` and symbolic links are refused (the whole zip, with a :class:`ModelError` naming the
-member). MRSegmentator's zips hold the model folder's files at the top; a zip whose members all sit
+member), and so is a zip whose members unpack to more than a bound (:func:`unpacked_bound`: a zip
+bomb). MRSegmentator's zips hold the model folder's files at the top; a zip whose members all sit
 under one top-level folder is accepted too (that folder is the model folder).
 """
 
@@ -17,6 +18,18 @@ from pathlib import Path, PurePosixPath
 from mrseg_cohort.errors import ModelError
 
 _SKIPPED = ("__MACOSX/",)
+MAX_EXPANSION = 20
+"""Largest accepted ratio of unpacked to zipped bytes. Network weights hardly compress (the bundled
+demo checkpoint deflates by a factor of 1.09); a zip bomb expands hundreds of times (3 GiB from 18 MB
+is 170)."""
+MIN_UNPACKED_BOUND = 256 * 2**20
+"""Bytes a small zip may always unpack to (plans, dataset.json and small checkpoints compress more)."""
+
+
+def unpacked_bound(zip_bytes: int) -> int:
+    """Most bytes a weights zip of ``zip_bytes`` bytes may unpack to: :data:`MAX_EXPANSION` times its
+    size, and at least :data:`MIN_UNPACKED_BOUND`."""
+    return max(MIN_UNPACKED_BOUND, MAX_EXPANSION * zip_bytes)
 
 
 def checked_members(archive: zipfile.ZipFile, label: str) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
@@ -43,7 +56,19 @@ def checked_members(archive: zipfile.ZipFile, label: str) -> list[tuple[zipfile.
     return out
 
 
-def extract_zip(zip_path: Path, target: Path, label: str) -> Path:
+def check_unpacked_size(members: list[tuple[zipfile.ZipInfo, PurePosixPath]], zip_bytes: int, bound: int,
+                        label: str) -> None:
+    """Raise :class:`ModelError` when ``members`` unpack to more than ``bound`` bytes. The sizes are
+    those the zip declares; :mod:`zipfile` never yields more than a member declares (and fails its
+    CRC check when it holds more), so the sum bounds what extraction writes."""
+    total = sum(info.file_size for info, _ in members)
+    if total > bound:
+        raise ModelError(f"{label}: the zip would unpack to {total / 2**20:.0f} MiB from {zip_bytes / 2**20:.1f} MiB, "
+                         f"above the bound of {bound / 2**20:.0f} MiB for a weights zip (network weights hardly compress); "
+                         "refusing it, nothing was installed")
+
+
+def extract_zip(zip_path: Path, target: Path, label: str, max_unpacked_bytes: int | None = None) -> Path:
     """Extract ``zip_path`` into the empty folder ``target``; returns the model folder inside it
     (``target``, or its single top-level folder).
 
@@ -51,13 +76,19 @@ def extract_zip(zip_path: Path, target: Path, label: str) -> Path:
         zip_path: the verified zip.
         target: an empty folder (a temporary one beside the destination).
         label: how to name the zip in messages (its URL, masked).
+        max_unpacked_bytes: most bytes its members may unpack to; default :func:`unpacked_bound` of
+            the zip's size.
 
     Raises:
-        ModelError: not a zip, an unsafe member, a damaged member (CRC), or duplicate names.
+        ModelError: not a zip, an unsafe member, more than ``max_unpacked_bytes`` unpacked, a damaged
+            member (CRC), or duplicate names.
     """
+    zip_bytes = zip_path.stat().st_size
+    bound = unpacked_bound(zip_bytes) if max_unpacked_bytes is None else max_unpacked_bytes
     try:
         with zipfile.ZipFile(zip_path) as archive:
             members = checked_members(archive, label)
+            check_unpacked_size(members, zip_bytes, bound, label)
             root = target.resolve()
             for info, relative in members:
                 destination = target.joinpath(*relative.parts)

@@ -43,7 +43,7 @@ class FetchResult:
 
 def fetch_weights(model: str, dest: Path, url: str | None = None, sha256: str | None = None,
                   progress: ProgressFn | None = None, attempts: int = 4, timeout_s: float = 60.0,
-                  backoff_s: float = 1.0) -> FetchResult:
+                  backoff_s: float = 1.0, max_unpacked_bytes: int | None = None) -> FetchResult:
     """Download, verify and install MRSegmentator's ``model`` weights into ``dest``.
 
     Args:
@@ -52,6 +52,8 @@ def fetch_weights(model: str, dest: Path, url: str | None = None, sha256: str | 
         url: another zip (``http(s)://``, ``file://`` or a local path); needs ``sha256``.
         sha256: expected sha256 of the zip; default the release's.
         progress, attempts, timeout_s, backoff_s: see :func:`mrseg_cohort.io.download.download`.
+        max_unpacked_bytes: most bytes the zip may unpack to; default
+            :func:`~mrseg_cohort.weights.archive.unpacked_bound` of its size (a zip bomb is refused).
 
     Raises:
         ConfigError: bad arguments, or ``dest`` holds something else.
@@ -72,7 +74,8 @@ def fetch_weights(model: str, dest: Path, url: str | None = None, sha256: str | 
         return FetchResult(model, dest, sha256, True, present)
     created = _make_folder(dest.parent)
     try:
-        return _fetch_into(model, dest, url, sha256, source, progress, attempts, timeout_s, backoff_s)
+        return _fetch_into(model, dest, url, sha256, source, progress, attempts, timeout_s, backoff_s,
+                           max_unpacked_bytes)
     except BaseException:
         for folder in created:  # folders made for this fetch, unless a partial download is kept there
             with contextlib.suppress(OSError):
@@ -81,7 +84,7 @@ def fetch_weights(model: str, dest: Path, url: str | None = None, sha256: str | 
 
 
 def _fetch_into(model: str, dest: Path, url: str, sha256: str, source: str, progress: ProgressFn | None,
-                attempts: int, timeout_s: float, backoff_s: float) -> FetchResult:
+                attempts: int, timeout_s: float, backoff_s: float, max_unpacked_bytes: int | None) -> FetchResult:
     local = _local_path(url)
     if local is not None:
         zip_path = local
@@ -100,7 +103,7 @@ def _fetch_into(model: str, dest: Path, url: str, sha256: str, source: str, prog
                 f"copy it here and run `mrseg-cohort weights fetch {model} --url /path/to/the.zip` "
                 f"(verified, then unpacked into {dest})") from None
     try:
-        _install(zip_path, dest, model, mask_url(url), sha256, source)
+        _install(zip_path, dest, model, mask_url(url), sha256, source, max_unpacked_bytes)
     finally:
         if local is None:
             zip_path.unlink(missing_ok=True)
@@ -130,10 +133,11 @@ def _already_installed(dest: Path, sha256: str) -> bool | None:
     raise ConfigError(f"{dest} already exists ({check.detail}); move it away to fetch again, or give another --dest")
 
 
-def _install(zip_path: Path, dest: Path, model: str, shown_url: str, sha256: str, source: str) -> None:
+def _install(zip_path: Path, dest: Path, model: str, shown_url: str, sha256: str, source: str,
+             max_unpacked_bytes: int | None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.extract-", dir=dest.parent))
     try:
-        root = extract_zip(zip_path, tmp, shown_url)
+        root = extract_zip(zip_path, tmp, shown_url, max_unpacked_bytes)
         missing = missing_model_files(root)
         if missing:
             raise ModelError(f"{shown_url}: the zip is not an nnU-Net trained-model folder (no "
