@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+from mrseg_cohort.cli._common import OneLineUsageErrors
+
+app = typer.Typer(cls=OneLineUsageErrors, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Run MRSegmentator over whole cohorts of whole-body MRI and tabulate the results.")
 
 

@@ -9,9 +9,15 @@ from enum import IntEnum
 from typing import Iterator, NoReturn
 
 import typer
+from typer.core import TyperGroup
 
 from mrseg_cohort.errors import ConfigError, ScanError, StorageError
 from mrseg_cohort.redact import mask_url_credentials
+
+try:  # typer from 0.2x carries its own copy of click
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click.exceptions import NoArgsIsHelpError, UsageError
 
 
 class ExitStatus(IntEnum):
@@ -98,3 +104,34 @@ def fail(message: str) -> NoReturn:
     """Stop the command: ``message`` as one line on stderr, exit status 2."""
     typer.echo(error_line(message), err=True)
     raise typer.Exit(ExitStatus.CANNOT_START)
+
+
+class OneLineUsageErrors(TyperGroup):
+    """The command groups of ``mrseg-cohort`` (give every ``typer.Typer`` of the CLI ``cls=`` this):
+    a wrong call (an unknown option or command, a missing argument, a value out of range, no command
+    at all) is one line on stderr, ``error: ...`` naming the command, and exit status 2, instead of a
+    boxed usage panel; the full help is ``--help``."""
+
+    def parse_args(self, ctx, args):  # type: ignore[no-untyped-def]
+        if not args and self.no_args_is_help and not ctx.resilient_parsing:
+            raise UsageError("no command given", ctx)  # typer's NoArgsIsHelpError prints the help as it is made
+        return super().parse_args(ctx, args)
+
+    def make_context(self, info_name, args, parent=None, **extra):  # type: ignore[no-untyped-def]
+        with _usage_errors_as_one_line():
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx):  # type: ignore[no-untyped-def]
+        with _usage_errors_as_one_line():  # the sub-command's own arguments are parsed in here
+            return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def _usage_errors_as_one_line() -> Iterator[None]:
+    try:
+        yield
+    except UsageError as err:
+        command = err.ctx.command_path if err.ctx is not None else "mrseg-cohort"
+        what = "no command given" if isinstance(err, NoArgsIsHelpError) else err.format_message().rstrip(".")
+        typer.echo(error_line(f"{command}: {what}; see {command} --help"), err=True)
+        raise typer.Exit(ExitStatus.CANNOT_START) from None

@@ -8,10 +8,10 @@ from pathlib import Path
 import typer
 
 from mrseg_cohort.cli import app
-from mrseg_cohort.cli._common import exit_statuses, fail, one_line_errors
+from mrseg_cohort.cli._common import OneLineUsageErrors, exit_statuses, fail, one_line_errors
 from mrseg_cohort.paths import from_command_line
 
-tables_app = typer.Typer(no_args_is_help=True, help="Derived views of the published tables.")
+tables_app = typer.Typer(cls=OneLineUsageErrors, no_args_is_help=True, help="Derived views of the published tables.")
 app.add_typer(tables_app, name="tables")
 
 

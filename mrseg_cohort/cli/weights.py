@@ -8,9 +8,9 @@ from pathlib import Path
 import typer
 
 from mrseg_cohort.cli import app
-from mrseg_cohort.cli._common import ExitStatus, exit_statuses, fail, one_line_errors
+from mrseg_cohort.cli._common import ExitStatus, OneLineUsageErrors, exit_statuses, fail, one_line_errors
 
-weights_app = typer.Typer(no_args_is_help=True, help="MRSegmentator's weights: fetch, list, checksum.")
+weights_app = typer.Typer(cls=OneLineUsageErrors, no_args_is_help=True, help="MRSegmentator's weights: fetch, list, checksum.")
 app.add_typer(weights_app, name="weights")
 
 
