@@ -36,6 +36,7 @@ from mrseg_cohort.pipeline.scheduler import FailureLog, ProgressFn, RunSummary, 
 from mrseg_cohort.pipeline.signals import StopRequest
 from mrseg_cohort.pipeline.session import choose_device
 from mrseg_cohort.segmentation.segmenter import ModelSpec, check_model
+from mrseg_cohort.sharding import Shard, select
 from mrseg_cohort.work_units import WorkPlan, plan_work
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,8 @@ def preflight(job: JobConfig) -> list[ModelSpec]:
 
 
 def run_job(job: JobConfig, restart: bool = False, progress: ProgressFn | None = None,
-            stop: StopRequest | None = None) -> RunSummary:
-    """Run (or resume) the job; returns the counts.
+            stop: StopRequest | None = None, shard: Shard | None = None) -> RunSummary:
+    """Run (or resume) the job, or only its ``shard`` of the manifest; returns the counts.
 
     Raises:
         ConfigError: before any scan, when the job cannot start (see the module docstring); also
@@ -88,6 +89,10 @@ def run_job(job: JobConfig, restart: bool = False, progress: ProgressFn | None =
     outputs = Outputs.for_job(job)
     refuse_foreign_folder(outputs, job)
     sources = discover(job, Store.from_config(job.input.storage))  # none found: refused, saying why
+    if shard is not None:  # this run's part of the manifest (mrseg_cohort.sharding); an empty part is no error
+        in_manifest, sources = len(sources), select(sources, shard)
+        log.info("run %s: shard %s holds %d of the manifest's %d scans", run_id, shard, len(sources), in_manifest)
+    # the lease: one per shard inside the output when sharded (the lead's ledger goes here)
     lease = OutputLease(outputs.store, outputs.root, run_id, job.output.lease_timeout_s, job.output.lease_heartbeat_s)
     lease.acquire()
     try:
