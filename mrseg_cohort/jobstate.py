@@ -15,6 +15,7 @@ from mrseg_cohort.io.storage import Store
 from mrseg_cohort.io.tables import read_table_folder
 from mrseg_cohort.manifest import ScanSource, discover
 from mrseg_cohort.outputs import Outputs
+from mrseg_cohort.sharding import Shard, select
 from mrseg_cohort.work_units import plan_work
 
 GPU_STAGES = ("preprocess", "network", "export")
@@ -36,12 +37,14 @@ class JobState:
     costs: pd.DataFrame | None = field(default=None, repr=False)
 
 
-def job_state(job: JobConfig, with_sizes: bool = False) -> tuple[JobState, list[ScanSource]]:
-    """Manifest anti-joined with the output: done (every configured model committed), staged
-    (finished, not yet published), failed (not done, with a failure recorded), pending (the rest)."""
+def job_state(job: JobConfig, with_sizes: bool = False,
+              shard: Shard | None = None) -> tuple[JobState, list[ScanSource]]:
+    """Manifest (or its ``shard``) anti-joined with the output: done (every configured model
+    committed), staged (finished, not yet published), failed (not done, with a failure recorded),
+    pending (the rest)."""
     in_store = Store.from_config(job.input.storage)
     outputs = Outputs.for_job(job)
-    sources = discover(job, in_store)
+    sources = select(discover(job, in_store), shard)
     keys = {s.key for s in sources}
     plan = plan_work(sources, tuple(m.name for m in job.models), outputs.committed_units(), [])
     done = keys - {u.source.key for u in plan.todo}  # every configured model committed
@@ -49,6 +52,9 @@ def job_state(job: JobConfig, with_sizes: bool = False) -> tuple[JobState, list[
     failures_table = read_table_folder(outputs.store, outputs.table_uri("failures"))
     failures = failures_table.to_pandas() if failures_table is not None else pd.DataFrame(
         columns=["participant_id", "visit", "stage", "error_type", "message", "uri", "attempt", "time"])
+    if shard is not None:  # this shard's failures only
+        ours = [shard.holds(p, v) for p, v in zip(failures["participant_id"], failures["visit"])]
+        failures = failures[pd.Series(ours, index=failures.index, dtype=bool)]
     failed_keys = set(zip(failures["participant_id"], failures["visit"])) & keys
     failed = failed_keys - done - staged
     n_bytes = None

@@ -112,7 +112,7 @@ class SlurmCluster:
         return done.stdout.strip().lower()
 
     def stop(self) -> None:
-        """Cancel what is left of this cluster's jobs, then stop slurmd, slurmctld and munged (SIGTERM, then SIGKILL)."""
+        """Cancel this cluster's jobs left, then stop slurmd, slurmctld and munged (SIGTERM, then SIGKILL)."""
         if self.procs.get("slurmctld") and self.procs["slurmctld"].poll() is None:
             try:
                 self.command("scancel", "--user", str(os.getuid()), check=False, timeout=20)

@@ -8,6 +8,7 @@ import logging
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -114,3 +115,67 @@ def test_a_one_task_array_warns_that_it_runs_everything(caplog):
 def test_shard_checks_its_fields(index, count):
     with pytest.raises(ValueError):
         Shard(index, count)
+
+
+# -- the command line: run --shard, plan --shard, status --shard ---------------------------------------------
+def _cli(*args: str, env: dict | None = None):
+    from typer.testing import CliRunner
+
+    from mrseg_cohort.cli import app
+
+    return CliRunner().invoke(app, list(args), env=env)
+
+
+@pytest.fixture
+def two_scan_job(tmp_path, phantom_cohort, demo_model):
+    """The demo phantoms' first two participants (2000000 in shard 0/2, 2000001 in shard 1/2)."""
+    from conftest import write_job_yaml
+
+    return write_job_yaml(tmp_path / "job.yaml", str(phantom_cohort), str(tmp_path / "out"), limits={"first_n": 2})
+
+
+@pytest.mark.parametrize("args, env, words", [
+    (("--shard", "2/2"), {}, "--shard '2/2': shard index must be 0..1"),
+    (("--shard", "1of2"), {}, "--shard '1of2': expected I/N"),
+    ((), {"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_MIN": "2",
+          "SLURM_ARRAY_TASK_MAX": "4"}, "not one contiguous range of task ids"),
+])
+def test_run_refuses_a_bad_shard_in_one_line_before_any_work(args, env, words, two_scan_job, tmp_path):
+    result = _cli("run", str(two_scan_job), "--no-progress", *args, env=env)
+    assert result.exit_code == 2 and words in result.output, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], lines
+    assert not (tmp_path / "out").exists()
+
+
+def test_plan_and_status_per_shard_add_up_to_the_whole(two_scan_job):
+    whole = _cli("plan", str(two_scan_job), "--no-sizes")
+    assert whole.exit_code == 0 and "manifest: 2 scans of 2 participants" in whole.output, whole.output
+    for i in range(2):
+        part = _cli("plan", str(two_scan_job), "--no-sizes", "--shard", f"{i}/2")
+        assert part.exit_code == 0 and f"manifest shard {i}/2: 1 scans of 1 participants" in part.output, part.output
+        status = _cli("status", str(two_scan_job), "--shard", f"{i}/2")
+        assert status.exit_code == 0 and f"shard {i}/2: 0 done, 0 finished (publishing), 0 failed, 1 pending, of 1 " \
+            "scans" in status.output, status.output
+    empty = _cli("plan", str(two_scan_job), "--no-sizes", "--shard", "2/7")  # neither scan hashes to 2 of 7
+    assert empty.exit_code == 0 and "manifest shard 2/7: 0 scans" in empty.output, empty.output
+
+
+@pytest.mark.slow  # two real runs: 3.7 min under a load of 12 on this 2-core machine
+def test_two_shards_one_after_the_other_fill_one_output_exactly_once(two_scan_job, ray_local, tmp_path):
+    """Shard 0/2 by --shard, shard 1/2 from a SLURM array's environment; then an empty shard: nothing to do."""
+    from exactly_once import assert_each_scan_once
+
+    first = _cli("run", str(two_scan_job), "--no-progress", "--shard", "0/2")
+    assert first.exit_code == 0 and "(shard 0/2, " in first.output and "1 done, 0 failed" in first.output, first.output
+    assert list(pd.read_parquet(tmp_path / "out" / "tables" / "scans")["participant_id"]) == ["2000000"]
+    env = {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_MIN": "1",
+           "SLURM_ARRAY_TASK_MAX": "2"}  # --array=1-2, its second task
+    second = _cli("run", str(two_scan_job), "--no-progress", env=env)  # the CLI's log lines go to its stderr
+    assert second.exit_code == 0 and "(shard 1/2, " in second.output and "1 done, 0 failed" in second.output
+    assert "shard 1/2 taken from the SLURM array (task 2 of 1-2)" in second.output, second.output
+    assert "shard 1/2 holds 1 of the manifest's 2 scans" in second.output
+    assert_each_scan_once(tmp_path / "out", 2)
+    empty = _cli("run", str(two_scan_job), "--no-progress", "--shard", "2/7")
+    assert empty.exit_code == 0 and "0 done, 0 failed, 0 already done" in empty.output, empty.output
+    assert_each_scan_once(tmp_path / "out", 2)

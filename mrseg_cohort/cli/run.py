@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -20,6 +21,11 @@ def run(
     first_n: int = typer.Option(None, "--first-n", min=1, help="Override limits.first_n (process the first N "
                                 "participants)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    shard: str = typer.Option(None, "--shard", metavar="I/N", help="Process only shard I of N (numbered from 0) "
+                              "of the manifest, into the same output as the other shards (one run per shard, "
+                              "e.g. a SLURM job array). Default inside a SLURM array: the array task's shard."),
+    address: str = typer.Option(None, "--address", help="Override resources.address: the Ray cluster to join "
+                                "(e.g. head-node:6379, as infra/slurm/ray-cluster.sbatch passes it)."),
 ) -> None:
     """Segment every scan of the cohort and write label maps and Parquet tables.
 
@@ -32,14 +38,18 @@ def run(
     from mrseg_cohort.config import load_config
     from mrseg_cohort.pipeline.run import run_job
     from mrseg_cohort.pipeline.signals import StopRequest, stop_on_signals
+    from mrseg_cohort.sharding import Shard, shard_from_environment
 
     overrides: dict = {}
     if output is not None:
         overrides["output.uri"] = output
     if first_n is not None:
         overrides["limits.first_n"] = first_n
+    if address is not None:
+        overrides["resources.address"] = address
     console = Console(stderr=True, soft_wrap=True)
     with one_line_errors():
+        part = Shard.parse(shard) if shard is not None else shard_from_environment(os.environ)
         job = load_config(config, overrides)
         columns = (TextColumn("[bold]scans"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[failed]}"))
@@ -54,9 +64,10 @@ def run(
                            failed=f"[red]{summary.failed} failed" if summary.failed else "")
 
             with stop_on_signals(StopRequest()) as stop:
-                summary = run_job(job, restart=restart, progress=update, stop=stop)
+                summary = run_job(job, restart=restart, progress=update, stop=stop, shard=part)
     out = mask_url_credentials(summary.output_uri.rstrip("/"))
-    console.print(f"[bold]run {summary.run_id}[/bold] ({summary.device or 'no work'}, {summary.seconds:.0f} s): "
+    where = f"shard {part}, " if part is not None else ""
+    console.print(f"[bold]run {summary.run_id}[/bold] ({where}{summary.device or 'no work'}, {summary.seconds:.0f} s): "
                   f"{summary.done} done, {summary.failed} failed, {summary.already_done} already done earlier"
                   + (f", {summary.republished} published from an interrupted run" if summary.republished else ""))
     read = f"import pandas as pd; print(pd.read_parquet({out + '/tables/structures'!r}))"

@@ -22,6 +22,7 @@ def plan(
                               "(e.g. the whole cohort, from a pilot run)."),
     device_seconds: float = typer.Option(None, help="Seconds per scan on the segmentation device, instead "
                                          "of the measured ones (e.g. from a GPU benchmark)."),
+    shard: str = typer.Option(None, "--shard", metavar="I/N", help="What shard I of N (as run --shard) would do."),
 ) -> None:
     """What a run would do: scans to process, already done, failed before, input size, time estimate.
 
@@ -31,12 +32,16 @@ def plan(
     from mrseg_cohort.config import load_config
     from mrseg_cohort.jobstate import estimate, job_state, measured_costs
 
+    from mrseg_cohort.sharding import Shard
+
     with one_line_errors():
+        part = Shard.parse(shard) if shard is not None else None
         job = load_config(config)
-        state, sources = job_state(job, with_sizes=sizes)
+        state, sources = job_state(job, with_sizes=sizes, shard=part)
     todo = state.pending + state.failed
     typer.echo(f"cohort {job.cohort.name} ({job.cohort.layout}) from {job.input.uri}")
-    typer.echo(f"manifest: {state.manifest} scans of {state.participants} participants")
+    typer.echo(f"manifest{f' shard {part}' if part else ''}: {state.manifest} scans of {state.participants} "
+               "participants")
     problems = [s.problem for s in sources if s.problem]
     if problems:
         typer.echo(f"input problems: {len(problems)} scan(s) will fail at read, e.g. {problems[0]}")
@@ -69,15 +74,19 @@ def plan(
 def status(
     config: Path = typer.Argument(..., help="Job YAML file."),
     last: int = typer.Option(10, help="How many of the latest failures to show."),
+    shard: str = typer.Option(None, "--shard", metavar="I/N", help="Count only the scans of shard I of N."),
 ) -> None:
     """Done / failed / pending counts for the job's output (safe while the job runs) and the last failures."""
     from mrseg_cohort.config import load_config
     from mrseg_cohort.jobstate import job_state
+    from mrseg_cohort.sharding import Shard
 
     with one_line_errors():
+        part = Shard.parse(shard) if shard is not None else None
         job = load_config(config)
-        state, _ = job_state(job)
-    typer.echo(f"{job.output.uri}: {state.done} done, {state.staged} finished (publishing), "
+        state, _ = job_state(job, shard=part)
+    where = f"{job.output.uri} shard {part}" if part else job.output.uri
+    typer.echo(f"{where}: {state.done} done, {state.staged} finished (publishing), "
                f"{state.failed} failed, {state.pending} pending, of {state.manifest} scans")
     if len(state.failures):
         typer.echo(f"last failures (of {len(state.failures)} recorded attempts):")
