@@ -148,7 +148,7 @@ def test_bland_altman_hand_computed():
                 "loa_upper_ci_lower": 1.2 + 1.96 * s - half_limit, "loa_upper_ci_upper": 1.2 + 1.96 * s + half_limit}
     for key, value in expected.items():
         assert out[key] == pytest.approx(value, rel=1e-8), key
-    assert out["loa_lower"] == pytest.approx(-0.94707, abs=1e-5) and out["loa_upper"] == pytest.approx(3.34707, abs=1e-5)
+    assert (out["loa_lower"], out["loa_upper"]) == pytest.approx((-0.94707, 3.34707), abs=1e-5)
     # proportional bias: least squares of d on the means 9.5, 12, 10.5, 13.5, 12.5, by the normal equations
     m = (ours + reference) / 2
     d = ours - reference

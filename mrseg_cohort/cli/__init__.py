@@ -32,6 +32,7 @@ def _register() -> None:
     from mrseg_cohort.cli import evaluate  # noqa: F401
     from mrseg_cohort.cli import report  # noqa: F401
     from mrseg_cohort.cli import weights  # noqa: F401
+    from mrseg_cohort.cli import agreement  # noqa: F401
 
 
 _register()

@@ -31,6 +31,9 @@ def report(
                                    "phenotype distributions by sex and outliers within sex x age band."),
     phenotype_z_threshold: float = typer.Option(4.0, "--phenotype-z-threshold", min=0.0,
                                                 help="|robust z| above which a phenotype value is an outlier."),
+    agreement: str = typer.Option(None, "--agreement", help="Summary table written by mrseg-cohort agreement "
+                                  "(.parquet or .csv) for the Agreement section; default: the output's own "
+                                  "agreement/agreement.parquet when there is one."),
 ) -> None:
     """Render a self-contained HTML QC report: distributions, outliers, QC flags, vessel consistency,
     failures, run metadata and overlay previews."""
@@ -44,9 +47,12 @@ def report(
         covariates = from_command_line(covariates) if covariates else None
         options = ReportOptions(sample=sample, contrast=contrast, z_threshold=z_threshold, min_scans=min_scans,
                                 max_outlier_previews=max_outlier_previews, seed=seed, covariates=covariates,
-                                phenotype_z_threshold=phenotype_z_threshold)
+                                phenotype_z_threshold=phenotype_z_threshold,
+                                agreement=from_command_line(agreement) if agreement else None)
         result = write_report(job, out_uri, options)
     extra = "" if result.phenotype_outliers is None else f", {result.phenotype_outliers} phenotype outliers"
+    if result.agreement_outliers is not None:
+        extra += f", {result.agreement_outliers} outside the limits of agreement"
     typer.echo(f"report of {result.scans} scans, {result.outliers} outlier values{extra}, {result.previews} "
                f"previews: {out_uri}")
     for error in result.preview_errors:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import yaml
 
+from mrseg_cohort.agreement.files import AgreementFiles, default_uri, read_agreement
 from mrseg_cohort.colortables import color_lookup, label_colors
 from mrseg_cohort.config import JobConfig
 from mrseg_cohort.errors import ScanError
@@ -25,6 +26,8 @@ from mrseg_cohort.phenotypes.normative import (Z_THRESHOLD, outlier_column, outl
                                                with_covariates)
 from mrseg_cohort.report import html as h
 from mrseg_cohort.report import summaries as S
+from mrseg_cohort.report.agreement import agreement_section
+from mrseg_cohort.report.agreement import outlier_keys as agreement_outlier_keys
 from mrseg_cohort.report.data import OutputData, read_output
 from mrseg_cohort.report.figures import distribution_png, phenotype_panels_png
 from mrseg_cohort.report.images import scan_images
@@ -51,6 +54,8 @@ class ReportOptions:
         covariates: CSV or Parquet of participant covariates (path or URI): phenotype distributions by
             sex and phenotype outliers within sex x age band x visit (also stratum minimum ``min_scans``).
         phenotype_z_threshold: |robust z| above which a phenotype value is an outlier.
+        agreement: summary table of ``mrseg-cohort agreement`` (path or URI) for the Agreement section;
+            None: the output's own ``agreement/agreement.parquet`` when there is one.
     """
 
     sample: int = 6
@@ -62,6 +67,7 @@ class ReportOptions:
     preview_px: int = 480
     covariates: str | None = None
     phenotype_z_threshold: float = Z_THRESHOLD
+    agreement: str | None = None
 
 
 @dataclass
@@ -72,6 +78,7 @@ class ReportResult:
     previews: int = 0
     preview_errors: list[str] = field(default_factory=list)
     phenotype_outliers: int | None = None
+    agreement_outliers: int | None = None
 
 
 def anchor_for(key: Key) -> str:
@@ -109,12 +116,15 @@ def build_report(job: JobConfig, options: ReportOptions = ReportOptions()) -> Re
     outliers = S.find_outliers(structures, options.z_threshold, options.min_scans)
     flags = S.scan_flags(scans)
     phenotypes = _phenotypes(job, outputs, data, options)
+    agreement = _agreement(outputs, options)
 
     keys = list(zip(scans["participant_id"], scans["visit"]))
     outlier_keys = list(dict.fromkeys(zip(outliers["participant_id"], outliers["visit"])))
-    preview_keys = list(dict.fromkeys(outlier_keys[: options.max_outlier_previews]
-                                      + S.sample_keys(keys, options.sample, options.seed)))
     rows = {k: r for k, r in zip(keys, scans.to_dict("records"))}
+    agreement_keys = [k for k in agreement_outlier_keys(agreement) if k in rows] if agreement else []
+    preview_keys = list(dict.fromkeys(outlier_keys[: options.max_outlier_previews]
+                                      + agreement_keys[: options.max_outlier_previews]
+                                      + S.sample_keys(keys, options.sample, options.seed)))
     previews, errors = {}, []
     for key in preview_keys:
         t = time.perf_counter()
@@ -134,19 +144,21 @@ def build_report(job: JobConfig, options: ReportOptions = ReportOptions()) -> Re
         _distribution_section(structures, label_map, colors, outliers, options),
         _outlier_section(outliers, previews, options),
         _phenotype_section(phenotypes, previews, options),
+        *([agreement_section(agreement, previews, anchor_for, options.seed)] if agreement else []),
         _failures_section(data),
         _preview_section(preview_keys, previews, rows, outliers, flags, colors, label_map, outlier_keys, options),
     ]
     nav = [("overview", "Overview"), ("metadata", "Run metadata"), ("qc", "QC flags"), ("vessels", "Vessels"),
            ("distributions", "Distributions"), ("outliers", "Outliers"), ("phenotypes", "Phenotypes"),
-           ("failures", "Failures"), ("previews", "Previews")]
+           *([("agreement", "Agreement")] if agreement else []), ("failures", "Failures"), ("previews", "Previews")]
     subtitle = (f"Output {job.output.uri} | model {job.model.name}, contrast {contrast or '-'} | generated "
                 f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     page = h.page(f"mrseg-cohort QC report: {job.cohort.name}", subtitle, nav, body)
     n_previews = sum(isinstance(p, tuple) for p in previews.values())
     n_phenotype_outliers = int(phenotypes["n_outliers"].sum()) if phenotypes is not None and \
         "n_outliers" in phenotypes else None
-    return ReportResult(page, len(scans), len(outliers), n_previews, errors, n_phenotype_outliers)
+    return ReportResult(page, len(scans), len(outliers), n_previews, errors, n_phenotype_outliers,
+                        len(agreement.outside_loa) if agreement else None)
 
 
 # -- previews ---------------------------------------------------------------------------------------
@@ -332,6 +344,14 @@ def _phenotypes(job: JobConfig, outputs: Outputs, data: OutputData, options: Rep
         covariates = normalise_covariates(read_frame(outputs.store, options.covariates), options.covariates)
         table = with_covariates(table, covariates, options.phenotype_z_threshold, options.min_scans)
     return table
+
+
+def _agreement(outputs: Outputs, options: ReportOptions) -> AgreementFiles | None:
+    """The agreement tables of ``options.agreement``, else of the output's own folder, else None."""
+    if options.agreement:
+        return read_agreement(outputs.store, options.agreement)
+    own = default_uri(outputs.root)
+    return read_agreement(outputs.store, own) if outputs.store.exists(own) else None
 
 
 def _phenotype_section(table: pd.DataFrame | None, previews: dict, options: ReportOptions) -> str:
