@@ -10,8 +10,8 @@ unit), flat records out (dicts of floats with a ``note`` saying why a value is N
   (the variance of ``mean(d) ± 1.96 s`` for normal differences); proportional bias: the least-squares
   slope of d on m, with its two-sided p (t-test);
 - ICC (McGraw & Wong 1996, Psychol Methods 1:30-46) from the two-way ANOVA of the n x 2 table:
-  ICC(A,1) (two-way, absolute agreement, single measurement; their case 2A) and ICC(C,1) (consistency,
-  case 3), with their F-based 95 % CIs (ICC(A,1): the Satterthwaite degrees of freedom of their Table 7);
+  ICC(A,1) (two-way, absolute agreement, single measurement) and ICC(C,1) (consistency), with their
+  F-based 95 % CIs (ICC(A,1): with their approximate, Satterthwaite-type degrees of freedom);
 - Lin's concordance correlation coefficient (Lin 1989, Biometrics 45:255-268) with moments over n:
   ``2 s_xy / (s_x^2 + s_y^2 + (mean_x - mean_y)^2)``;
 - Pearson's r and Spearman's rho with two-sided p (scipy);
