@@ -154,9 +154,11 @@ class ModelConfig(Strict):
     checkpoint: str = "checkpoint_final.pth"
     tile_step_size: float = Field(0.5, gt=0, le=1)
     mirroring: bool = False
-    skip_empty_tiles: bool = True
-    """Run only the sliding-window tiles that meet the body (found in the image itself; the rest of
-    the field of view is background). Labels equal the full sliding window's (docs/segmentation.md)."""
+    skip_empty_tiles: bool = False
+    """Run only the sliding-window tiles within half a patch of anything that could be body (found in
+    the image itself). Off by default: on whole-body scans cropped to the body it skips nothing, and
+    where it does skip (air far from the body) the labels there become background where
+    MRSegmentator may label noise, so they are no longer MRSegmentator's (docs/segmentation.md)."""
     compile: bool = False
     """``torch.compile`` the network once per actor (GPU; about 20 s at start, faster tiles after)."""
     tiles_per_batch: int | None = Field(None, ge=1)
@@ -263,7 +265,8 @@ class JobConfig(Strict):
     contrasts: ContrastsConfig = ContrastsConfig()
     stitching: StitchingConfig = StitchingConfig()
     model: ModelConfig
-    """The base model (the first of ``models``); give either ``model`` or ``models``."""
+    """The first of ``models`` (for settings every model shares, e.g. ``device``); give either
+    ``model`` or ``models``. The base model is :attr:`base_model`, not this."""
     models: tuple[ModelConfig, ...] = ()
     """Every model run in the same pass (each scan read, stitched and preprocessed once)."""
     output: OutputConfig
@@ -294,7 +297,34 @@ class JobConfig(Strict):
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"models: names must be unique, not {names}")
+        base_model_of(self.models)
         return self
+
+    @property
+    def base_model(self) -> str:
+        """The model with MRSegmentator's 40 classes whose label files carry no model suffix and whose
+        rows the phenotypes use (:func:`base_model_of`); an output keeps the one of its first run."""
+        return base_model_of(self.models)
+
+
+def base_model_of(models: tuple[ModelConfig, ...]) -> str:
+    """The base model of ``models``, by name or label set, never by position: the model named
+    ``base``; else the one model with MRSegmentator's label map (``labels: mrseg``); else the only
+    model.
+
+    Raises:
+        ValueError: several models could be the base model and none is named ``base``.
+    """
+    names = [m.name for m in models]
+    if "base" in names:
+        return "base"
+    mrseg = [m.name for m in models if m.labels == "mrseg"]
+    if len(mrseg) == 1:
+        return mrseg[0]
+    if len(models) == 1:
+        return models[0].name
+    raise ValueError(f"models: several models could be the base model ({', '.join(mrseg or names)}); name the one "
+                     "with MRSegmentator's labels 'base' (its label files carry no model suffix)")
 
 
 def resolve_weights(value: str, environ: Mapping[str, str] | None = None) -> str:

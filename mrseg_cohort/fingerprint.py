@@ -3,12 +3,17 @@
 An output's tables are only comparable across scans if every scan was segmented and measured the
 same way. The fingerprint holds exactly what defines a scan's results: per model its weights
 (sha256 of the files used), folds, checkpoint, tile step, mirroring, tile skipping, label map,
-modalities and contrasts; the contrasts, stitching and measurement settings; and the major versions
-of the software that computes them (``0.y`` counts as major for 0.x releases, as semver has it).
-Operational settings (paths, resources, commit sizes, limits) are not in it.
+modalities and contrasts; which model is the base model (its label files carry no model suffix;
+decided at the first run, never by position in ``models:``); the modality the cohort's scans are
+taken to be (it decides which models run); the contrasts, stitching and measurement settings; and
+the versions of the software that computes them, to the part that defines results
+(:mod:`mrseg_cohort.versions`). Operational settings (paths, resources, commit sizes, limits) are
+not in it.
 
 A resume whose fingerprint differs is refused, naming each changed key; a model *added* to
 ``models:`` is not a change (it runs over the scans already committed; completion is per model).
+A fingerprint written by an earlier format lacks some keys: they are adopted from the current run
+(:func:`upgrade`), as nothing recorded contradicts them.
 """
 
 from __future__ import annotations
@@ -20,15 +25,9 @@ if TYPE_CHECKING:
     from mrseg_cohort.config import JobConfig
     from mrseg_cohort.segmentation.segmenter import ModelSpec
 
-FORMAT = 1
-DEFINING_SOFTWARE = ("mrseg_cohort", "nnunetv2", "torch")
+from mrseg_cohort.versions import defining_versions
 
-
-def major_version(version: str) -> str:
-    """``2.8.1`` -> ``2``; ``0.1.0`` -> ``0.1`` (for 0.x the minor version is the breaking one)."""
-    parts = version.split(".")
-    return ".".join(parts[:2]) if parts[0] == "0" and len(parts) > 1 else parts[0]
-
+FORMAT = 2
 
 def model_fingerprint(spec: "ModelSpec") -> dict[str, Any]:
     """What defines one model's labels."""
@@ -44,11 +43,38 @@ def job_fingerprint(job: "JobConfig", models: list["ModelSpec"], versions: dict[
     return {
         "format": FORMAT,
         "models": {spec.name: model_fingerprint(spec) for spec in models},
+        "base_model": job.base_model,
+        "cohort": {"modality": job.cohort.modality},
         "contrasts": job.contrasts.model_dump(mode="json"),
         "stitching": job.stitching.model_dump(mode="json", exclude={"save_stitched"}),
         "measures": job.measures.model_dump(mode="json"),
-        "software": {name: major_version(versions.get(name, "unknown")) for name in DEFINING_SOFTWARE},
+        "software": defining_versions(versions),
     }
+
+
+def recorded_base_model(stored: dict[str, Any] | None) -> str | None:
+    """The base model an output's fingerprint records (format 1: its first model), or None."""
+    if not stored:
+        return None
+    return stored.get("base_model") or next(iter(stored.get("models", {})), None)
+
+
+def upgrade(stored: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """``stored`` as the current format has it: keys an earlier format did not record are taken from
+    ``current``, but the base model, which is the first model of the first run there (the model whose
+    label files carry no suffix in outputs of format 1), and the software versions, which format 1
+    held as major versions only (the current run's are recorded from now on)."""
+    if stored.get("format", 1) >= FORMAT:
+        return stored
+    out = {**stored, "format": FORMAT}
+    for key, value in current.items():
+        out.setdefault(key, value)
+    out["base_model"] = recorded_base_model(stored) or current["base_model"]
+    stored_majors = stored.get("software", {})
+    same_majors = all(current["software"].get(k, "").split(".")[0] == str(v).split(".")[0]
+                      for k, v in stored_majors.items())
+    out["software"] = current["software"] if same_majors else stored_majors
+    return out
 
 
 def changed_keys(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:

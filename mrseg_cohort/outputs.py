@@ -242,6 +242,13 @@ class Outputs:
         except FileNotFoundError:
             return None
 
+    def base_model(self, default: str) -> str:
+        """The model whose label files carry no suffix and whose rows phenotypes use, as this output
+        recorded it at its first run; ``default`` (the job's) before any run."""
+        from mrseg_cohort.fingerprint import recorded_base_model
+
+        return recorded_base_model(self.read_fingerprint()) or default
+
     def write_fingerprint(self, fingerprint: dict) -> None:
         self.store.write_bytes(join_uri(self.root, FINGERPRINT), json.dumps(fingerprint, indent=1).encode())
 

@@ -3,9 +3,10 @@
 Pure: station Volumes in, a Volume and seam QC out.
 
 - Stations are ordered by their physical position along the target grid's slice axis.
-- Target grid: direction of the most superior station; in-plane spacing the finest of the stations
-  (or given); slice spacing the finest of the stations (or given); extent the union of the
-  stations' physical extents. :func:`target_grid` over *all* contrasts of a participant gives the
+- Target grid: direction of the most superior station; along each of its axes the finest spacing of
+  the stations along that axis (non-square pixels keep their two in-plane spacings), or the spacing
+  given; extent the union of the stations' physical extents. Stations that all share one grid (a
+  single volume per contrast) keep it: nothing is resampled. :func:`target_grid` over *all* contrasts of a participant gives the
   one grid they all share, so labels of one contrast apply voxel for voxel to the others.
 - Each station is resampled linearly onto its part of the target grid (a plain copy when its voxels
   already lie on the target grid), together with its field-of-view mask (1 where the station has
@@ -13,7 +14,8 @@ Pure: station Volumes in, a Volume and seam QC out.
 - Blending is per voxel: a station's weight is a linear ramp along z ("feathering": rising from its
   z edges) times its field-of-view mask, and each voxel is the weighted mean of the stations that
   cover it. Where one station covers a voxel (stations of unequal in-plane extent, as UK Biobank's
-  224 x 156..174) that voxel is the station's own value; where two do, their blend; where none does, 0.
+  224 x 156..174) that voxel is the station's own value, bit for bit; where two do, their blend;
+  where none does, 0.
 - Per seam: overlap (mm), gap (mm, nothing is filled in a gap) and a fusion cost, the mean absolute
   difference of the two stations inside the overlap divided by their mean intensity there.
 - Overlapping stations whose orientation differs raise :class:`StitchError`.
@@ -73,21 +75,59 @@ def _z_extent(grid: Grid, axis: np.ndarray) -> tuple[float, float]:
 
 def target_grid(stations: list[Grid], inplane_spacing_mm: float | None = None,
                 z_spacing_mm: float | None = None) -> Grid:
-    """The grid that covers all ``stations`` (see module docstring)."""
+    """The grid that covers all ``stations`` (see module docstring).
+
+    Stations that all lie on one grid (a single volume, or one volume per contrast on one grid) are
+    not stitched: their own grid is returned as it is, whatever spacings are configured, so that a
+    single volume reaches the network exactly as MRSegmentator would read it. Otherwise each axis of
+    the most superior station keeps a spacing of its own: the finest spacing of the stations along
+    that axis (``inplane_spacing_mm`` sets both in-plane axes, ``z_spacing_mm`` the slice axis).
+
+    Raises:
+        StitchError: no stations, or stations stacked along an in-plane axis of their arrays
+            (coronal or sagittal stations), which this module does not blend.
+    """
     if not stations:
         raise StitchError("no stations to stitch")
+    if all(g.is_close(stations[0], atol_mm=1e-4, atol_direction=1e-6) for g in stations[1:]):
+        return stations[0]
     reference = max(stations, key=lambda g: _z_extent(g, np.array([0.0, 0.0, 1.0]))[1])
     rotation = reference.direction_matrix  # columns: world direction of x, y, z index axes
-    s_inplane = inplane_spacing_mm or min(min(g.spacing_mm[1:]) for g in stations)
-    s_z = z_spacing_mm or min(g.spacing_mm[0] for g in stations)
+    _check_stacked_along_slices(stations, rotation)
+    spacing_xyz = np.array([_finest_spacing_along(stations, rotation[:, k]) for k in range(3)])
+    if inplane_spacing_mm:
+        spacing_xyz[:2] = inplane_spacing_mm
+    if z_spacing_mm:
+        spacing_xyz[2] = z_spacing_mm
     # extent of all station voxel centres in the reference frame (coordinates along its axes)
     local = np.concatenate([g.corners_world() @ rotation for g in stations])
     lo, hi = local.min(axis=0), local.max(axis=0)
-    spacing_xyz = np.array([s_inplane, s_inplane, s_z])
     shape_xyz = np.floor((hi - lo) / spacing_xyz + 1e-6).astype(int) + 1
     origin = rotation @ lo
-    return Grid(tuple(int(v) for v in shape_xyz[::-1]), (s_z, s_inplane, s_inplane), tuple(origin),
-                tuple(rotation.ravel()))
+    return Grid(tuple(int(v) for v in shape_xyz[::-1]), tuple(float(v) for v in spacing_xyz[::-1]),
+                tuple(origin), tuple(rotation.ravel()))
+
+
+def _finest_spacing_along(stations: list[Grid], world_axis: np.ndarray) -> float:
+    """The finest spacing (mm) of the stations along ``world_axis``: each station's spacing of the
+    index axis pointing most nearly that way (stations may store their axes in other orders)."""
+    out = []
+    for g in stations:
+        axis = int(np.argmax(np.abs(g.direction_matrix.T @ world_axis)))
+        out.append(g.spacing_xyz_mm[axis])
+    return float(min(out))
+
+
+def _check_stacked_along_slices(stations: list[Grid], rotation: np.ndarray) -> None:
+    """Refuse stations that follow each other along an in-plane axis (see :func:`target_grid`)."""
+    centres = np.array([g.corners_world().mean(axis=0) @ rotation for g in stations])
+    spread = centres.max(axis=0) - centres.min(axis=0)  # along the reference's x, y, z index axes
+    if spread[2] >= max(spread[0], spread[1]):
+        return
+    axis = "xy"[int(np.argmax(spread[:2]))]
+    raise StitchError(f"the stations follow each other along their arrays' {axis} axis (coronal or sagittal "
+                      "stations), not along the slice axis; such stations cannot be stitched here: convert "
+                      "them to axial stations, or give one stitched volume per contrast", stage="stitch")
 
 
 def _aligned_offset(station: Grid, target: Grid) -> tuple[int, int, int] | None:
@@ -151,6 +191,8 @@ def stitch(stations: list[Volume], grid: Grid) -> Stitched:
     z_pos = origin_along + grid.spacing_mm[0] * np.arange(grid.shape[0])
     acc = np.zeros(grid.shape, dtype=np.float32)
     wsum = np.zeros(grid.shape, dtype=np.float32)
+    covered = np.zeros(grid.shape, dtype=np.uint8)  # stations covering each voxel
+    single = np.zeros(grid.shape, dtype=np.float32)  # where one station covers a voxel: its own value
     per_station: dict[int, tuple[tuple[int, int], np.ndarray, np.ndarray]] = {}
     for i in order:
         lo, hi = extents[i]
@@ -165,7 +207,11 @@ def stitch(stations: list[Volume], grid: Grid) -> Stitched:
         per_station[i] = (z_range, values, inside)
         acc[z_range[0]:z_range[1]] += values * ramp
         wsum[z_range[0]:z_range[1]] += inside * ramp
+        covered[z_range[0]:z_range[1]] += inside
+        np.copyto(single[z_range[0]:z_range[1]], values, where=inside)
     np.divide(acc, wsum, out=acc, where=wsum > 0)
+    alone = covered == 1  # the weighted mean of one value can differ from it in the last bit
+    acc[alone] = single[alone]
     seams = tuple(_seam(stations, order[k], order[k + 1], extents, per_station)
                   for k in range(len(order) - 1))
     return Stitched(Volume(acc, grid), seams, tuple(order))

@@ -136,3 +136,49 @@ def test_ct_input_runs_base_and_skips_the_mri_only_model(mrseg_root, tmp_path, r
     assert (out / "labels" / "ct001" / "0" / "ct.nii.gz").exists()
     assert not (out / "labels" / "ct001" / "0" / "ct.body_comp.nii.gz").exists()
     assert set(pd.read_parquet(out / "tables" / "structures")["model"]) == {"base"}
+
+
+def test_models_listed_in_another_order_leave_the_base_files_and_rows_alone(mrseg_root, phantom_cohort, tmp_path,
+                                                                             ray_local):
+    """`models: [body_comp, base]` after runs with `models: [base]` was accepted as a model added, and
+    the label file without a suffix went to the first model: every base label map was overwritten by
+    body-composition labels, base rows pointed at them, and the phenotypes' liver volumes were NaN."""
+    from mrseg_cohort.phenotypes import phenotype_table
+
+    out = tmp_path / "out"
+    base, body_comp = _models(mrseg_root)
+    first = load_config(write_job_yaml(tmp_path / "a.yaml", str(phantom_cohort), str(out), model=None,
+                                       models=[base], limits={"first_n": 1}))
+    assert run_job(first).done == 1
+    labels = sorted((out / "labels").glob("*/*/in*.nii.gz"))
+    assert [p.name for p in labels] == ["in.nii.gz"]
+    before = labels[0].read_bytes()
+    rows_before = pd.read_parquet(out / "tables" / "scans")[["participant_id", "label_uri"]]
+    second = load_config(write_job_yaml(tmp_path / "b.yaml", str(phantom_cohort), str(out), model=None,
+                                        models=[body_comp, base], limits={"first_n": 1}))
+    assert second.base_model == "base"
+    assert run_job(second).done == 1
+    assert labels[0].read_bytes() == before  # the base labels, byte for byte
+    assert (labels[0].parent / "in.body_comp.nii.gz").exists()
+    scans = pd.read_parquet(out / "tables" / "scans")
+    base_rows = scans[scans["model"] == "base"][["participant_id", "label_uri"]]
+    assert base_rows.reset_index(drop=True).equals(rows_before.reset_index(drop=True))
+    assert scans[scans["model"] == "body_comp"]["label_uri"].str.endswith("in.body_comp.nii.gz").all()
+    phenotypes = phenotype_table(pd.read_parquet(out / "tables" / "structures"), scans, "base")
+    assert phenotypes["liver_volume_ml"].notna().all() and phenotypes["vat_volume_ml"].notna().all()
+
+
+def test_the_base_model_is_decided_by_name_or_label_set_never_by_position(mrseg_root, phantom_cohort, tmp_path):
+    from mrseg_cohort.errors import ConfigError
+
+    base, body_comp = _models(mrseg_root)
+    mine = {**base, "name": "mrseg_v2"}
+
+    def job(models):
+        return load_config(write_job_yaml(tmp_path / "j.yaml", str(phantom_cohort), str(tmp_path / "o"),
+                                          model=None, models=models))
+
+    assert job([body_comp, mine]).base_model == "mrseg_v2"  # the one model with MRSegmentator's labels
+    assert job([body_comp, base, mine]).base_model == "base"  # named so
+    with pytest.raises(ConfigError, match="several models could be the base model"):
+        job([mine, {**base, "name": "mrseg_v3"}])

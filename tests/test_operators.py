@@ -393,7 +393,7 @@ def test_an_actor_whose_process_dies_while_it_starts_is_replaced(tmp_path, ray_l
     died = tmp_path / "died-once"
 
     class DiesTheFirstTime:
-        def __init__(self, models, device, threads):
+        def __init__(self, models, device, threads, versions=None):
             if not died.exists():
                 died.touch()
                 os._exit(1)
@@ -407,7 +407,7 @@ def test_an_actor_whose_process_dies_while_it_starts_is_replaced(tmp_path, ray_l
     assert died.exists() and pool.n_ready == 1 and len(pool.members) == 2 and time.monotonic() - t0 < 60
 
     class AlwaysDies(DiesTheFirstTime):
-        def __init__(self, models, device, threads):
+        def __init__(self, models, device, threads, versions=None):
             os._exit(1)
 
     from mrseg_cohort.pipeline.actor_pool import START_REPLACEMENTS, ActorStartError
@@ -438,34 +438,81 @@ def test_an_actor_failing_scan_after_scan_stops_the_job_keeping_what_is_done(coh
                                        "max_consecutive_failures": 1, "in_flight_per_worker": 1})
     result = CliRunner().invoke(app, ["run", str(config), "--no-progress"])
     assert result.exit_code == 2, result.output
-    assert "failed 1 scans in a row; stopping the job" in result.output
+    assert "1 scans in a row failed in the segmentation actors" in result.output
     failures = pd.read_parquet(out / "tables" / "failures")  # the failure is published, not lost
     assert len(failures) >= 1 and failures.iloc[0].stage == "segment"
     assert "NaN or infinite logits" in failures.iloc[0].message
 
 
-def test_a_cuda_error_ends_the_actor_so_that_ray_replaces_it(monkeypatch):
+def test_errors_in_the_actor_are_told_apart_by_type_not_by_words(monkeypatch):
+    """Only a CUDA error (torch.AcceleratorError) ends the actor; an out-of-memory (here raised in
+    preprocessing, outside the sliding window's retry) fails the scan and the actor goes on; a bug
+    whose message speaks of cuda (a device mismatch) is an internal error, raised."""
+    import torch
+
     from mrseg_cohort.pipeline import actor_pool
 
     exits = []
     monkeypatch.setattr(actor_pool, "_exit_soon", lambda: exits.append(True))
     actor = actor_pool.SegmentActor.__new__(actor_pool.SegmentActor)
+    actor.device = "cuda"
 
-    def broken(*args):
-        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    def raising(err):
+        def segment(*args):
+            raise err
+        return segment
 
-    actor.segmenter = broken
+    actor.segmenter = raising(torch.AcceleratorError("CUDA error: an illegal memory access was encountered"))
     status, segs = actor.segment({"in": None}, "MRI")
     assert exits and segs is None and not status["ok"] and "CUDA error, actor restarted" in status["message"]
+    assert not status["scan_fault"]
     exits.clear()
 
-    def bug(*args):
-        raise RuntimeError("shape mismatch")  # not a device error: a bug, raised (a failures row with traceback)
+    actor.segmenter = raising(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 5.00 GiB"))
+    status, segs = actor.segment({"in": None}, "MRI")
+    assert not exits and not status["ok"] and "out of memory" in status["message"]
 
-    actor.segmenter = bug
-    with pytest.raises(RuntimeError, match="shape mismatch"):
-        actor.segment({"in": None}, "MRI")
-    assert not exits
+    for bug in (RuntimeError("Expected all tensors to be on the same device, but found at least two devices, "
+                             "cuda:0 and cpu!"), RuntimeError("shape mismatch")):
+        actor.segmenter = raising(bug)
+        with pytest.raises(RuntimeError):
+            actor.segment({"in": None}, "MRI")
+        assert not exits
+
+
+def test_consecutive_failures_are_counted_over_the_job_not_per_actor(ray_local):
+    """An actor replaced after a CUDA error started again at 0 failures: a systematic fault never
+    reached max_consecutive_failures and every scan of the cohort became a failures row. A scan's own
+    bad input does not count; a success resets the count."""
+    from mrseg_cohort.pipeline.actor_pool import ActorFailingError
+
+    class Ready:
+        def __init__(self, models, device, threads, versions=None):
+            pass
+
+        def ready(self):
+            return {"node": "n", "pid": os.getpid(), "device": "cpu"}
+
+    pool = _pool_of(Ready, ray_local, segmenters=2)
+    pool.resources = pool.resources.model_copy(update={"max_consecutive_failures": 3})
+    pool.start()
+    pool.release(0, segment_failed=True)
+    pool.mark_dead(0)  # the CUDA error ended it; its replacement must not start from 0
+    pool.release(1, segment_failed=False)  # a success resets
+    pool.release(1, segment_failed=True)
+    pool.release(1, segment_failed=True)
+    with pytest.raises(ActorFailingError, match="3 scans in a row failed"):
+        pool.release(0, segment_failed=True)
+
+
+def test_an_actor_on_a_node_with_other_library_versions_refuses_to_start():
+    """A worker node with another scipy or nnU-Net would compute other numbers into the same output."""
+    from mrseg_cohort.pipeline.actor_pool import SegmentActor
+    from mrseg_cohort.versions import software_versions
+
+    driver = {**software_versions(), "scipy": "0.1.0"}
+    with pytest.raises(ConfigError, match=r"scipy .* here, 0\.1\.0 where the run started"):
+        SegmentActor([], "cpu", 1, driver)
 
 
 @pytest.mark.slow
@@ -494,7 +541,7 @@ def test_the_pool_stops_the_run_once_its_node_is_gone(ray_local):
     from mrseg_cohort.pipeline.actor_pool import NodeLostError
 
     class Ready:
-        def __init__(self, models, device, threads):
+        def __init__(self, models, device, threads, versions=None):
             pass
 
         def ready(self):
@@ -512,7 +559,7 @@ def test_a_cpu_actor_that_does_not_start_in_time_is_named_without_blaming_gpus(r
     """The timeout line of a CPU run spoke of the cluster's GPUs and of resources.gpu_wait_s."""
 
     class StartsSlowly:
-        def __init__(self, models, device, threads):
+        def __init__(self, models, device, threads, versions=None):
             time.sleep(60)
 
         def ready(self):

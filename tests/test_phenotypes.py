@@ -252,15 +252,15 @@ def test_covariates_with_uk_biobank_fields_index_by_height(output, table, tmp_pa
         row = got.loc[key]
         assert row["sex"] == "male" and row["height_cm"] == h
         assert row["age_band"] == "60-69"
-        assert row["liver_volume_ml_per_m2"] == pytest.approx(row["liver_volume_ml"] / (h / 100) ** 2)
-        assert row["vat_volume_ml_per_m2"] == pytest.approx(row["vat_volume_ml"] / (h / 100) ** 2)
+        assert row["liver_volume_ml_per_height_squared_m2"] == pytest.approx(row["liver_volume_ml"] / (h / 100) ** 2)
+        assert row["vat_volume_ml_per_height_squared_m2"] == pytest.approx(row["vat_volume_ml"] / (h / 100) ** 2)
     assert got.loc[(pids[0], "2"), "weight_kg"] == 82 and np.isnan(got.loc[(pids[0], "3"), "weight_kg"])
     # two values per stratum (visit x sex x age band): median halfway, MAD half the gap, so z = +-1/1.4826
     for visit in ("2", "3"):
         a, b = (got.loc[(p, visit), "liver_volume_ml"] for p in pids)
         assert got.loc[(pids[0], visit), "liver_volume_ml_z"] == pytest.approx(np.sign(a - b) / 1.4826)
     assert not got["n_outliers"].any()
-    assert not any(c.endswith("_per_m2") and not c.startswith(tuple(n for n, r in RULES.items() if r[0] == "volume"))
+    assert not any(c.endswith("_per_height_squared_m2") and not c.startswith(tuple(n for n, r in RULES.items() if r[0] == "volume"))
                    for c in got.columns)
 
 
@@ -341,4 +341,4 @@ def test_planted_outlier_is_flagged():
     assert out.loc[17, "n_outliers"] >= 1
     first = outlier_rows(out).iloc[0]
     assert (first["participant_id"], first["phenotype"], first["value"]) == ("1000017", "liver_volume_ml", 400.0)
-    assert out.loc[0, "liver_volume_ml_per_m2"] == pytest.approx(x[0] / 1.75 ** 2)
+    assert out.loc[0, "liver_volume_ml_per_height_squared_m2"] == pytest.approx(x[0] / 1.75 ** 2)

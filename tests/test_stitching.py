@@ -153,3 +153,39 @@ def test_a_voxel_only_one_station_covers_is_that_stations_value():
     lo = np.minimum.reduce([np.where(c, v, np.inf) for v, c in zip(on_target, coverage)])
     hi = np.maximum.reduce([np.where(c, v, -np.inf) for v, c in zip(on_target, coverage)])
     assert both.sum() > 1000 and ((image[both] >= lo[both] - 1e-3) & (image[both] <= hi[both] + 1e-3)).all()
+
+
+def test_a_single_volume_keeps_its_own_grid_even_with_non_square_pixels():
+    """It was resampled to its finer in-plane spacing (117 -> 145 rows at 3.0 x 2.4 mm): labels came out
+    on another grid than the input's and differed from MRSegmentator's, which segments it as it is."""
+    direction = (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # axes permuted: not LPS either
+    grid = Grid((20, 117, 91), (5.0, 3.0, 2.4), (12.5, -3.0, 40.0), direction)
+    image = Volume(np.random.default_rng(0).random(grid.shape).astype(np.float32), grid)
+    target = target_grid([grid], inplane_spacing_mm=1.0, z_spacing_mm=3.0)  # configured spacings: for stitching
+    assert target == grid
+    np.testing.assert_array_equal(stitch([image], target).volume.array, image.array)
+    contrasts = [grid, Grid(grid.shape, grid.spacing_mm, grid.origin_mm, grid.direction)]  # in, fat, ...
+    assert target_grid(contrasts) == grid
+
+
+def test_stations_keep_each_axis_spacing_and_the_finest_along_each_axis():
+    a = Grid((10, 117, 91), (4.0, 3.0, 2.4), (0.0, 0.0, 0.0))
+    b = Grid((10, 117, 91), (3.0, 2.8, 2.6), (0.0, 0.0, 30.0))  # above a, other spacings
+    grid = target_grid([a, b])
+    assert grid.spacing_mm == (3.0, 2.8, 2.4)
+    assert target_grid([a, b], inplane_spacing_mm=2.0).spacing_mm == (3.0, 2.0, 2.0)
+    # the upper station stores x and y swapped (it gives the grid's axes): each spacing is taken along
+    # the same world axis, 3.0 mm along y (the new array x) and 2.4 mm along x (the new array y)
+    swapped = Grid((10, 91, 117), (3.0, 2.4, 3.0), (0.0, 0.0, 30.0), (0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    assert target_grid([a, swapped]).spacing_mm == (3.0, 2.4, 3.0)
+
+
+def test_stations_stacked_along_an_in_plane_axis_are_refused_with_one_line():
+    """Coronal stations: the slice axis is anterior-posterior and the stations follow each other
+    head to foot along the arrays' y axis; feathering along the slice axis would blend nonsense."""
+    coronal = (1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, -1.0, 0.0)  # x: L, y: -S (head to foot), z: P
+    upper = Grid((30, 100, 80), (4.0, 2.0, 2.0), (0.0, 0.0, 400.0), coronal)
+    lower = Grid((30, 100, 80), (4.0, 2.0, 2.0), (0.0, 0.0, 220.0), coronal)
+    with pytest.raises(StitchError, match="along their arrays' y axis") as caught:
+        target_grid([upper, lower])
+    assert "\n" not in str(caught.value)

@@ -40,13 +40,20 @@ def test_tiles_run_exactly_when_they_meet_the_grown_body():
     assert tiles_to_run(None, corners, (8, 8, 8), (0, 0, 0), (0, 0, 0)) == [True] * len(corners)
 
 
-def test_the_body_is_the_largest_bright_component_and_a_flat_image_has_none():
+def test_every_part_that_could_be_body_is_kept_specks_are_not_and_a_flat_image_has_none():
+    """The mask was the largest bright component above one Otsu threshold: a part of the body apart
+    from the rest (past a station gap, an arm) or a far darker station lost its tiles."""
     rng = np.random.default_rng(1)
-    image = np.abs(rng.normal(0, 1, (30, 40, 40))).astype(np.float32)  # noise: MRI air
-    image[10:20, 10:30, 5:35] += 20  # the body
-    image[2:4, 2:4, 2:4] += 20  # a bright speck of noise elsewhere
+    image = np.abs(rng.normal(0, 1, (40, 40, 40))).astype(np.float32)  # noise: MRI air
+    image[10:20, 10:30, 5:25] += 20  # the trunk
+    image[10:20, 10:30, 30:34] += 20  # an arm, apart from it
+    image[25:35, 10:30, 5:25] = image[25:35, 10:30, 5:25] / 10 + 2  # a station ten times darker
+    image[2:4, 2:4, 36] += 20  # a bright speck of noise elsewhere (4 voxels)
+    image[12:18, 15:25, 12:18] = 0.5  # a dark organ inside the trunk (as in a fat image)
     body = body_mask(image, 1)
-    assert body.mask[10:20, 10:30, 5:35].all() and not body.mask[2:4, 2:4, 2:4].any()
+    assert body.mask[10:20, 10:30, 5:25].all() and body.mask[10:20, 10:30, 30:34].all()
+    assert body.mask[25:35, 10:30, 5:25].all()
+    assert not body.mask[2:4, 2:4, 36].any() and not body.mask[36:].any()
     assert body_mask(np.full((5, 5, 5), 3.0, np.float32), 1) is None
 
 
@@ -143,3 +150,53 @@ def test_out_of_memory_retries_once_with_half_the_tiles_per_batch(monkeypatch):
     Runner.tiles_per_batch = 4
     labels, _ = segmenter._run(Runner(), image, None, None)
     assert calls == [4, 2] and labels.shape == (2, 2, 2)
+
+
+@pytest.fixture(scope="module")
+def tile_runners(demo_model):
+    folder = open_model_folder(demo_model, (0,))
+    return ModelRunner(folder, "cpu"), ModelRunner(folder, "cpu", skip_empty_tiles=True)
+
+
+@pytest.fixture(scope="module")
+def phantom_for_properties():
+    from mrseg_cohort.phantom.cohort import PhantomSpec, render_spec_participant
+
+    return render_spec_participant(PhantomSpec(1, seed=7), 0)
+
+
+def _variant(rendered, contrast: str, edits: list[tuple[str, float, float]]) -> np.ndarray:
+    """A phantom contrast with stations gone (zero-filled, as a stitched gap), dimmed to a tenth, or
+    the body cut apart along x (limbs apart from the trunk); positions as fractions of the axis."""
+    image = {"in": rendered.in_phase, "fat": rendered.fat, "water": rendered.water}[contrast]
+    image = np.rint(image).astype(np.float32)
+    for kind, start, length in edits:
+        axis = 2 if kind == "apart" else 0
+        n = image.shape[axis]
+        a = int(start * n)
+        b = min(n, a + max(2, int(length * n)))
+        index = (slice(None), slice(None), slice(a, b)) if axis == 2 else (slice(a, b),)
+        image[index] = image[index] * 0.1 if kind == "dim" else 0
+    return image
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_edit = st.tuples(st.sampled_from(["gap", "dim", "apart"]), st.floats(0.05, 0.85), st.floats(0.04, 0.25))
+
+
+@settings(max_examples=4, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(contrast=st.sampled_from(["in", "fat", "water"]), edits=st.lists(_edit, min_size=1, max_size=3))
+def test_skipping_never_changes_the_labels_of_the_body(tile_runners, phantom_for_properties, contrast, edits):
+    """Phantoms with stations gone (gaps, a missing station), a station ten times darker, the body cut
+    apart, in in-phase, fat-only and water-only contrasts: wherever the phantom has body, the labels
+    with tile skipping are the full sliding window's (the old mask, the largest component above one
+    threshold, lost every tile past a gap or in a dark station)."""
+    full, skipping = tile_runners
+    image = _variant(phantom_for_properties, contrast, edits)
+    spacing = phantom_for_properties.grid.spacing_mm
+    a = full(image, spacing)
+    b = skipping(image, spacing)
+    body = (phantom_for_properties.labels > 0) & (image > 0)
+    assert np.array_equal(a[body], b[body]), int((a[body] != b[body]).sum())

@@ -132,7 +132,7 @@ def _phenotypes(job, outputs, contrast: str | None):
     scans = read_table_folder(outputs.store, outputs.table_uri("scans"), columns=keys + ["status", "swap_suspected"])
     if structures is None or scans is None:
         fail(f"no published results under {outputs.table_uri('structures')} yet")
-    return phenotype_table(structures.to_pandas(), scans.to_pandas(), job.model.name, contrast)
+    return phenotype_table(structures.to_pandas(), scans.to_pandas(), outputs.base_model(job.base_model), contrast)
 
 
 def _covariates(outputs, uri: str):
@@ -156,7 +156,7 @@ def _write_frame(outputs, out: str, frame) -> None:
 def summary(
     config: Path = typer.Argument(..., help="Job YAML file (its output is read)."),
     out: str = typer.Option(None, "--out", help="Also write the per-structure distributions (.csv or .parquet)."),
-    model: str = typer.Option(None, help="Model to summarise (default: the first configured)."),
+    model: str = typer.Option(None, help="Model to summarise (default: the base model)."),
     output: str = typer.Option(None, help="Override output.uri (relative to the working directory)."),
 ) -> None:
     """Cohort summary: per structure the distribution of volumes and fat fractions, vessel consistency
@@ -170,10 +170,10 @@ def summary(
 
     with one_line_errors():
         job, outputs = _output(config, output)
-        data = read_output(outputs)
+        data = read_output(outputs, job.base_model)
         if data.structures.empty:
             fail(f"no published results under {outputs.table_uri('structures')} yet")
-        structures, scans, contrast = select(data.structures, data.scans, model or job.models[0].name, None)
+        structures, scans, contrast = select(data.structures, data.scans, model or data.base_model, None)
         dist = structure_distributions(structures)
     console = Console(soft_wrap=True)
     table = Table(title=f"{job.cohort.name}: {scans.shape[0]} scans ({contrast}); volume_ml and ff_median_pct "

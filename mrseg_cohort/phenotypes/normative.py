@@ -3,8 +3,9 @@ visit, and outlier flags.
 
 Pure: the phenotype table and normalised covariates in, the table with covariate columns out.
 
-- ``<volume>_per_m2`` = volume (mL) / height (m)^2, for every volume phenotype (``liver_volume_ml``
-  -> ``liver_volume_ml_per_m2``, mL/m^2); NaN without a height.
+- ``<volume>_per_height_squared_m2`` = volume (mL) / height (m)^2, for every volume phenotype
+  (``liver_volume_ml`` -> ``liver_volume_ml_per_height_squared_m2``, mL/m^2); NaN without a height.
+  Height squared, not body surface area (which ``_per_m2`` alone would suggest to an epidemiologist).
 - ``<phenotype>_z``: robust z-score (:mod:`mrseg_cohort.stats`: (x - median) / (1.4826 MAD)) among
   the rows of the same visit, sex and 10-year age band (``age_band``, e.g. "60-69") with a finite
   value. A stratum with fewer than ``min_stratum`` values is not assessed (NaN), nor are rows whose
@@ -27,8 +28,8 @@ MIN_STRATUM = 10
 STRATA = ("visit", "sex", "age_band")
 
 
-def per_m2_column(name: str) -> str:
-    return f"{name}_per_m2"
+def per_height_squared_column(name: str) -> str:
+    return f"{name}_per_height_squared_m2"
 
 
 def z_column(name: str) -> str:
@@ -48,7 +49,7 @@ def with_covariates(table: pd.DataFrame, covariates: pd.DataFrame, z_threshold: 
     cov = attach_covariates(keys, covariates)
     cov.insert(2, "age_band", age_band(cov["age_years"]))
     height_m2 = (cov["height_cm"] / 100.0) ** 2
-    extra = {per_m2_column(p.name): table[p.name] / height_m2 for p in PHENOTYPES if p.is_volume}
+    extra = {per_height_squared_column(p.name): table[p.name] / height_m2 for p in PHENOTYPES if p.is_volume}
     strata = pd.concat([keys["visit"], cov[["sex", "age_band"]]], axis=1)
     for p in PHENOTYPES:
         z = stratified_robust_z(table[p.name], strata, min_stratum)

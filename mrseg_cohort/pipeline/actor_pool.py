@@ -11,8 +11,16 @@
 - An actor whose process or node dies is replaced by the pool (not by Ray: a restart pinned to a
   GPU that left would wait forever), and the scans it held go to the other actors. The pool keeps
   as many actors as ``resources.gpus`` asks for, or as the cluster has GPUs; when nodes leave it
-  shrinks with them. An actor that fails ``resources.max_consecutive_failures`` scans in a row stops
-  the job (:class:`ActorFailingError`): a broken actor should not fail a cohort scan by scan.
+  shrinks with them. ``resources.max_consecutive_failures`` scans failing in the actors in a row,
+  whichever actors they ran on, stop the job (:class:`ActorFailingError`): a systematic fault (a
+  broken device, a bug) should not fail a cohort scan by scan, and an actor replaced after a CUDA
+  error does not start counting again. A scan's own fault (a bad image) does not count.
+- Errors are told apart by type, never by words in a message: out of GPU memory
+  (``torch.OutOfMemoryError``) fails the scan and the actor goes on; a CUDA error
+  (``torch.AcceleratorError``: the device may be unusable) fails the scan and ends the actor, which
+  the pool replaces; any other exception is an internal error of the scan.
+- An actor whose libraries compute differently from the driver's (another installation on its
+  node) refuses to start, naming them (:mod:`mrseg_cohort.versions`).
 - ``MRSEG_COHORT_TEST_LOGICAL_GPUS=1`` (tests only, never read from a config) lets actors that hold
   a logical GPU of a test cluster compute on the CPU.
 """
@@ -26,9 +34,10 @@ import time
 from dataclasses import dataclass, field
 
 from mrseg_cohort.config import ResourcesConfig
-from mrseg_cohort.errors import ConfigError, ScanError, SegmentationError
+from mrseg_cohort.errors import BadScanError, ConfigError, ScanError, SegmentationError
 from mrseg_cohort.pipeline.session import RaySession
 from mrseg_cohort.segmentation.segmenter import ModelSpec, Segmenter
+from mrseg_cohort.versions import version_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +68,11 @@ class SegmentActor:
     scan with the error and ends its process, and Ray starts a fresh one.
     """
 
-    def __init__(self, models: list[ModelSpec], device: str, threads: int | None):
+    def __init__(self, models: list[ModelSpec], device: str, threads: int | None, versions: dict | None = None):
+        mismatch = version_mismatch(versions) if versions else ""
+        if mismatch:
+            raise ConfigError(f"the software on this node differs from the run's ({mismatch}); install the same "
+                              "versions on every node")
         compute = "cpu" if device == "cuda" and os.environ.get(TEST_LOGICAL_GPUS) == "1" else device
         self.device = compute
         self.segmenter = Segmenter(models, compute, threads)
@@ -70,14 +83,17 @@ class SegmentActor:
         return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "device": self.device}
 
     def segment(self, inputs: dict, modality: str, models: tuple[str, ...] | None = None) -> tuple[dict, dict | None]:
+        import torch
+
         try:
             return {"ok": True}, {c: self.segmenter(image, modality, c, models) for c, image in inputs.items()}
         except ScanError as err:
             return error_status(err.with_context(stage="segment")), None
-        except RuntimeError as err:
-            if "cuda" not in str(err).lower():
-                raise
-            _exit_soon()  # the device may be poisoned: let Ray replace this process
+        except torch.OutOfMemoryError as err:  # raised outside the sliding window's own retry (preprocessing)
+            return error_status(SegmentationError(f"out of memory on {self.device}: {first_line(err)}",
+                                                  stage="segment")), None
+        except torch.AcceleratorError as err:
+            _exit_soon()  # the device may be poisoned: the pool replaces this actor
             return error_status(SegmentationError(f"CUDA error, actor restarted: {first_line(err)}",
                                                   stage="segment")), None
 
@@ -87,8 +103,9 @@ def _exit_soon(delay_s: float = 0.5) -> None:
 
 
 def error_status(err: ScanError) -> dict:
+    """A failed scan's status; ``scan_fault``: the scan's own input is at fault (not the actor)."""
     return {"ok": False, "stage": err.stage, "error_type": type(err).__name__, "message": err.message,
-            "uri": err.uri}
+            "uri": err.uri, "scan_fault": isinstance(err, BadScanError)}
 
 
 def first_line(err: BaseException) -> str:
@@ -103,7 +120,6 @@ class _Member:
     ready: bool = False
     alive: bool = True
     load: int = 0
-    failures_in_a_row: int = 0
     info: dict = field(default_factory=dict)
 
 
@@ -117,10 +133,14 @@ class ActorPool:
         resources: the job's ``resources`` section.
     """
 
-    def __init__(self, session: RaySession, device: str, models: list[ModelSpec], resources: ResourcesConfig):
+    def __init__(self, session: RaySession, device: str, models: list[ModelSpec], resources: ResourcesConfig,
+                 versions: dict | None = None):
         import ray
 
         self.session, self.device, self.models, self.resources = session, device, models, resources
+        self.versions = versions
+        self.failures_in_a_row = 0
+        """Scans failed in the actors in a row, over every actor of the job (see module docstring)."""
         options = {"num_gpus": 1, "num_cpus": 1, "max_concurrency": 2} if device == "cuda" else {"num_cpus": 1}
         self._actor_cls = ray.remote(SegmentActor).options(max_restarts=0, **options)
         self.threads = None if device == "cuda" else (resources.threads_per_segmenter or os.cpu_count() or 1)
@@ -137,7 +157,7 @@ class ActorPool:
 
     def _add(self, n: int) -> None:
         for _ in range(n):
-            handle = self._actor_cls.remote(list(self.models), self.device, self.threads)
+            handle = self._actor_cls.remote(list(self.models), self.device, self.threads, self.versions)
             self.members.append(_Member(handle, handle.ready.remote()))
 
     @property
@@ -263,18 +283,21 @@ class ActorPool:
         return self.members[i].handle
 
     def release(self, i: int, segment_failed: bool) -> None:
-        """A call on actor ``i`` ended; ``segment_failed``: the scan failed in the actor.
+        """A call on actor ``i`` ended; ``segment_failed``: the scan failed in the actor, not by a
+        fault of its own input.
 
         Raises:
-            ActorFailingError: the actor failed ``resources.max_consecutive_failures`` scans in a row.
+            ActorFailingError: ``resources.max_consecutive_failures`` scans failed in a row, over
+                every actor of the job.
         """
         member = self.members[i]
         member.load = max(0, member.load - 1)
-        member.failures_in_a_row = member.failures_in_a_row + 1 if segment_failed else 0
-        if member.failures_in_a_row >= self.resources.max_consecutive_failures:
-            raise ActorFailingError(f"segmentation actor {i} (node {member.info.get('node', '?')[:12]}) failed "
-                                    f"{member.failures_in_a_row} scans in a row; stopping the job (scans already "
-                                    "done are kept): see tables/failures for the errors, fix the cause and re-run")
+        self.failures_in_a_row = self.failures_in_a_row + 1 if segment_failed else 0
+        if self.failures_in_a_row >= self.resources.max_consecutive_failures:
+            raise ActorFailingError(f"{self.failures_in_a_row} scans in a row failed in the segmentation actors "
+                                    f"(the last on actor {i}, node {str(member.info.get('node', '?'))[:12]}); "
+                                    "stopping the job (scans already done are kept): see tables/failures for "
+                                    "the errors, fix the cause and re-run")
 
     @property
     def capacity(self) -> int:

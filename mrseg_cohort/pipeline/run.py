@@ -24,7 +24,7 @@ import uuid
 
 from mrseg_cohort.config import JobConfig
 from mrseg_cohort.errors import ConfigError
-from mrseg_cohort.fingerprint import added_models, changed_keys, job_fingerprint
+from mrseg_cohort.fingerprint import added_models, changed_keys, job_fingerprint, upgrade
 from mrseg_cohort.io.colortables import write_color_tables
 from mrseg_cohort.io.storage import Store, join_uri
 from mrseg_cohort.lease import OutputLease
@@ -37,25 +37,13 @@ from mrseg_cohort.pipeline.signals import StopRequest
 from mrseg_cohort.pipeline.session import choose_device
 from mrseg_cohort.segmentation.segmenter import ModelSpec, check_model
 from mrseg_cohort.sharding import Shard, select
+from mrseg_cohort.versions import software_versions
 from mrseg_cohort.work_units import WorkPlan, plan_work
 
 log = logging.getLogger(__name__)
 
 __all__ = ["RunSummary", "run_job", "preflight", "software_versions", "choose_device"]
 _SECRETS = {"input": {"storage": {"key", "secret"}}, "output": {"storage": {"key", "secret"}}}
-
-
-def software_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for dist, key in (("mrseg-cohort", "mrseg_cohort"), ("nnunetv2", "nnunetv2"), ("torch", "torch"),
-                      ("ray", "ray")):
-        try:
-            out[key] = version(dist)
-        except PackageNotFoundError:
-            out[key] = "unknown"
-    return out
 
 
 def new_run_id() -> str:
@@ -99,7 +87,7 @@ def run_job(job: JobConfig, restart: bool = False, progress: ProgressFn | None =
         lease.start_heartbeats(on_lost=lambda: stop.set("lost the output's lease"))
         if restart:
             restart_output(outputs, job)
-        settle_fingerprint(outputs, job_fingerprint(job, models, versions))
+        fingerprint = settle_fingerprint(outputs, job_fingerprint(job, models, versions))
         recovery = outputs.recover()
         committed = outputs.committed_units()
         plan = plan_work(sources, tuple(m.name for m in models), committed, recovery.unpublished)
@@ -113,7 +101,8 @@ def run_job(job: JobConfig, restart: bool = False, progress: ProgressFn | None =
                  run_id, len(sources), plan.complete, len(plan.todo), len(plan.staged))
         try:
             if plan.todo and not stop.is_set():
-                segment_on_ray(job, models, run_id, versions, plan, publisher, outputs, summary, progress, stop, t0)
+                segment_on_ray(job, models, run_id, versions, fingerprint["base_model"], plan, publisher, outputs,
+                               summary, progress, stop, t0)
         finally:
             if stop.is_set():
                 adopt_staged(outputs, publisher, {u.key for u in plan.todo})
@@ -144,26 +133,32 @@ def refuse_foreign_folder(outputs: Outputs, job: JobConfig) -> None:
                               "folder, or set output.allow_non_empty: true (those files are left alone)")
 
 
-def settle_fingerprint(outputs: Outputs, current: dict) -> None:
-    """Record the fingerprint at the first run; refuse a resume that changes it (exit 2, naming each
-    changed key); record models added since."""
+def settle_fingerprint(outputs: Outputs, current: dict) -> dict:
+    """The output's fingerprint after this run's start: recorded at the first run; a resume that
+    changes it is refused (exit 2, naming each changed key); models added since are recorded. The
+    base model is the one the output recorded (its label files carry no suffix), whatever the order
+    of ``models:`` now."""
     stored = outputs.read_fingerprint()
     if stored is None:
         if outputs.committed_keys() or outputs.staged_keys():
             raise ConfigError(f"output {outputs.root} holds results of an earlier mrseg-cohort version "
                               "without a job fingerprint; write to a new output.uri, or run with --restart")
         outputs.write_fingerprint(current)
-        return
-    changes = changed_keys(stored, current)
+        return current
+    upgraded = upgrade(stored, current)
+    current = {**current, "base_model": upgraded["base_model"]}
+    changes = changed_keys(upgraded, current)
     if changes:
         shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
         raise ConfigError(f"output {outputs.root} holds results of another configuration ({shown}); write to a "
                           "new output.uri, or run with --restart to delete the old results")
-    added = added_models(stored, current)
+    added = added_models(upgraded, current)
     if added:
         log.info("model(s) %s added: they run over the scans already committed", ", ".join(added))
-        outputs.write_fingerprint({**stored, "models": {**stored["models"],
-                                                        **{m: current["models"][m] for m in added}}})
+    settled = {**upgraded, "models": {**upgraded["models"], **{m: current["models"][m] for m in added}}}
+    if settled != stored:
+        outputs.write_fingerprint(settled)
+    return settled
 
 
 def adopt_staged(outputs: Outputs, publisher: BatchPublisher, units: set) -> None:
@@ -174,9 +169,9 @@ def adopt_staged(outputs: Outputs, publisher: BatchPublisher, units: set) -> Non
             publisher.add_rows(key, outputs.read_staged(key))
 
 
-def segment_on_ray(job: JobConfig, models: list[ModelSpec], run_id: str, versions: dict, plan: WorkPlan,
-                   publisher: BatchPublisher, outputs: Outputs, summary: RunSummary, progress: ProgressFn | None,
-                   stop: StopRequest, t0: float) -> None:
+def segment_on_ray(job: JobConfig, models: list[ModelSpec], run_id: str, versions: dict, base_model: str,
+                   plan: WorkPlan, publisher: BatchPublisher, outputs: Outputs, summary: RunSummary,
+                   progress: ProgressFn | None, stop: StopRequest, t0: float) -> None:
     """Ray's part: actors requested and waited for, then the scheduler over the plan."""
     import ray
 
@@ -189,9 +184,9 @@ def segment_on_ray(job: JobConfig, models: list[ModelSpec], run_id: str, version
         device = choose_device(job.model.device, session.gpus(), session.on_cluster, res.gpus)
         summary.device = device
         write_run_record(outputs, job, models, run_id, versions, device, session.resources(), plan, t0)
-        pool = ActorPool(session, device, models, res)
+        pool = ActorPool(session, device, models, res, versions)
         pool.start()  # every actor loads its models before any scan is read: a broken one stops the job here
-        ctx_ref = ray.put(stages.RunContext(job, tuple(models), run_id, versions, device))
+        ctx_ref = ray.put(stages.RunContext(job, tuple(models), run_id, versions, device, base_model))
         tasks = remote_tasks(res.max_retries, task_memory(res.memory_gb_per_scan, session))
         reserved = 0 if device == "cuda" else res.cpu_segmenters
 

@@ -10,6 +10,7 @@ the loop at once: scans not finished are left for the next run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import traceback
@@ -158,8 +159,8 @@ class Scheduler:
                 item = self.segmenting.pop(ref)
                 if self._actor_lost(ref, item):
                     continue
-                ok = self._status(ref, item, "segment")
-                self.pool.release(item.actor, segment_failed=not ok)  # type: ignore[arg-type]
+                ok, scan_fault = self._segment_status(ref, item)
+                self.pool.release(item.actor, segment_failed=not ok and not scan_fault)  # type: ignore[arg-type]
                 if ok:
                     self.finishing[self.tasks["finish"].remote(self.ctx_ref, item.unit, item.loaded_ref,
                                                                item.segs_ref)] = item
@@ -195,6 +196,19 @@ class Scheduler:
             item.actor, item.segs_ref = None, None
             self.waiting.append(item)
             return True
+
+    def _segment_status(self, ref, item: _InFlight) -> tuple[bool, bool]:
+        """(the scan was segmented, it failed by a fault of its own input)."""
+        import ray
+
+        status = self._status(ref, item, "segment")
+        if status:
+            return True, False
+        with contextlib.suppress(Exception):
+            answer = ray.get(ref)
+            answer = answer[0] if isinstance(answer, tuple) else answer
+            return False, bool(answer.get("scan_fault"))
+        return False, False
 
     def _status(self, ref, item: _InFlight, stage: str) -> dict | None:
         """The stage's status, or None after recording the scan's failure (the per-scan boundary)."""

@@ -29,6 +29,7 @@ from mrseg_cohort.manifest import ScanSource
 from mrseg_cohort.outputs import Outputs
 from mrseg_cohort.segmentation.segmenter import ModelSpec, Segmentation
 from mrseg_cohort.tables import to_table
+from mrseg_cohort.versions import software_versions, version_mismatch
 from mrseg_cohort.work_units import ScanUnit
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,14 @@ class RunContext:
     models: tuple[ModelSpec, ...]
     run_id: str
     versions: dict
+    """Software versions of the driver, which the output's fingerprint holds (:mod:`mrseg_cohort.versions`)."""
     device: str
+    base_model: str = ""
+    """The model whose label files carry no suffix, as the output recorded it (default: the job's)."""
+
+    @property
+    def base(self) -> str:
+        return self.base_model or self.job.base_model
 
     @property
     def limits(self) -> ReadLimits:
@@ -66,9 +74,19 @@ def writing_outputs(source: ScanSource) -> Iterator[None]:
                         err.uri) from err
 
 
+def check_software(ctx: RunContext, source: ScanSource, stage: str) -> None:
+    """A worker whose libraries compute differently from the driver's (another node's installation)
+    fails the scan at once, naming the libraries, instead of mixing results of two versions."""
+    mismatch = version_mismatch(ctx.versions)
+    if mismatch:
+        raise ScanError(f"this worker's software differs from the run's ({mismatch}); install the same versions "
+                        "on every node", source.participant_id, stage)
+
+
 def read_and_stitch(ctx: RunContext, source: ScanSource) -> LoadedScan:
     """Stage 1 (CPU): read every file of ``source`` and stitch each contrast onto one grid."""
     job = ctx.job
+    check_software(ctx, source, "read")
     loaded = load_scan(ctx.input_store(), source, job.contrasts, job.stitching, ctx.limits)
     if job.stitching.save_stitched:
         t = time.perf_counter()
@@ -94,6 +112,7 @@ def finish(ctx: RunContext, unit: ScanUnit, loaded: LoadedScan,
         segmentations: per segmented contrast, the labels of the unit's models.
     """
     job, source = ctx.job, loaded.source
+    check_software(ctx, source, "measure")
     outputs = ctx.outputs()
     key = source.key
     contrasts = job.contrasts
@@ -108,11 +127,11 @@ def finish(ctx: RunContext, unit: ScanUnit, loaded: LoadedScan,
                     "model": spec.name}
             labels = seg.labels.get(spec.name)
             if labels is None:
-                scans.append({**keys, **_scan_common(ctx, loaded, spec), "status": "skipped",
+                scans.append({**keys, **_scan_common(ctx, loaded, spec, seg), "status": "skipped",
                               "model_skipped_reason": seg.skipped.get(spec.name, "not run")})
                 continue
             t = time.perf_counter()
-            uri = outputs.label_uri(key, contrast, spec.name, ctx.models[0].name)
+            uri = outputs.label_uri(key, contrast, spec.name, ctx.base)
             volume = Volume(labels, loaded.grid)
             with writing_outputs(source):
                 write_volume(outputs.store, uri, volume, np.uint8)
@@ -128,7 +147,7 @@ def finish(ctx: RunContext, unit: ScanUnit, loaded: LoadedScan,
                              "measure": t_measure}
             shared = {stage: 0.0 for stage in shared}
             tiles = seg.tiles.get(spec.name)
-            scans.append({**keys, **_scan_common(ctx, loaded, spec), **measures.scan, **depots, "status": "ok",
+            scans.append({**keys, **_scan_common(ctx, loaded, spec, seg), **measures.scan, **depots, "status": "ok",
                           "label_uri": uri, **{f"seconds_{k}": v for k, v in stage_seconds.items()},
                           "tiles_total": tiles.total if tiles else None, "tiles_run": tiles.run if tiles else None})
     tables = {"structures": to_table("structures", structures), "intensities": to_table("intensities", intensities),
@@ -142,8 +161,13 @@ def _present(contrast: str | None, loaded: LoadedScan) -> str | None:
     return contrast if contrast and contrast in loaded.images else None
 
 
-def _scan_common(ctx: RunContext, loaded: LoadedScan, spec: ModelSpec) -> dict:
+def _scan_common(ctx: RunContext, loaded: LoadedScan, spec: ModelSpec, seg: Segmentation | None) -> dict:
+    """The columns of a scan's row every model shares. Software versions are those of the processes
+    that computed the row: the segmentation actor's for the network's libraries, this worker's for
+    the rest."""
     grid = loaded.grid
+    computed_by = {**software_versions(), **(seg.versions if seg is not None else {})}
+    computed_by["software"] = computed_by.pop("mrseg_cohort")
     source = loaded.source
     return {
         "modality": source.modality, "layout": source.layout, "source_uris": list(source.uris),
@@ -156,7 +180,7 @@ def _scan_common(ctx: RunContext, loaded: LoadedScan, spec: ModelSpec) -> dict:
                                       default=float("nan")),
         "seams_json": json.dumps([s.__dict__ for s in loaded.seams]),
         "weights_sha256": spec.sha256, "folds": ",".join(str(f) for f in spec.folds),
-        "software_version": ctx.versions.get("mrseg_cohort"), "nnunetv2_version": ctx.versions.get("nnunetv2"),
-        "torch_version": ctx.versions.get("torch"), "device": ctx.device, "input_bytes": loaded.input_bytes,
+        **{f"{key.lower()}_version": value for key, value in computed_by.items()},
+        "device": ctx.device, "input_bytes": loaded.input_bytes,
         "run_id": ctx.run_id, "committed_at": datetime.now(timezone.utc),
     }

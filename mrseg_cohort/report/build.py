@@ -103,12 +103,12 @@ def build_report(job: JobConfig, options: ReportOptions = ReportOptions()) -> Re
         ValueError: ``options.contrast`` has no results there (names those that have).
     """
     outputs = Outputs.for_job(job)
-    data = read_output(outputs)
+    data = read_output(outputs, job.base_model)
     if data.scans.empty and data.failures.empty:
         raise FileNotFoundError(f"no published results under {outputs.root} yet; run the job first, or give "
                                 "the output folder of a run (--output)")
     try:
-        structures, scans, contrast = S.select(data.structures, data.scans, job.model.name, options.contrast)
+        structures, scans, contrast = S.select(data.structures, data.scans, data.base_model, options.contrast)
     except ValueError as err:
         raise ValueError(f"{outputs.root}: {err}") from None
     label_map = _label_map(structures, job)
@@ -151,7 +151,7 @@ def build_report(job: JobConfig, options: ReportOptions = ReportOptions()) -> Re
     nav = [("overview", "Overview"), ("metadata", "Run metadata"), ("qc", "QC flags"), ("vessels", "Vessels"),
            ("distributions", "Distributions"), ("outliers", "Outliers"), ("phenotypes", "Phenotypes"),
            *([("agreement", "Agreement")] if agreement else []), ("failures", "Failures"), ("previews", "Previews")]
-    subtitle = (f"Output {job.output.uri} | model {job.model.name}, contrast {contrast or '-'} | generated "
+    subtitle = (f"Output {job.output.uri} | model {data.base_model}, contrast {contrast or '-'} | generated "
                 f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     page = h.page(f"mrseg-cohort QC report: {job.cohort.name}", subtitle, nav, body)
     n_previews = sum(isinstance(p, tuple) for p in previews.values())
@@ -240,7 +240,7 @@ def _overview(job: JobConfig, data: OutputData, scans: pd.DataFrame, outliers: p
              ("failures not resolved", int((~failures["resolved"]).sum()) if len(failures) else 0)]
     if phenotypes is not None and "n_outliers" in phenotypes:
         items.insert(4, ("phenotype outliers", int(phenotypes["n_outliers"].sum())))
-    text = (f"Cohort {job.cohort.name} ({job.cohort.layout}), model {job.model.name}, segmented contrast "
+    text = (f"Cohort {job.cohort.name} ({job.cohort.layout}), model {data.base_model}, segmented contrast "
             f"{contrast or '-'}. Scan rows by status (all models and contrasts): "
             + (", ".join(f"{k} {v}" for k, v in sorted(status.items())) or "none") + ".")
     return h.section("overview", "Overview", h.cards(items), h.paragraph(text))
@@ -337,9 +337,9 @@ def _outlier_section(outliers: pd.DataFrame, previews: dict, options: ReportOpti
 
 def _phenotypes(job: JobConfig, outputs: Outputs, data: OutputData, options: ReportOptions) -> pd.DataFrame | None:
     """The phenotype table (with covariate columns when ``options.covariates``), None without base-model rows."""
-    if not (data.structures["model"] == job.model.name).any():
+    if not (data.structures["model"] == data.base_model).any():
         return None
-    table = phenotype_table(data.structures, data.scans, job.model.name, options.contrast)
+    table = phenotype_table(data.structures, data.scans, data.base_model, options.contrast)
     if options.covariates:
         covariates = normalise_covariates(read_frame(outputs.store, options.covariates), options.covariates)
         table = with_covariates(table, covariates, options.phenotype_z_threshold, options.min_scans)
@@ -412,8 +412,9 @@ def _label_map(structures: pd.DataFrame, job: JobConfig) -> LabelMap:
     if len(structures):
         pairs = structures[["structure_id", "structure"]].drop_duplicates()
         return label_map_from_dataset_json({"labels": {str(n): int(i) for i, n in pairs.itertuples(index=False)}},
-                                           job.model.name)
-    return KNOWN_MAPS.get(job.model.labels, MRSEG)
+                                           job.base_model)
+    labels = next((m.labels for m in job.models if m.name == job.base_model), "mrseg")
+    return KNOWN_MAPS.get(labels, MRSEG)
 
 
 def _when(value: object) -> str:

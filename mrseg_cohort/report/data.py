@@ -35,15 +35,19 @@ class OutputData:
     scans: pd.DataFrame
     failures: pd.DataFrame
     runs: list[dict] = field(default_factory=list)
+    base_model: str = "base"
+    """The output's base model (:meth:`~mrseg_cohort.outputs.Outputs.base_model`)."""
 
 
-def read_output(outputs: Outputs) -> OutputData:
-    """Read ``structures`` (the columns the report needs), ``scans``, ``failures`` and run records."""
+def read_output(outputs: Outputs, base_model: str = "base") -> OutputData:
+    """Read ``structures`` (the columns the report needs), ``scans``, ``failures``, run records and
+    the base model the output recorded (``base_model``: the job's, for an output without a record)."""
     return OutputData(
         structures=_frame(outputs, "structures", STRUCTURE_COLUMNS),
         scans=_frame(outputs, "scans", None),
         failures=_frame(outputs, "failures", None),
         runs=read_runs(outputs),
+        base_model=outputs.base_model(base_model),
     )
 
 

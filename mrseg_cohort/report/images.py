@@ -72,7 +72,7 @@ def scan_images(job: JobConfig, outputs: Outputs, row: Mapping[str, Any]) -> Sca
     pid, visit, contrast = str(row["participant_id"]), str(row["visit"]), str(row["contrast"])
     limits = ReadLimits.from_config(job.limits)
     label_uri = row.get("label_uri") or outputs.label_uri((pid, visit), contrast, str(row["model"]),
-                                                          job.model.name)
+                                                          outputs.base_model(job.base_model))
     labels = read_labels(outputs.store, str(label_uri), limits)
     saved = outputs.stitched_uri((pid, visit), contrast)
     if outputs.store.exists(saved):

@@ -21,6 +21,7 @@ from mrseg_cohort.labels import KNOWN_MAPS, LabelMap, check_label_map, label_map
 from mrseg_cohort.orientation import lps_reorientation
 from mrseg_cohort.segmentation.engine import ModelRunner, StageTimes, TileCounts
 from mrseg_cohort.segmentation.model_folder import ModelFolder, WeightsDigest, open_model_folder, weights_digest
+from mrseg_cohort.versions import software_versions
 from mrseg_cohort.weights.record import record_vouches
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,8 @@ class Segmentation:
     counted on the first of them."""
     tiles: dict[str, TileCounts] = field(default_factory=dict)
     """Per model, the sliding-window tiles there were and those run (over all folds)."""
+    versions: dict[str, str] = field(default_factory=dict)
+    """Software versions of the process that segmented (:func:`mrseg_cohort.versions.software_versions`)."""
 
 
 class Segmenter:
@@ -161,7 +164,7 @@ class Segmenter:
                 seconds[spec.name] = times.seconds
             except MemoryError as err:
                 raise SegmentationError(f"out of memory segmenting with {spec.name}: {err}", stage="segment") from err
-        return Segmentation(labels, skipped, seconds, tiles)
+        return Segmentation(labels, skipped, seconds, tiles, software_versions())
 
     def _run(self, runner: ModelRunner, image: Volume, times: StageTimes, prepared) -> tuple[np.ndarray, TileCounts]:
         """One model on one image; out of GPU memory, the scan is tried once more with half the tiles
