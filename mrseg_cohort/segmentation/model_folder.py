@@ -17,6 +17,7 @@ import importlib
 import inspect
 import json
 import re
+import socket
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -109,7 +110,10 @@ def open_model_folder(path: str | Path, folds: tuple[int | str, ...], checkpoint
     later by :func:`load_fold_weights`."""
     path = Path(path)
     if not path.is_dir():
-        raise ModelError(f"model {name!r}: weights folder {path} does not exist")
+        from mrseg_cohort.weights.resolve import fetch_hint  # (resolve imports this module)
+
+        raise ModelError(f"model {name!r}: weights folder {path} does not exist on {socket.gethostname()}; "
+                         f"{fetch_hint(path)}")
     files, raw = {}, {}
     for fname in JSON_FILES:
         try:

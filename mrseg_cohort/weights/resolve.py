@@ -17,13 +17,15 @@ and passed in; the resolved folder is what the job records and ships to its work
 from __future__ import annotations
 
 import importlib.util
+import shlex
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Mapping
 
 from mrseg_cohort.errors import ConfigError
 from mrseg_cohort.segmentation.model_folder import missing_model_files
-from mrseg_cohort.weights.registry import release
+from mrseg_cohort.weights.registry import MODEL_NAMES, release
 
 ENV_VAR = "MRSEG_WEIGHTS_PATH"
 PREFIX = "mrsegmentator"
@@ -123,6 +125,17 @@ def _usable(path: Path, looked: list[str], label: str = "") -> Path | None:
 
 def _not_found(model: str, looked: list[str], destination: Path) -> ConfigError:
     name = PREFIX if model == "base" else f"{PREFIX}:{model}"
-    return ConfigError(f"weights {name!r}: MRSegmentator's {model} model not found; looked in "
-                       f"{'; '.join(looked)}; run `mrseg-cohort weights fetch {model}` "
-                       f"(installs it into {destination})")
+    return ConfigError(f"weights {name!r}: MRSegmentator's {model} model not found on {socket.gethostname()}; "
+                       f"looked in {'; '.join(looked)}; on a machine with internet access (on a cluster: a login "
+                       f"node) run `mrseg-cohort weights fetch {model}` (installs it into {destination}; add "
+                       f"--dest FOLDER for a folder every compute node sees, and point model.weights or {ENV_VAR} "
+                       "there)")
+
+
+def fetch_hint(folder: Path) -> str:
+    """What to run where a configured weights folder is missing: ``weights fetch`` into that very folder,
+    on a machine with internet access (compute nodes are often offline)."""
+    model = folder.name if folder.name in MODEL_NAMES else "base"
+    return (f"for MRSegmentator's weights, run `mrseg-cohort weights fetch {model} --dest "
+            f"{shlex.quote(str(folder))}` on a machine with internet access (on a cluster: a login node; the "
+            "folder must be one every node of the job sees)")
