@@ -45,7 +45,7 @@ from mrseg_cohort.report import anchor_for
 from mrseg_cohort.report import html as h
 from mrseg_cohort.work_units import ScanUnit
 
-SPEC = PhantomSpec(participants=8, seed=24, visit="2")
+SPEC = PhantomSpec(participants=8, seed=24, visit="2", scale=3.0)  # coarse: quick to write, stitch, measure
 STORE = Store()
 PIDS = [participant_id(SPEC.seed, i) for i in range(SPEC.participants)]
 CHANGED = PIDS[5]          # output c: this participant's liver cut before measuring
@@ -407,8 +407,11 @@ def test_shipped_ukbb_mapping_is_documented_and_marks_unconfirmed_fields():
 # -- the report --------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def report(cohort, ukbb):
+    """The report of output a, with the Agreement section of the ``ukbb`` comparison found in the output;
+    no random sample and no structure outliers (--min-scans 100), so the only preview is the agreement
+    outlier's."""
     out = cohort["root"] / "report.html"
-    result = cli("report", str(cohort["configs"]["a"]), "--out", str(out), "--sample", "0", "--min-scans", "3")
+    result = cli("report", str(cohort["configs"]["a"]), "--out", str(out), "--sample", "0", "--min-scans", "100")
     assert result.exit_code == 0, result.output
     return {"path": out, "html": out.read_text(), "output": result.output}
 
@@ -452,7 +455,7 @@ def test_report_agreement_option_reads_a_file_elsewhere(cohort, tmp_path):
     assert cli("agreement", str(cohort["configs"]["a"]), "--reference", str(cohort["configs"]["c"]), "--map",
                str(tmp_path / "liver.yaml"), "--out", str(elsewhere)).exit_code == 0
     out = tmp_path / "report.html"
-    result = cli("report", str(cohort["configs"]["a"]), "--out", str(out), "--sample", "0", "--min-scans", "3",
+    result = cli("report", str(cohort["configs"]["a"]), "--out", str(out), "--sample", "0", "--min-scans", "100",
                  "--agreement", str(elsewhere))
     assert result.exit_code == 0, result.output
     section = _section(out.read_text())
