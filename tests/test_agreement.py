@@ -370,6 +370,21 @@ def test_error_columns_and_the_other_outputs_qc_exclude_reference_values():
     assert flagged.values["reference"].tolist()[0] == pytest.approx(1.0)
 
 
+def test_by_a_uk_biobank_field_takes_each_instances_value():
+    """--by 54 (assessment centre, per instance) from a Parquet extract: numbers become text strata."""
+    ours = pd.DataFrame({"participant_id": ["1", "1", "2"], "visit": ["2", "3", "2"],
+                         "spleen_volume_ml": [100.0, 110.0, 90.0], "spleen_volume_ml_qc": ""})
+    extract = normalise_reference(pd.DataFrame({"eid": [1, 2], "22407-2.0": [0.1, 0.09], "22407-3.0": [0.11, None],
+                                                "54-2.0": [11025.0, 11027.0], "54-3.0": [11026.0, None]}), "x.parquet")
+    mapping = load_mapping(yaml.safe_dump({"name": "t", "pairs": [
+        {"phenotype": "spleen_volume_ml", "field": 22407, "unit": "L"}]}), "m.yaml")
+    result = agreement_tables(ours, extract, mapping, "x.parquet", by=("54",))
+    assert result.values["54"].tolist() == ["11025", "11026", "11027"]
+    centres = result.summary[result.summary["stratum"] == "54"]
+    assert centres["stratum_value"].tolist() == ["11025", "11026", "11027"]
+    assert centres["n_paired"].tolist() == [1, 1, 1] and list(result.values["difference"]) == pytest.approx([0, 0, 0])
+
+
 def test_reference_shapes():
     rap = normalise_reference(pd.DataFrame({"eid": [1000001.0, 1000002.0], "p22407_i2": [1.0, 2.0],
                                             "p22407_i3": [1.1, None], "f.22408.2.0": [3.0, 4.0], "site": ["x", "y"],

@@ -31,6 +31,7 @@ from mrseg_cohort.agreement.mapping import AgreementMap, PairSpec, phenotype_uni
 from mrseg_cohort.agreement.reference import KEYS
 from mrseg_cohort.agreement.statistics import KEYS as STAT_KEYS
 from mrseg_cohort.agreement.statistics import agreement_statistics, outside_limits
+from mrseg_cohort.phenotypes.covariates import _id_text
 from mrseg_cohort.phenotypes.derive import qc_column
 
 STATUSES = ("paired", "missing_ours", "qc_ours", "missing_reference", "reference_error", "qc_reference")
@@ -182,8 +183,7 @@ def _strata(ours: pd.DataFrame, strata: pd.DataFrame, joined: pd.DataFrame, by: 
             continue
         else:
             raise AgreementError(f"--by {name}: no column {name!r} in {source} or the covariates file")
-        out[name] = values.map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v))
-                               else (str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)))
+        out[name] = values.map(lambda v: None if _is_empty(v) else _id_text(v))  # 11025.0 -> "11025"
     return out
 
 
