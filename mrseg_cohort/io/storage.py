@@ -68,6 +68,18 @@ def _transient_types() -> tuple[type, ...]:
     return tuple(types)
 
 
+@functools.cache
+def _credential_types() -> tuple[type, ...]:
+    """botocore's errors for credentials that cannot be found or loaded (no key, secret, profile or
+    token); they subclass no builtin, so they are raised as :class:`PermissionError`."""
+    try:
+        from botocore import exceptions as boto
+    except ImportError:  # pragma: no cover - s3fs brings botocore
+        return ()
+    return (boto.NoCredentialsError, boto.PartialCredentialsError, boto.CredentialRetrievalError,
+            boto.ProfileNotFound, boto.NoAuthTokenError, boto.TokenRetrievalError, boto.SSOError)
+
+
 def _http_status_and_code(err: BaseException) -> tuple[int | None, str | None]:
     """The HTTP status and S3 error code an error carries (botocore ``ClientError``, aiohttp
     ``ClientResponseError``), else (None, None). Never read from the message text."""
@@ -168,6 +180,8 @@ class Store:
                 if not is_transient(err):
                     if isinstance(err, OSError):  # a full disk, a read-only file system, ...: named
                         raise StorageError(f"{what} failed: {self._reason(err, with_type=False)}", uri) from err
+                    if isinstance(err, _credential_types()):  # no credentials found: refused, as a bad key is
+                        raise PermissionError(f"{what} failed: {self._reason(err)}: {uri}") from err
                     raise
                 if attempt == self.retries:
                     raise StorageError(f"{what} failed after {attempt} attempts: {self._reason(err)}", uri) from err
