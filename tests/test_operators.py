@@ -108,6 +108,7 @@ def committed(cohort, tmp_path_factory, ray_local):
     ("measures", {"erosion_voxels_inplane": 2}, "measures.erosion_voxels_inplane: 1 -> 2"),
     ("model", {"tile_step_size": 0.75}, "models.base.tile_step_size: 0.5 -> 0.75"),
     ("contrasts", {"segment": ["opp"]}, 'contrasts.segment: ["in"] -> ["opp"]'),
+    ("cohort", {"modality": "CT"}, "cohort.modality: MRI -> CT"),  # it decides which models run
 ])
 def test_a_resume_with_another_configuration_is_refused_naming_the_key(committed, section, values, changed,
                                                                         tmp_path, demo_model):
@@ -119,6 +120,37 @@ def test_a_resume_with_another_configuration_is_refused_naming_the_key(committed
     with pytest.raises(ConfigError, match="holds results of another configuration") as err:
         run_job(load_config(changed_config))
     assert changed in str(err.value) and "--restart" in str(err.value)
+
+
+def test_other_library_versions_are_a_change_of_configuration(committed, tmp_path, monkeypatch):
+    """A scipy or nnU-Net minor release changes resampling matrices and filters: outputs mixing them
+    were not refused (the fingerprint held majors of mrseg-cohort, nnU-Net and torch only)."""
+    from mrseg_cohort.pipeline import run as run_module
+    from mrseg_cohort.versions import software_versions
+
+    config, out = committed
+    for key, version, changed in (("scipy", "1.99.0", "software.scipy: "), ("nnunetv2", "2.99.1", "software.nnunetv2: ")):
+        monkeypatch.setattr(run_module, "software_versions", lambda: {**software_versions(), key: version})
+        with pytest.raises(ConfigError, match="holds results of another configuration") as err:
+            run_job(load_config(config))
+        assert changed in str(err.value) and version[:4] in str(err.value)
+
+
+def test_a_fingerprint_of_the_first_format_is_upgraded_keeping_its_first_model_as_the_base():
+    """Outputs written before the base model was recorded gave the unsuffixed label files to their
+    first model: that stays the base model whatever the order now; keys format 1 lacked are adopted."""
+    from mrseg_cohort.fingerprint import upgrade
+
+    old = {"format": 1, "models": {"body_comp": {"x": 1}, "base": {"x": 2}}, "contrasts": {"segment": ["in"]},
+           "software": {"mrseg_cohort": "0.1", "nnunetv2": "2", "torch": "2"}}
+    current = {"format": 2, "models": {"base": {"x": 2}, "body_comp": {"x": 1}}, "base_model": "base",
+               "cohort": {"modality": "MRI"}, "contrasts": {"segment": ["in"]},
+               "software": {"mrseg_cohort": "0.1", "nnunetv2": "2.6", "torch": "2", "scipy": "1.17"}}
+    upgraded = upgrade(old, current)
+    assert upgraded["base_model"] == "body_comp" and upgraded["cohort"] == {"modality": "MRI"}
+    assert upgraded["software"] == current["software"] and upgraded["format"] == 2
+    moved = upgrade(old, {**current, "software": {**current["software"], "nnunetv2": "3.0"}})
+    assert moved["software"]["nnunetv2"] == "2"  # another major: kept, so the resume is refused
 
 
 def test_other_weights_are_a_change_of_configuration(committed, tmp_path, demo_model):
