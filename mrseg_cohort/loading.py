@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from mrseg_cohort.config import ContrastsConfig, StitchingConfig
 from mrseg_cohort.errors import BadScanError, ScanError, StorageError
 from mrseg_cohort.geometry import Volume
@@ -29,6 +31,8 @@ class LoadedScan:
     n_stations: int
     input_bytes: int
     seconds: dict[str, float] = field(default_factory=dict)
+    field_of_view: np.ndarray | None = None
+    """bool (Z, Y, X) on the grid: voxels a station of the segmented contrast covers; None: all."""
 
     @property
     def grid(self):
@@ -90,15 +94,15 @@ def load_scan(store: Store, source: ScanSource, contrasts: ContrastsConfig, stit
     t1 = time.perf_counter()
     grid = target_grid([v.grid for vols in stations.values() for v in vols], stitching.inplane_spacing_mm,
                        stitching.z_spacing_mm)
-    images, seams = {}, ()
+    images, seams, field_of_view = {}, (), None
     try:
         for contrast, volumes in stations.items():
             result = stitch(volumes, grid)
             images[contrast] = result.volume
             if contrast == contrasts.segment[0]:
-                seams = result.seams
+                seams, field_of_view = result.seams, result.field_of_view
     except ScanError as err:
         raise err.with_context(source.participant_id, "stitch", source.uris[0] if source.uris else "") from err
     t2 = time.perf_counter()
     return LoadedScan(source, images, seams, max(counts.values()), n_bytes,
-                      {"read": t1 - t0, "stitch": t2 - t1})
+                      {"read": t1 - t0, "stitch": t2 - t1}, field_of_view)

@@ -51,6 +51,9 @@ class Stitched:
     seams: tuple[Seam, ...]
     order: tuple[int, ...]
     """Indices of the input stations, inferior to superior."""
+    field_of_view: np.ndarray | None = None
+    """bool (Z, Y, X): voxels some station covers; None when every voxel is covered. Its edges (a
+    narrower station's sides, a gap between stations) cut structures as the array's edges do."""
 
     @property
     def max_gap_mm(self) -> float:
@@ -214,7 +217,8 @@ def stitch(stations: list[Volume], grid: Grid) -> Stitched:
     acc[alone] = single[alone]
     seams = tuple(_seam(stations, order[k], order[k + 1], extents, per_station)
                   for k in range(len(order) - 1))
-    return Stitched(Volume(acc, grid), seams, tuple(order))
+    field_of_view = covered > 0
+    return Stitched(Volume(acc, grid), seams, tuple(order), None if field_of_view.all() else field_of_view)
 
 
 def _seam(stations: list[Volume], lower: int, upper: int, extents, per_station) -> Seam:

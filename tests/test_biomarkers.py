@@ -490,3 +490,24 @@ def test_measure_scan_leaves_inputs_unchanged(phantom):
 def test_measure_scan_refuses_non_integer_labels(phantom):
     with pytest.raises(ValueError, match="integer dtype"):
         measure_scan(Volume(phantom.labels.astype(np.float32), phantom.grid), MRSEG)
+
+
+def test_touches_border_at_the_edge_of_the_stations_coverage_not_only_the_arrays():
+    """A structure cut by a narrower station's side or by a gap between stations lies far from the
+    array's edges: it was not flagged although it is cut like one at the edge."""
+    from mrseg_cohort.biomarkers.volumes import structure_volumes
+
+    grid = Grid((30, 40, 40), (3.0, 2.0, 2.0))
+    labels = np.zeros(grid.shape, np.uint8)
+    labels[5:9, 10:20, 10:20] = 1    # next to a gap (slices 10-14 uncovered)
+    labels[20:26, 5:15, 28:31] = 2   # next to the narrower upper station's side (x >= 33 uncovered)
+    labels[20:26, 10:20, 10:20] = 3  # well inside
+    fov = np.ones(grid.shape, bool)
+    fov[10:15] = False
+    fov[15:, :, 33:] = False
+    full = structure_volumes(labels, grid, [1, 2, 3], 3)
+    assert not any(full[i]["touches_border"] for i in (1, 2, 3))
+    cut = structure_volumes(labels, grid, [1, 2, 3], 3, field_of_view=fov)
+    assert cut[1]["touches_border"] and cut[2]["touches_border"] and not cut[3]["touches_border"]
+    assert structure_volumes(labels, grid, [2], 1, field_of_view=fov)[2]["touches_border"] is False  # 2 voxels away
+    assert [cut[i]["n_voxels"] for i in (1, 2, 3)] == [full[i]["n_voxels"] for i in (1, 2, 3)]

@@ -198,6 +198,9 @@ def test_qc_reasons_from_the_scan_qc():
     for name in ("vat_volume_ml", "sat_volume_ml", "vat_asat_ratio"):  # no body-composition rows
         assert np.isnan(t[name]) and t[f"{name}_qc"] == "not_measured"
     assert t["n_qc_flags"] == sum(t[f"{p.name}_qc"] != "" for p in PHENOTYPES)
+    gap = phenotype_table(pd.DataFrame(rows), scans.assign(stitch_max_gap_mm=12.0)).iloc[0]
+    assert gap["right_kidney_volume_ml_qc"] == "stitch_gap"  # a zero-filled gap between stations: said
+    assert gap["spleen_volume_ml_qc"] == "touches_border,fragmented,stitch_gap"
 
 
 # -- repeat imaging -----------------------------------------------------------------------------------

@@ -189,3 +189,16 @@ def test_stations_stacked_along_an_in_plane_axis_are_refused_with_one_line():
     with pytest.raises(StitchError, match="along their arrays' y axis") as caught:
         target_grid([upper, lower])
     assert "\n" not in str(caught.value)
+
+
+def test_the_field_of_view_is_where_the_stations_cover_a_narrower_station_and_a_gap():
+    lower = Grid((10, 20, 30), (3.0, 2.0, 2.0), (0.0, 0.0, 0.0))
+    upper = Grid((10, 20, 24), (3.0, 2.0, 2.0), (0.0, 0.0, 45.0))  # 6 columns narrower, 5 slices above
+    stations = [Volume(np.full(g.shape, 7.0, np.float32), g) for g in (lower, upper)]
+    grid = target_grid([lower, upper])
+    result = stitch(stations, grid)
+    assert grid.shape == (25, 20, 30) and result.seams[0].gap_mm == pytest.approx(15.0)  # 5 slices
+    fov = result.field_of_view
+    assert fov[:10].all() and not fov[10:15].any() and fov[15:, :, :24].all() and not fov[15:, :, 24:].any()
+    assert (result.volume.array[fov] == 7.0).all() and (result.volume.array[~fov] == 0).all()
+    assert stitch(stations[:1], lower).field_of_view is None  # one station covers its own grid

@@ -70,7 +70,8 @@ class ScanMeasures:
 
 def measure_scan(labels: Volume, label_map: LabelMap, images: Mapping[str, Volume] | None = None,
                  fat: str | None = None, water: str | None = None,
-                 settings: MeasuresConfig = MeasuresConfig(), segmented: str | None = None) -> ScanMeasures:
+                 settings: MeasuresConfig = MeasuresConfig(), segmented: str | None = None,
+                 field_of_view: np.ndarray | None = None) -> ScanMeasures:
     """Volumes, fat fractions, components, intensities and QC of one scan.
 
     Args:
@@ -83,6 +84,8 @@ def measure_scan(labels: Volume, label_map: LabelMap, images: Mapping[str, Volum
         settings: erosion, connectivity, border margin, fragmentation and swap-check settings.
         segmented: name in ``images`` of the contrast the labels were segmented on; fills
             ``mean_intensity`` of the structure records (NaN when None).
+        field_of_view: bool (Z, Y, X), the voxels the stitched stations cover (None: all); its edges
+            count for ``touches_border`` as the array's do.
 
     Raises:
         ValueError: an image on another grid than the labels (names what differs), a name of
@@ -97,7 +100,7 @@ def measure_scan(labels: Volume, label_map: LabelMap, images: Mapping[str, Volum
     ids = list(label_map)
     vessel_ids = label_map.vessel_ids()
 
-    volumes = structure_volumes(array, grid, ids, settings.border_margin_voxels, regions)
+    volumes = structure_volumes(array, grid, ids, settings.border_margin_voxels, regions, field_of_view)
     components = structure_components(array, ids, vessel_ids, settings.connectivity,
                                       settings.fragmented_below_fraction, regions)
     if fat is not None and water is not None:

@@ -5,6 +5,11 @@ voxels lies within ``border_margin_voxels`` voxels of the field-of-view edge alo
 at array index ``i`` on an axis of ``n`` voxels is ``min(i, n - 1 - i)`` voxels from the edge (0 on
 the outermost layer), and the flag is raised when that distance is ``<= border_margin_voxels``
 (so 0 flags only masks on the outermost layer). It means the structure is probably cut off.
+
+Where the stations of a stitched scan do not cover the whole array (a narrower station, a gap
+between stations: ``field_of_view``), the edge of the field of view is wherever covered voxels end:
+a voxel is within the margin when a voxel no station covers, or the array's edge, lies at most
+``border_margin_voxels`` voxels from it along any axis.
 """
 
 from __future__ import annotations
@@ -28,8 +33,19 @@ def touches_border(box: Box | None, shape: tuple[int, ...], border_margin_voxels
                for s, n in zip(box, shape))
 
 
+def near_field_of_view_edge(field_of_view: np.ndarray, border_margin_voxels: int) -> np.ndarray:
+    """bool (Z, Y, X): voxels within ``border_margin_voxels`` (along any axis) of a voxel outside
+    ``field_of_view`` or of the array's edge (see module docstring)."""
+    from scipy.ndimage import minimum_filter1d
+
+    inside = field_of_view.astype(np.uint8)
+    for axis in range(inside.ndim):
+        inside = minimum_filter1d(inside, 2 * border_margin_voxels + 1, axis=axis, mode="constant", cval=0)
+    return inside == 0
+
+
 def structure_volumes(labels: np.ndarray, grid: Grid, ids: Iterable[int], border_margin_voxels: int = 3,
-                      regions: Regions | None = None) -> dict[int, dict]:
+                      regions: Regions | None = None, field_of_view: np.ndarray | None = None) -> dict[int, dict]:
     """Voxel count, volume and border contact of each structure id.
 
     Args:
@@ -38,6 +54,7 @@ def structure_volumes(labels: np.ndarray, grid: Grid, ids: Iterable[int], border
         ids: label values to report; absent ones get 0 voxels, 0.0 mL and no border contact.
         border_margin_voxels: see the module docstring.
         regions: counts and boxes of ``labels`` when already computed (:func:`find_regions`).
+        field_of_view: bool (Z, Y, X), voxels the stations cover (None: every voxel).
 
     Returns:
         ``{id: {"n_voxels": int, "volume_ml": float, "touches_border": bool}}``.
@@ -49,11 +66,14 @@ def structure_volumes(labels: np.ndarray, grid: Grid, ids: Iterable[int], border
     """
     check_on_grid(labels, grid, "labels")
     regions = find_regions(labels) if regions is None else regions
+    near_edge = None if field_of_view is None else near_field_of_view_edge(field_of_view, border_margin_voxels)
     voxel_ml = grid.voxel_volume_ml
     out = {}
     for label_id in ids:
         n = regions.n_voxels(label_id)
-        out[label_id] = {"n_voxels": n, "volume_ml": n * voxel_ml,
-                         "touches_border": touches_border(regions.box(label_id), grid.shape,
-                                                          border_margin_voxels)}
+        cut = touches_border(regions.box(label_id), grid.shape, border_margin_voxels)
+        if not cut and near_edge is not None and n:
+            box, mask = regions.mask(labels, label_id)
+            cut = bool(near_edge[box][mask].any())
+        out[label_id] = {"n_voxels": n, "volume_ml": n * voxel_ml, "touches_border": cut}
     return out

@@ -129,7 +129,8 @@ def _phenotypes(job, outputs, contrast: str | None):
     keys = ["participant_id", "visit", "contrast", "model"]
     structures = read_table_folder(outputs.store, outputs.table_uri("structures"),
                                    columns=keys + ["structure", *MEASURES])
-    scans = read_table_folder(outputs.store, outputs.table_uri("scans"), columns=keys + ["status", "swap_suspected"])
+    scans = read_table_folder(outputs.store, outputs.table_uri("scans"),
+                              columns=keys + ["status", "swap_suspected", "stitch_max_gap_mm"])
     if structures is None or scans is None:
         fail(f"no published results under {outputs.table_uri('structures')} yet")
     return phenotype_table(structures.to_pandas(), scans.to_pandas(), outputs.base_model(job.base_model), contrast)

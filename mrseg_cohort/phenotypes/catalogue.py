@@ -15,7 +15,7 @@ from mrseg_cohort.biomarkers.body_composition import SAT_DEPOTS
 Kind = Literal["volume", "ff_median", "ff_mean", "vat_asat_ratio"]
 Source = Literal["base", "body_comp"]
 
-QC_REASONS = ("not_measured", "missing", "absent", "touches_border", "fragmented", "eroded_empty",
+QC_REASONS = ("not_measured", "missing", "absent", "touches_border", "fragmented", "stitch_gap", "eroded_empty",
               "swap_suspected")
 """Reasons a ``<phenotype>_qc`` cell can list (comma-separated, in this order; empty = no reason):
 
@@ -26,6 +26,8 @@ QC_REASONS = ("not_measured", "missing", "absent", "touches_border", "fragmented
   the value is NaN.
 - ``touches_border``: a constituent lies within the border margin of the field of view (likely cut off).
 - ``fragmented``: a constituent's largest component holds less than 95 % of its voxels.
+- ``stitch_gap``: the scan's stations leave a gap that nothing fills (``stitch_max_gap_mm`` > 0 in
+  ``scans``); a constituent there is cut (and ``touches_border``), or lost.
 - ``eroded_empty`` (fat fractions): the in-plane erosion removed every voxel of a constituent.
 - ``swap_suspected`` (fat fractions): the scan's fat-water swap check fired.
 """

@@ -59,11 +59,13 @@ def phenotype_table(structures: pd.DataFrame, scans: pd.DataFrame, base_model: s
     used = structures[structures["model"].isin([m for m in models.values() if m])]
     wide = wide_view(used, MEASURES, contrast).set_index(KEYS).sort_index()
     ok = one_contrast(scans[scans["status"] == "ok"], contrast)
-    swap = ok.assign(swap=ok["swap_suspected"].eq(True)).groupby(KEYS)["swap"].any()
-    swap = swap.reindex(wide.index, fill_value=False).to_numpy(dtype=bool)
+    swap = _scan_flag(ok, ok["swap_suspected"].eq(True), wide.index)
+    gap_mm = pd.to_numeric(ok["stitch_max_gap_mm"], errors="coerce") if "stitch_max_gap_mm" in ok else \
+        pd.Series(0.0, index=ok.index)
+    gap = _scan_flag(ok, gap_mm.gt(0), wide.index)
     out = {}
     for phenotype in PHENOTYPES:
-        value, reasons = _phenotype(wide, phenotype, models[phenotype.source], swap)
+        value, reasons = _phenotype(wide, phenotype, models[phenotype.source], swap, gap)
         out[phenotype.name] = value
         out[qc_column(phenotype.name)] = reasons
     table = pd.DataFrame(out, index=wide.index)
@@ -71,8 +73,14 @@ def phenotype_table(structures: pd.DataFrame, scans: pd.DataFrame, base_model: s
     return table.reset_index()
 
 
-def _phenotype(wide: pd.DataFrame, p: Phenotype, model: str | None,
-               swap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _scan_flag(scans: pd.DataFrame, flag: pd.Series, index: pd.Index) -> np.ndarray:
+    """Per row of ``index`` (participant x visit): whether ``flag`` holds for any of its scan rows."""
+    flagged = scans[KEYS].assign(flag=flag.to_numpy(dtype=bool)).groupby(KEYS)["flag"].any()
+    return flagged.reindex(index, fill_value=False).to_numpy(dtype=bool)
+
+
+def _phenotype(wide: pd.DataFrame, p: Phenotype, model: str | None, swap: np.ndarray,
+               gap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(values, QC reason strings) of phenotype ``p`` for every row of ``wide``."""
     rows = len(wide)
 
@@ -95,6 +103,7 @@ def _phenotype(wide: pd.DataFrame, p: Phenotype, model: str | None,
         "absent": (measured & ((n == 0) & ~missing).any(axis=0)),
         "touches_border": np.stack([flag(s, "touches_border") for s in p.structures]).any(axis=0),
         "fragmented": np.stack([flag(s, "fragmented") for s in p.structures]).any(axis=0),
+        "stitch_gap": gap & measured,
     }
     if p.kind == "volume":
         value = np.stack([column(s, "volume_ml") for s in p.structures]).sum(axis=0)

@@ -137,7 +137,8 @@ def finish(ctx: RunContext, unit: ScanUnit, loaded: LoadedScan,
                 write_volume(outputs.store, uri, volume, np.uint8)
             t_write = time.perf_counter() - t
             measures = measure_scan(volume, spec.label_map, loaded.images, _present(contrasts.fat, loaded),
-                                    _present(contrasts.water, loaded), job.measures, segmented=contrast)
+                                    _present(contrasts.water, loaded), job.measures, segmented=contrast,
+                                    field_of_view=loaded.field_of_view)
             t_measure = time.perf_counter() - t - t_write
             depots = depot_summary(measures.structures) if is_body_composition(set(spec.label_names.values())) else {}
             structures += [{**keys, **r} for r in measures.structures]
