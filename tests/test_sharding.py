@@ -270,3 +270,25 @@ def test_another_shard_count_or_an_unsharded_run_is_refused_while_a_shard_runs(t
     again = _cli("run", str(config), "--no-progress", "--shard", "0/3")
     assert again.exit_code == 0 and "1 done, 0 failed" in again.output, again.output
     assert_each_scan_once(out, 2)
+
+
+def test_status_per_shard_counts_and_lists_only_that_shards_failures(two_scan_job, tmp_path):
+    """A failure recorded for 2000001 (shard 1/2): shard 1/2 counts and lists it, shard 0/2 neither."""
+    import datetime
+
+    import pyarrow.parquet as pq
+
+    from mrseg_cohort.tables import failures_table
+
+    folder = tmp_path / "out" / "tables" / "failures"
+    folder.mkdir(parents=True)
+    row = {"participant_id": "2000001", "visit": "0", "stage": "read", "error_type": "BadScanError",
+           "message": "station 3 is missing", "uri": "", "attempt": 1, "run_id": "r1", "models": "base",
+           "time": datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)}
+    pq.write_table(failures_table([row]), folder / "part-r1.parquet")
+    ours = _cli("status", str(two_scan_job), "--shard", "1/2")
+    assert ours.exit_code == 0 and "0 done, 0 finished (publishing), 1 failed, 0 pending, of 1 scans" in ours.output
+    assert "2000001/0 attempt 1 [read] BadScanError: station 3 is missing" in ours.output, ours.output
+    other = _cli("status", str(two_scan_job), "--shard", "0/2")
+    assert other.exit_code == 0 and "0 failed, 1 pending, of 1 scans" in other.output
+    assert "2000001" not in other.output and "last failures" not in other.output, other.output
