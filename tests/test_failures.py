@@ -39,7 +39,8 @@ def _absurd_dims(path: Path) -> None:
 
 def _zero_spacing(path: Path) -> None:
     raw = bytearray(gzip.decompress(path.read_bytes()))
-    raw[280:284] = np.float32(0.0).tobytes()  # srow_x[0] = 0: the sform's first column is all zero
+    raw[80:84] = np.float32(0.0).tobytes()  # pixdim[1] = 0 (SimpleITK would read 1 mm; a broken sform alone
+    # is no error: SimpleITK, so MRSegmentator and this tool, then place the image by its qform)
     path.write_bytes(gzip.compress(bytes(raw)))
 
 

@@ -1,17 +1,23 @@
 """NIfTI in and out, as :class:`~mrseg_cohort.geometry.Volume` (the one RAS <-> LPS step).
 
-nibabel gives arrays in (x, y, z) index order with a RAS affine; everything past this module uses
-(z, y, x) arrays with LPS geometry as SimpleITK gives them. Headers are checked against
-:class:`ReadLimits` before any voxel data is decompressed or allocated.
+nibabel decodes the voxels, in (x, y, z) index order; everything past this module uses (z, y, x)
+arrays with LPS geometry as SimpleITK gives them. The geometry of a file read is SimpleITK's
+(ITK's NiftiImageIO reads the header), because MRSegmentator reads through SimpleITK: where qform,
+sform and pixdim disagree, ITK and nibabel place the image differently (:func:`itk_grid`). Headers
+are checked against :class:`ReadLimits` before any voxel data is decompressed or allocated.
 """
 
 from __future__ import annotations
 
 import gzip
 import io
+import os
+import tempfile
 import zlib
+
 import nibabel as nib
 import numpy as np
+import SimpleITK as sitk
 
 from mrseg_cohort.errors import BadScanError
 from mrseg_cohort.geometry import Grid, Volume
@@ -19,7 +25,7 @@ from mrseg_cohort.io.limits import ReadLimits, check_decoded_size, check_file_si
 from mrseg_cohort.io.storage import Store
 
 __all__ = ["ReadLimits", "read_volume", "read_labels", "write_volume", "nifti_bytes", "volume_from_nifti_bytes",
-           "grid_from_affine", "affine_from_grid"]
+           "itk_grid", "itk_scaling", "affine_from_grid"]
 
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -48,6 +54,7 @@ def volume_from_nifti_bytes(raw: bytes, uri: str, limits: ReadLimits = ReadLimit
     if not 1 <= ndim <= 7:
         raise BadScanError(f"header gives {ndim} dimensions; a NIfTI image has 1 to 7", uri=uri)
     shape = check_image_shape(tuple(int(d) for d in dims[1:ndim + 1]), uri, limits)
+    grid = itk_grid(header, uri)
     itemsize = np.dtype(header.get_data_dtype()).itemsize
     n_bytes = int(header.get_data_offset()) + int(np.prod(shape)) * itemsize
     check_decoded_size(n_bytes, shape, uri, limits)
@@ -55,26 +62,84 @@ def volume_from_nifti_bytes(raw: bytes, uri: str, limits: ReadLimits = ReadLimit
     if len(data) < n_bytes:
         raise BadScanError(f"file is truncated: {len(data)} bytes of image data where the header "
                            f"promises {n_bytes}; re-export or re-download it", uri=uri)
+    scaling = itk_scaling(header)
+    if not (np.isnan(header["scl_slope"]) and np.isnan(header["scl_inter"])):  # nibabel decodes unscaled
+        unscaled = header.copy()
+        unscaled["scl_slope"], unscaled["scl_inter"] = np.nan, np.nan
+        data = unscaled.binaryblock + data[len(unscaled.binaryblock):]
     try:
         img = image_class.from_bytes(data)
         array = np.asanyarray(img.dataobj)
     except Exception as err:  # nibabel raises many types for corrupt files
         raise BadScanError(f"not a readable NIfTI image: {type(err).__name__}: {err}", uri=uri) from err
+    if scaling is not None:
+        array = _itk_rescaled(array, *scaling)
     array = checked_voxels(array.reshape(array.shape[:3]) if array.ndim > 3 else array, dtype, uri)
-    return Volume(np.ascontiguousarray(array.transpose(2, 1, 0)), grid_from_affine(img.affine, array.shape, uri))
+    return Volume(np.ascontiguousarray(array.transpose(2, 1, 0)), grid)
 
 
-def grid_from_affine(affine_ras: np.ndarray, shape_xyz: tuple[int, ...], uri: str = "") -> Grid:
-    """The :class:`Grid` of a nibabel image: RAS affine and (x, y, z) shape -> LPS and (z, y, x)."""
-    lps = _LPS_FROM_RAS @ np.asarray(affine_ras, dtype=np.float64)
-    columns = lps[:3, :3]
-    spacing_xyz = np.linalg.norm(columns, axis=0)
-    if np.any(spacing_xyz <= 0) or not np.all(np.isfinite(spacing_xyz)):
-        shown = ", ".join(f"{v:.4g}" for v in spacing_xyz)
-        raise BadScanError(f"header voxel spacing ({shown}) mm is not positive and finite", uri=uri)
-    direction = columns / spacing_xyz
-    return Grid(tuple(int(s) for s in shape_xyz[:3][::-1]), tuple(spacing_xyz[::-1]),
-                tuple(lps[:3, 3]), tuple(direction.ravel()))
+def itk_grid(header: nib.Nifti1Header, uri: str = "") -> Grid:
+    """The :class:`Grid` SimpleITK gives a NIfTI file with this (nibabel) header.
+
+    ITK's NiftiImageIO reads the header itself (from a private temporary file), so its rules hold,
+    not nibabel's: the voxel spacing is pixdim (scaled to mm by ``xyzt_units``) whichever transform
+    is used; origin and direction come from the sform when it is an orthonormal direction times a
+    scale and its code is SCANNER_ANAT, or the qform is unset, or the two nearly agree; otherwise from
+    the qform; with neither set, identity at (0, 0, 0). (nibabel takes any set sform, and the spacing
+    from its columns.) SimpleITK does not read NIfTI-2 files (nor, then, MRSegmentator): their
+    header goes to ITK as NIfTI-1, so the same rules place them (matrices rounded to float32).
+
+    Raises:
+        BadScanError: a zero or non-finite pixdim[1:4] (ITK would read it as 1 mm without a word),
+            or no transform with an orthonormal direction (ITK refuses the file).
+    """
+    pixdim = np.asarray(header["pixdim"][1:4], dtype=np.float64)
+    if not np.all(np.isfinite(pixdim)) or np.any(pixdim == 0):
+        shown = ", ".join(f"{v:.4g}" for v in pixdim)
+        raise BadScanError(f"header voxel spacing pixdim[1:4] ({shown}) is not positive and finite; "
+                           "fix the header's pixdim", uri=uri)
+    if isinstance(header, nib.Nifti2Header):
+        header = nib.Nifti1Header.from_header(header, check=False)
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO("NiftiImageIO")
+    with tempfile.TemporaryDirectory(prefix="mrseg-nifti-") as folder:
+        path = os.path.join(folder, "header.nii")
+        with open(path, "wb") as f:
+            f.write(header.binaryblock + bytes(4))  # no extensions: the header is all ITK reads here
+        reader.SetFileName(path)
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as err:
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            raise BadScanError(f"header has no usable geometry (qform and sform give no orthonormal direction): "
+                               f"{lines[-1][:200] if lines else type(err).__name__}", uri=uri) from err
+    n = reader.GetDimension()
+    direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(n, n)[:3, :3]
+    shape_xyz = tuple(int(d) for d in header["dim"][1:4])
+    return Grid(shape_xyz[::-1], tuple(reader.GetSpacing()[:3])[::-1], tuple(reader.GetOrigin()[:3]),
+                tuple(direction.ravel()))
+
+
+def itk_scaling(header: nib.Nifti1Header) -> tuple[float, float] | None:
+    """(scl_slope, scl_inter) as SimpleITK applies them, or None when it leaves the values alone.
+
+    ITK's rules (NiftiImageIO over niftilib), not nibabel's: a non-finite field counts as 0; a slope
+    of 0 (or below double epsilon) counts as 1 *and the intercept still applies*; a finite slope
+    with a NaN intercept scales without one. (nibabel ignores both fields when the slope is 0 or
+    NaN, and refuses a NaN intercept.)"""
+    eps = np.finfo(np.float64).eps
+    slope, inter = (float(v) if np.isfinite(v) else 0.0 for v in (header["scl_slope"], header["scl_inter"]))
+    if abs(slope) < eps:
+        slope = 1.0
+    return (slope, inter) if abs(slope - 1.0) > eps or abs(inter) > eps else None
+
+
+def _itk_rescaled(array: np.ndarray, slope: float, inter: float) -> np.ndarray:
+    """``array * slope + inter`` rounded as ITK rounds it: float64 stays float64; anything else is
+    cast to float32 first, scaled in float64 and rounded once to float32."""
+    if array.dtype == np.float64:
+        return array * slope + inter
+    return (array.astype(np.float32).astype(np.float64) * slope + inter).astype(np.float32)
 
 
 def affine_from_grid(grid: Grid) -> np.ndarray:
