@@ -32,7 +32,7 @@ from typing import Iterator
 
 import pytest
 
-BINARIES = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "sinfo", "scontrol", "scancel", "srun")
+BINARIES = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "sinfo", "squeue", "scontrol", "scancel", "srun")
 FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
             "DEADLINE"}
 
@@ -114,9 +114,13 @@ class SlurmCluster:
     def stop(self) -> None:
         """Cancel this cluster's jobs left, then stop slurmd, slurmctld and munged (SIGTERM, then SIGKILL)."""
         if self.procs.get("slurmctld") and self.procs["slurmctld"].poll() is None:
-            try:
+            try:  # let the jobs end (their steps get SIGTERM, then SIGKILL after KillWait) before slurmd goes
                 self.command("scancel", "--user", str(os.getuid()), check=False, timeout=20)
-                time.sleep(2)
+                deadline = time.monotonic() + 90
+                while self.command("squeue", "-h", check=False, timeout=20).stdout.strip():
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(1)
             except subprocess.TimeoutExpired:
                 pass
         for name in ("slurmd", "slurmctld", "munged"):
