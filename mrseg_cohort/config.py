@@ -19,6 +19,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_seria
 from pydantic.fields import FieldInfo
 
 from mrseg_cohort.errors import ConfigError
+from mrseg_cohort.io.limits import MAX_MODEL_VOXELS
 from mrseg_cohort.paths import from_command_line, resolve_local
 from mrseg_cohort.redact import mask_url_credentials
 
@@ -240,6 +241,11 @@ class LimitsConfig(Strict):
     max_file_mb: float = Field(2000.0, gt=0)
     max_decompressed_mb: float = Field(4000.0, gt=0)
     max_dim: int = Field(2048, ge=2)
+    max_model_voxels: int = Field(MAX_MODEL_VOXELS, ge=1)
+    """Most voxels a scan may take on a model's grid (its field of view at the model's spacing),
+    checked from the header before inference allocates it; a scan above it fails (a wrong voxel
+    spacing such as 50 mm would otherwise ask for tens of GB). A UK Biobank whole-body scan takes
+    64 M voxels on a 1.5 mm grid (:data:`mrseg_cohort.io.limits.MAX_MODEL_VOXELS`)."""
 
 
 class MeasuresConfig(Strict):

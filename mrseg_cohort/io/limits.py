@@ -6,6 +6,7 @@ that a bad file gets the same clear error whatever its format.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,13 @@ from mrseg_cohort.errors import BadScanError, ScanTooLargeError
 
 if TYPE_CHECKING:
     from mrseg_cohort.config import LimitsConfig
+
+
+MAX_MODEL_VOXELS = 300_000_000
+"""Default ``limits.max_model_voxels``: the most voxels a scan may have on a model's grid. A UK
+Biobank whole-body scan (224 x 174 x 370 voxels at 2.23 x 2.23 x 3 mm) is 333 x 259 x 740 = 64 M
+voxels on a 1.5 mm grid, a NAKO one (320 x 260 x 316 at 1.4 x 1.4 x 3 mm) 46 M; each voxel costs
+about 100 bytes in inference (41 float16 logits per fold, the image in float64 while it is resampled)."""
 
 
 @dataclass(frozen=True)
@@ -89,3 +97,29 @@ def checked_voxels(array: np.ndarray, dtype: type, uri: str) -> np.ndarray:
         raise BadScanError(f"label values span {array.min()}..{array.max()}, outside "
                            f"{np.dtype(dtype).name} ({info.min}..{info.max})", uri=uri)
     return array.astype(dtype, copy=False)
+
+
+def check_model_grid(model_shape: tuple[int, ...] | None, spacing_mm: tuple[float, ...],
+                     model_spacing_mm: tuple[float, ...], max_voxels: int, model: str) -> None:
+    """Raise :class:`ScanTooLargeError` when an image at ``spacing_mm`` would take more than
+    ``max_voxels`` voxels on model ``model``'s grid (``model_shape``, None when it has no finite
+    size); called before anything of that size is allocated."""
+    voxels = math.prod(model_shape) if model_shape is not None else math.inf
+    if voxels > max_voxels:
+        size = "x".join(map(_count, model_shape)) + f" = {_count(voxels)}" if model_shape is not None \
+            else "an unbounded number of"
+        raise ScanTooLargeError(f"voxel spacing {_mm(spacing_mm)} mm puts the image on model {model}'s "
+                                f"{_mm(model_spacing_mm)} mm grid as {size} voxels, above the limit of "
+                                f"{max_voxels:.3g} (limits.max_model_voxels); check the file's voxel spacing "
+                                "(pixdim), or raise the limit", stage="segment")
+
+
+def _count(n: int) -> str:
+    """``n`` as written in a message: exact up to a million, else three digits (``3.43e+19``)."""
+    if n < 10**6:
+        return str(n)
+    return f"{n:.3g}" if n < 10**300 else f"about 1e+{len(str(n)) - 1}"
+
+
+def _mm(values: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"

@@ -166,10 +166,8 @@ class ModelRunner:
 
         ``image`` and ``spacing_zyx`` are already transposed (:attr:`transpose_forward`) and cropped.
         The resampling runs in float64, as nnU-Net's (skimage) does, and is rounded to float32."""
-        from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
-
         x = self.normalise(image)
-        new_shape = tuple(int(s) for s in compute_new_shape(image.shape, spacing_zyx, self.spacing))
+        new_shape = model_grid_shape(image.shape, spacing_zyx, self.spacing)
         if new_shape != tuple(image.shape):
             x = self._resample_input(x, new_shape, spacing_zyx)
         return x[None]
@@ -272,6 +270,14 @@ class ModelRunner:
                                                                      spacing_zyx))
 
     # -- all together ------------------------------------------------------------------------------
+    def model_grid(self, shape_zyx: tuple[int, int, int], spacing_zyx: tuple[float, float, float]) -> tuple[int, int, int]:
+        """The shape on this model's grid of a whole image of ``shape_zyx`` voxels at ``spacing_zyx``
+        mm (as the network sees it, before :meth:`prepare`'s transpose and crop): an upper bound of
+        what :meth:`prepare` allocates, known from the header alone."""
+        shape = tuple(shape_zyx[a] for a in self.transpose_forward)
+        spacing = tuple(spacing_zyx[a] for a in self.transpose_forward)
+        return model_grid_shape(shape, spacing, self.spacing)  # type: ignore[arg-type]
+
     @property
     def preprocess_key(self) -> tuple:
         """Models with equal keys preprocess an image identically (so they can share the result)."""
@@ -317,6 +323,20 @@ class ModelRunner:
         labels[prepared.box] = self.export(logits, prepared.cropped_shape, prepared.spacing_zyx)
         times.add("export", t)
         return np.ascontiguousarray(np.transpose(labels, self.transpose_backward))
+
+
+def model_grid_shape(shape: tuple[int, ...], spacing_mm: tuple[float, ...],
+                     model_spacing_mm: tuple[float, ...]) -> tuple[int, int, int]:
+    """The shape of an image of ``shape`` voxels at ``spacing_mm`` resampled to ``model_spacing_mm``
+    (same axis order): nnU-Net's ``compute_new_shape``, ``round(n * spacing / model spacing)`` per
+    axis, as its preprocessor and :meth:`ModelRunner.preprocess` resample.
+
+    Raises:
+        OverflowError: a spacing so large that the shape is not finite.
+    """
+    from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
+
+    return tuple(int(n) for n in compute_new_shape(shape, spacing_mm, model_spacing_mm))  # type: ignore[return-value]
 
 
 def plans_transposes(model: ModelFolder) -> tuple[tuple[int, int, int], tuple[int, int, int]]:

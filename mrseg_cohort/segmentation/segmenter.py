@@ -17,6 +17,7 @@ import numpy as np
 from mrseg_cohort.config import ModelConfig, resolve_weights
 from mrseg_cohort.errors import ConfigError, ModelError, SegmentationError
 from mrseg_cohort.geometry import Volume
+from mrseg_cohort.io.limits import MAX_MODEL_VOXELS, check_model_grid
 from mrseg_cohort.labels import KNOWN_MAPS, LabelMap, check_label_map, label_map_from_dataset_json
 from mrseg_cohort.orientation import lps_reorientation
 from mrseg_cohort.segmentation.engine import ModelRunner, StageTimes, TileCounts
@@ -104,15 +105,19 @@ class Segmenter:
         models: checked models (see :func:`check_model`).
         device: ``"cpu"`` or ``"cuda"``.
         threads: torch CPU threads (CPU inference), None keeps torch's default.
+        max_model_voxels: most voxels an image may take on a model's grid (``limits.max_model_voxels``);
+            a larger one fails with :class:`~mrseg_cohort.errors.ScanTooLargeError` before inference.
     """
 
-    def __init__(self, models: list[ModelSpec], device: str = "cpu", threads: int | None = None):
+    def __init__(self, models: list[ModelSpec], device: str = "cpu", threads: int | None = None,
+                 max_model_voxels: int = MAX_MODEL_VOXELS):
         import torch
 
         if threads:
             torch.set_num_threads(threads)
         self.models = models
         self.device = device
+        self.max_model_voxels = max_model_voxels
         self.runners = {m.name: ModelRunner(m.folder(), device, m.tile_step_size, m.mirroring, m.tiles_per_batch,
                                             m.skip_empty_tiles, m.compile) for m in models}
         self._streams = threading.local()  # on a GPU: one CUDA stream per calling thread (two scans overlap)
@@ -155,6 +160,7 @@ class Segmenter:
                 continue
             runner = self.runners[spec.name]
             times = StageTimes()
+            self._check_model_grid(runner, network_image)
             try:
                 if runner.preprocess_key not in prepared:
                     prepared[runner.preprocess_key] = runner.prepare(network_image.array,
@@ -165,6 +171,14 @@ class Segmenter:
             except MemoryError as err:
                 raise SegmentationError(f"out of memory segmenting with {spec.name}: {err}", stage="segment") from err
         return Segmentation(labels, skipped, seconds, tiles, software_versions())
+
+    def _check_model_grid(self, runner: ModelRunner, image: Volume) -> None:
+        """Refuse an image whose model grid (from its shape and spacing alone) exceeds the limit."""
+        try:
+            shape: tuple[int, ...] | None = runner.model_grid(image.grid.shape, image.grid.spacing_mm)
+        except OverflowError:  # a spacing so large that the grid has no finite size
+            shape = None
+        check_model_grid(shape, image.grid.spacing_mm, runner.spacing, self.max_model_voxels, runner.model.name)
 
     def _run(self, runner: ModelRunner, image: Volume, times: StageTimes, prepared) -> tuple[np.ndarray, TileCounts]:
         """One model on one image; out of GPU memory, the scan is tried once more with half the tiles
