@@ -214,15 +214,19 @@ def id_problem(value: str, what: str) -> str:
     return ""
 
 
-def output_name_problem(source: ScanSource, models: tuple[str, ...]) -> str:
-    """Why the output cannot hold ``source``'s files, or "": the longest file name it makes for the
-    scan (its staged rows, named by participant, visit and ``models``) must fit :data:`NAME_MAX_BYTES`,
-    else the scan would fail after its label files were written."""
+def output_file_name(source: ScanSource, models: tuple[str, ...]) -> str:
+    """The longest file name the output makes from ``source``'s ids: its staged rows', named by
+    participant, visit and ``models`` (label files sit in folders named by each id alone)."""
     from mrseg_cohort.outputs import Outputs  # here: outputs imports work_units, which imports this module
     from mrseg_cohort.work_units import unit_key
 
-    name = Outputs(Store(), "").staged_uri("scans", unit_key(source.key, models)).rsplit("/", 1)[-1]
-    size = len(name.encode("utf-8"))
+    return Outputs(Store(), "").staged_uri("scans", unit_key(source.key, models)).rsplit("/", 1)[-1]
+
+
+def output_name_problem(source: ScanSource, models: tuple[str, ...]) -> str:
+    """Why the output cannot hold ``source``'s files, or "": :func:`output_file_name` must fit
+    :data:`NAME_MAX_BYTES`, else the scan would fail after its label files were written."""
+    size = len(output_file_name(source, models).encode("utf-8"))
     if size <= NAME_MAX_BYTES:
         return ""
     return (f"participant id {source.participant_id[:24]!r}... and visit {source.visit[:24]!r} make an output file "

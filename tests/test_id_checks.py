@@ -4,6 +4,7 @@ phantom folder; a 240-character id left a label file that no table names)."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +15,8 @@ from conftest import write_job_yaml
 from mrseg_cohort.cli import app
 from mrseg_cohort.config import load_config
 from mrseg_cohort.io.storage import Store
-from mrseg_cohort.manifest import MAX_ID_BYTES, NAME_MAX_BYTES, ScanSource, discover, id_problem, output_name_problem
+from mrseg_cohort.manifest import (MAX_ID_BYTES, NAME_MAX_BYTES, ScanSource, discover, id_problem, output_file_name,
+                                   output_name_problem)
 from mrseg_cohort.phantom.cohort import PhantomSpec, participant_id, write_phantom_cohort
 
 SCALE = 3.0
@@ -49,12 +51,26 @@ def test_id_limits():
     assert id_problem("1" * MAX_ID_BYTES, "participant id") == ""
     assert "201 bytes long" in id_problem("1" * (MAX_ID_BYTES + 1), "participant id")
     assert "202 bytes long" in id_problem("é" * 101, "visit")  # bytes, not characters
-    # staged rows are named <participant>__<visit>__<models>.parquet: 150 + 2 + 80 + 2 + 4 + 8 = 246 bytes
-    scan = ScanSource("p" * 150, "v" * 80, "phantom", "MRI", ())
-    assert output_name_problem(scan, ("base",)) == ""
-    # models "base+body_comp" (the + written %2B): 150 + 2 + 80 + 2 + 16 + 8 = 258 bytes
-    assert f"output file name of 258 bytes, above the {NAME_MAX_BYTES}" in output_name_problem(
-        scan, ("base", "body_comp"))
+
+
+@pytest.mark.parametrize("models", [("base",), ("base", "body_comp")])
+def test_the_output_name_check_agrees_with_the_disk(tmp_path, models):
+    """Ids pass exactly when the longest file name the output makes of them can be created here
+    (the check is made on the output's own naming, whatever its encoding)."""
+    outcomes = set()
+    for pid_bytes, visit_bytes in ((150, 60), (150, 80), (150, 100), (200, 1), (200, 50), (100, 100)):
+        scan = ScanSource("p" * pid_bytes, "v" * visit_bytes, "phantom", "MRI", ())
+        problem = output_name_problem(scan, models)
+        try:
+            (tmp_path / output_file_name(scan, models)).touch()
+            fits = True
+        except OSError as err:
+            assert err.errno == errno.ENAMETOOLONG, err
+            fits = False
+        assert (problem == "") == fits, (pid_bytes, visit_bytes, problem)
+        assert fits or f"above the {NAME_MAX_BYTES} bytes" in problem
+        outcomes.add(fits)
+    assert outcomes == {True, False}  # both sides of the bound were tried
 
 
 @pytest.fixture(scope="module")
