@@ -85,7 +85,7 @@ def _our_labels(input_folder: Path, output: Path, modality: str, model: dict) ->
     from mrseg_cohort.pipeline.run import software_versions
     from mrseg_cohort.pipeline.stages import RunContext, finish, read_and_stitch, segmentation_inputs
     from mrseg_cohort.segmentation.segmenter import Segmenter, check_model
-    from mrseg_cohort.work_units import ScanUnit
+    from mrseg_cohort.ledger.work_units import ScanUnit
 
     config = write_job_yaml(output.with_suffix(".yaml"), str(input_folder), str(output),
                             cohort={"name": "matrix", "layout": "nifti-folder", "modality": modality,
