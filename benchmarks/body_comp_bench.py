@@ -45,7 +45,7 @@ def main() -> None:
     from mrseg_cohort.phantom.cohort import PhantomSpec, write_phantom_cohort
     from mrseg_cohort.pipeline import stages
     from mrseg_cohort.segmentation.segmenter import Segmenter, check_model
-    from mrseg_cohort.work_units import ScanUnit
+    from mrseg_cohort.ledger.work_units import ScanUnit
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="bc-bench-"))

@@ -23,7 +23,7 @@ from pathlib import Path
 def build(root: Path, committed: int, batch: int) -> None:
     from mrseg_cohort.io.storage import Store
     from mrseg_cohort.io.tables import table_bytes
-    from mrseg_cohort.outputs import Outputs
+    from mrseg_cohort.ledger.outputs import Outputs
     from mrseg_cohort.tables import to_table
 
     outputs = Outputs(Store(), str(root))
@@ -40,7 +40,7 @@ def build(root: Path, committed: int, batch: int) -> None:
 def plan(root: str, manifest: int) -> None:
     from mrseg_cohort.io.storage import Store
     from mrseg_cohort.manifest import ScanSource
-    from mrseg_cohort.outputs import Outputs
+    from mrseg_cohort.ledger.outputs import Outputs
 
     sources = [ScanSource(f"{1000000 + i}", "2", "ukbb-dicom-zip", "MRI",
                           (("dicom-zip", (f"s3://bucket/20201/{1000000 + i}_20201_2_0.zip",)),))

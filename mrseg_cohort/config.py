@@ -144,7 +144,9 @@ class StitchingConfig(Strict):
 
 
 class ModelConfig(Strict):
-    name: str = "base"
+    name: str = Field("base", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    """Letters, digits, ``_`` and ``-`` (it names label files, ``<contrast>.<name>.nii.gz``, and units
+    of work, where ``+`` joins names)."""
     weights: str = Field(min_length=1)
     """nnU-Net trained-model folder (local path or URI), ``bundled:<name>``, or ``mrsegmentator``
     (MRSegmentator's base model; ``mrsegmentator:body_comp`` its second) found as MRSegmentator

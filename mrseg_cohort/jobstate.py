@@ -14,9 +14,9 @@ from mrseg_cohort.config import JobConfig
 from mrseg_cohort.io.storage import Store
 from mrseg_cohort.io.tables import read_table_folder
 from mrseg_cohort.manifest import ScanSource, discover
-from mrseg_cohort.outputs import Outputs
+from mrseg_cohort.ledger.outputs import Outputs
 from mrseg_cohort.sharding import Shard, select
-from mrseg_cohort.work_units import plan_work
+from mrseg_cohort.ledger.work_units import plan_work
 
 GPU_STAGES = ("preprocess", "network", "export")
 CPU_STAGES = ("read", "stitch", "measure", "write")

@@ -145,7 +145,7 @@ def discover(cfg: JobConfig, store: Store) -> list[ScanSource]:
         raise ConfigError(f"cohort.layout: unknown layout {layout!r}")
     check_input(cfg, store)
     listed = store.list_files(root)
-    files = [u for u in listed if not _inside(u, cfg.output.uri)]  # never our own output
+    files = [u for u in listed if not _inside(store, u, cfg.output.uri)]  # never our own output
     rel = [(u, u[len(root.rstrip("/")) + 1:]) for u in files]
     if layout in ("phantom", "nako-nifti"):
         sources = _by_pattern(cfg, rel, pattern)
@@ -192,9 +192,10 @@ def _no_scans_found(cfg: JobConfig, store: Store, n_listed: int, n_own_output: i
             f"files{own} is {expected}")
 
 
-def _inside(uri: str, folder: str) -> bool:
-    """Whether ``uri`` lies under ``folder`` (an output inside the input is not read as input)."""
-    return bool(folder) and uri.startswith(folder.rstrip("/") + "/")
+def _inside(store: Store, uri: str, folder: str) -> bool:
+    """Whether ``uri`` lies under ``folder``, paths resolved (an output inside the input is not read
+    as input, also when it is named through a symbolic link)."""
+    return bool(folder) and store.contains(folder, uri)
 
 
 def id_problem(value: str, what: str) -> str:
@@ -217,8 +218,8 @@ def id_problem(value: str, what: str) -> str:
 def output_file_name(source: ScanSource, models: tuple[str, ...]) -> str:
     """The longest file name the output makes from ``source``'s ids: its staged rows', named by
     participant, visit and ``models`` (label files sit in folders named by each id alone)."""
-    from mrseg_cohort.outputs import Outputs  # here: outputs imports work_units, which imports this module
-    from mrseg_cohort.work_units import unit_key
+    from mrseg_cohort.ledger.outputs import Outputs  # here: outputs imports work_units, which imports this module
+    from mrseg_cohort.ledger.work_units import unit_key
 
     return Outputs(Store(), "").staged_uri("scans", unit_key(source.key, models)).rsplit("/", 1)[-1]
 

@@ -5,7 +5,7 @@
 Kill points:
     before-output      when the Ray stage starts, before any scan is read
     mid-run            after the first scan is finished and staged (nothing published yet)
-    table-write        while publishing: after the first table part of a batch is written
+    table-write        while publishing: after the first table part of a logged batch moved into tables/
     before-cleanup     after a batch's done mark, before its staged files are deleted
 """
 
@@ -23,7 +23,7 @@ def _die() -> None:
 
 
 def install(point: str) -> None:
-    from mrseg_cohort import outputs
+    from mrseg_cohort.ledger import outputs
     from mrseg_cohort.io import storage
     from mrseg_cohort.pipeline import publisher, scheduler
 
@@ -40,22 +40,23 @@ def install(point: str) -> None:
             _die()
 
         publisher.BatchPublisher.add_rows = add_rows
-    elif point == "table-write":
-        original_write = storage.Store.write_bytes
+    elif point == "table-write":  # a batch logged, its first part moved into tables/, the others not
+        original_move = storage.Store.move
 
-        def write_bytes(self, uri, data):
-            original_write(self, uri, data)
-            if "/tables/structures/part-" in uri:
+        def move(self, source, target):
+            original_move(self, source, target)
+            if "/tables/structures/part-" in target:
                 _die()
 
-        storage.Store.write_bytes = write_bytes
-    elif point == "before-cleanup":
+        storage.Store.move = move
+    elif point == "before-cleanup":  # a batch's done mark written, its staged rows not yet deleted
+        original_mark = outputs.CommitLog.mark_done
 
-        def finish(self, batch_id, keys):
-            self.store.write_bytes(self._work("batches", f"{batch_id}.done"), b"")
+        def mark_done(self, seq):
+            original_mark(self, seq)
             _die()
 
-        outputs.Outputs._finish = finish
+        outputs.CommitLog.mark_done = mark_done
     else:
         raise SystemExit(f"unknown kill point {point}")
 

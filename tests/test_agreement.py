@@ -43,7 +43,7 @@ from mrseg_cohort.labels import BODY_COMPOSITION, MRSEG
 from mrseg_cohort.phantom.cohort import PhantomSpec, participant_id, write_phantom_cohort
 from mrseg_cohort.report import anchor_for
 from mrseg_cohort.report import html as h
-from mrseg_cohort.work_units import ScanUnit
+from mrseg_cohort.ledger.work_units import ScanUnit
 
 SPEC = PhantomSpec(participants=8, seed=24, visit="2", scale=3.0)  # coarse: quick to write, stitch, measure
 STORE = Store()

@@ -18,7 +18,7 @@ from mrseg_cohort.phantom.cohort import PhantomSpec, render_spec_participant
 from mrseg_cohort.pipeline import stages
 from mrseg_cohort.pipeline.run import run_job
 from mrseg_cohort.segmentation.segmenter import Segmenter, check_model
-from mrseg_cohort.work_units import ScanUnit
+from mrseg_cohort.ledger.work_units import ScanUnit
 
 
 @pytest.fixture(scope="module")

@@ -104,7 +104,7 @@ def test_credentials_never_leave_the_config(tmp_path, caplog):
 
     from mrseg_cohort.io.storage import Store
     from mrseg_cohort.logs import MaskingFormatter
-    from mrseg_cohort.outputs import Outputs
+    from mrseg_cohort.ledger.outputs import Outputs
 
     text = GOOD.replace("output: {uri: out}", "output: {uri: out, storage: {endpoint_url: 'http://user:s3cr3tpw@h:9',"
                                               " key: AKIDEXAMPLE, secret: Wr0ngSecret}}")

@@ -1,16 +1,25 @@
-"""One run per output: the lease, on a local folder and on the S3 server (If-None-Match: *)."""
+"""Who holds an output: the lease, its fencing in the commit log, and shards; on a local folder and on
+the S3 server (If-None-Match: *)."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import subprocess
 import sys
 import threading
+import time
 
+import pyarrow as pa
 import pytest
 
+from mrseg_cohort.errors import ConfigError
 from mrseg_cohort.io.storage import Store, join_uri
-from mrseg_cohort.lease import LeaseHeldError, LeaseLost, OutputLease
+from mrseg_cohort.ledger.lease import LeaseHeldError, LeaseLost, OutputLease
+from mrseg_cohort.ledger.log import shard_scope
+from mrseg_cohort.ledger.outputs import Outputs
+from mrseg_cohort.tables import to_table
 
 
 @pytest.fixture(params=["file", "s3"])
@@ -20,12 +29,27 @@ def root(request, tmp_path) -> tuple[Store, str]:
     return request.getfixturevalue("s3_root")
 
 
-class Clock:
-    def __init__(self, now: float = 1_000_000.0):
-        self.now = now
+class Ages:
+    """A stand-in for the store's clock: the age (s) of every lease file, set by the test."""
 
-    def __call__(self) -> float:
-        return self.now
+    def __init__(self, age: float = 0.0):
+        self.age = age
+
+    def __call__(self, uri: str) -> float:
+        return self.age
+
+
+def _rows(pid: str, model: str = "base") -> dict[str, pa.Table]:
+    keys = {"participant_id": pid, "visit": "0", "contrast": "in", "model": model}
+    return {"structures": to_table("structures", [{**keys, "structure_id": 1, "structure": "spleen"}]),
+            "intensities": to_table("intensities", [{**keys, "structure_id": 1, "structure": "spleen"}]),
+            "scans": to_table("scans", [{**keys, "status": "ok"}])}
+
+
+def _publish(outputs: Outputs, lease: OutputLease, pid: str, batch: str) -> int | None:
+    key = (pid, "0", "base")
+    outputs.stage(key, _rows(pid))
+    return outputs.publish(batch, {key: outputs.read_staged(key)}, [], lease.fence, set())[0]
 
 
 def test_exclusive_create_refuses_a_second_writer(root):
@@ -42,33 +66,84 @@ def test_a_second_run_is_refused_naming_the_holder(root):
     store, uri = root
     first = OutputLease(store, uri, "run-A")
     first.acquire()
-    with pytest.raises(LeaseHeldError, match=r"in use by run run-A \(host .*, pid \d+\) since .* UTC, last heartbeat"):
+    with pytest.raises(LeaseHeldError, match=r"the output .* is in use by run run-A \(host .*, pid \d+\) since .* UTC"):
         OutputLease(store, uri, "run-B").acquire()
     first.release()
     second = OutputLease(store, uri, "run-B")
     second.acquire()  # released: free again
-    assert second.current().run_id == "run-B"
+    assert second.current().run_id == "run-B" and second.generation == 2  # generations are not reused
     second.release()
 
 
 def test_a_lease_without_heartbeat_is_taken_over_and_its_holder_learns_it(root):
     store, uri = root
-    clock = Clock()
-    gone = OutputLease(store, uri, "run-gone", timeout_s=60, clock=clock)
+    ages = Ages(30)
+    gone = OutputLease(store, uri, "run-gone", timeout_s=60, age_of=ages)
     gone.acquire()
-    clock.now += 30
     with pytest.raises(LeaseHeldError):  # 30 s without heartbeat: still live
-        OutputLease(store, uri, "run-new", timeout_s=60, clock=clock).acquire()
-    clock.now += 31
-    new = OutputLease(store, uri, "run-new", timeout_s=60, clock=clock)
+        OutputLease(store, uri, "run-new", timeout_s=60, age_of=ages).acquire()
+    ages.age = 61
+    new = OutputLease(store, uri, "run-new", timeout_s=60, age_of=ages)
     previous = new.acquire()
     assert previous.run_id == "run-gone"
     with pytest.raises(LeaseLost):
         gone.check()
     with pytest.raises(LeaseLost):
         gone.heartbeat()
-    gone.release()  # must not remove the new holder's lease
+    gone.release()  # must not touch the new holder's lease
+    ages.age = 0
     assert new.current().run_id == "run-new"
+
+
+def test_staleness_is_judged_on_the_stores_clock_not_a_skewed_reader_clock(root):
+    """A second run whose clock is 150 s ahead took over a live run (it compared the holder's
+    heartbeat time with its own clock)."""
+    store, uri = root
+    holder = OutputLease(store, uri, "run-live", timeout_s=60)
+    holder.acquire()
+    ahead = OutputLease(store, uri, "run-ahead", timeout_s=60, clock=lambda: time.time() + 150)
+    with pytest.raises(LeaseHeldError, match="in use by run run-live"):
+        ahead.acquire()
+    holder.release()
+
+
+def test_a_suspended_run_that_wakes_after_others_finished_cannot_publish(root):
+    """Generations were reused after release and check() compared only the number: a run suspended
+    past the timeout (lid closed, SIGSTOP) woke up 'holding' the lease of a third run and both
+    published. Now generations are never reused, and publication is fenced by the commit log."""
+    store, uri = root
+    outputs = Outputs(store, uri)
+    ages = Ages(0)
+    suspended = OutputLease(store, uri, "run-1", timeout_s=60, age_of=ages)
+    suspended.acquire()
+    ages.age = 500  # it stopped heartbeating
+    second = OutputLease(store, uri, "run-2", timeout_s=60, age_of=ages)
+    second.acquire()
+    assert _publish(outputs, second, "p2", "run-2-00001") is not None
+    second.release()
+    ages.age = 0
+    third = OutputLease(store, uri, "run-3", timeout_s=60, age_of=ages)
+    third.acquire()
+    assert (suspended.generation, second.generation, third.generation) == (1, None, 3)
+    with pytest.raises(LeaseLost, match="run-1 lost the output"):
+        suspended.check()  # wakes up
+    with pytest.raises(LeaseLost, match="to run run-2"):
+        _publish(outputs, suspended, "p1", "run-1-00001")  # even without asking check() first
+    assert _publish(outputs, third, "p3", "run-3-00001") is not None
+    third.release()
+    scans = pa.concat_tables([pa.parquet.read_table(pa.BufferReader(store.read_bytes(u)))
+                              for u in store.list_files(outputs.table_uri("scans"), suffix=".parquet")])
+    assert sorted(scans.column("participant_id").to_pylist()) == ["p2", "p3"]  # p1 is nowhere
+    assert not store.list_files(join_uri(uri, "_work", "parts"))
+
+
+def test_no_lease_file_means_lost(root):
+    store, uri = root
+    lease = OutputLease(store, uri, "run-A")
+    lease.acquire()
+    store.remove(lease._uri(lease.generation))
+    with pytest.raises(LeaseLost, match="its lease file is gone"):
+        lease.check()
 
 
 def test_the_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(root):
@@ -116,14 +191,59 @@ def test_a_run_that_loses_the_race_names_the_winner_even_if_its_lease_is_not_rea
         misses = 3
 
         def read_bytes(self, uri):
-            if uri.endswith(".json") and self.misses:
+            if "/_work/lease/" in uri and uri.endswith(".json") and self.misses:
                 self.misses -= 1
                 raise FileNotFoundError(uri)
             return super().read_bytes(uri)
 
     loser = OutputLease(LaggingStore(), str(tmp_path / "out"), "run-loser")
-    loser._generations = lambda: []  # it listed before the winner's file was there
+    loser.holders = lambda: []  # it looked before the winner's file was there
+    loser._generations = lambda scope=None: []
     with pytest.raises(LeaseHeldError) as caught:
         loser.acquire()
     message = str(caught.value)
     assert "was just taken by run run-winner" in message and "host" in message and "since" in message, message
+
+
+def test_shards_of_one_count_hold_the_output_together_and_other_counts_wait(root):
+    store, uri = root
+    shards = [OutputLease(store, uri, f"run-s{i}", scope=shard_scope(i, 2)) for i in range(2)]
+    for lease in shards:
+        lease.acquire()
+    outputs = Outputs(store, uri)
+    assert _publish(outputs, shards[0], "a", "run-s0-00001") and _publish(outputs, shards[1], "b", "run-s1-00001")
+    assert _publish(outputs, shards[0], "c", "run-s0-00002")  # the other shard's entries do not fence it
+    with pytest.raises(LeaseHeldError, match=r"shard 0/2 of the output .* is in use by run run-s0.*this run wants "
+                                             r"shard 0/3"):
+        OutputLease(store, uri, "run-three", scope=shard_scope(0, 3)).acquire()
+    with pytest.raises(LeaseHeldError, match="shard ./2 of the output"):
+        OutputLease(store, uri, "run-all").acquire()
+    with pytest.raises(LeaseHeldError, match="shard 1/2 of the output .* in use by run run-s1"):
+        OutputLease(store, uri, "run-s1-again", scope=shard_scope(1, 2)).acquire()
+    for lease in shards:
+        lease.release()
+    other = OutputLease(store, uri, "run-three", scope=shard_scope(0, 3))
+    other.acquire()  # none live: another count is allowed
+    other.release()
+
+
+def test_a_store_that_cannot_create_exclusively_is_refused_with_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(Store, "honours_exclusive_create", lambda self, folder: False)
+    with pytest.raises(ConfigError, match="does not refuse a second create") as caught:
+        OutputLease(Store(), str(tmp_path / "out"), "run-A").acquire()
+    assert "\n" not in str(caught.value)
+
+
+def test_exclusive_create_on_a_file_system_without_hard_links(tmp_path, monkeypatch):
+    """dxfuse, SMB and some FUSE mounts refuse link(): the create crashed."""
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    store = Store()
+    target = str(tmp_path / "x" / "once.json")
+    store.create_bytes(target, b"first")
+    with pytest.raises(FileExistsError):
+        store.create_bytes(target, b"second")
+    assert store.read_bytes(target) == b"first" and store.honours_exclusive_create(str(tmp_path))
+    assert not [p for p in os.listdir(tmp_path / "x") if p.startswith(".")]  # no temporary files left

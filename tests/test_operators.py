@@ -25,7 +25,7 @@ from mrseg_cohort.cli import app
 from mrseg_cohort.config import load_config
 from mrseg_cohort.errors import ConfigError
 from mrseg_cohort.io.storage import Store
-from mrseg_cohort.lease import OutputLease
+from mrseg_cohort.ledger.lease import OutputLease
 from mrseg_cohort.phantom.cohort import PhantomSpec, write_phantom_cohort
 from mrseg_cohort.pipeline.run import run_job
 
@@ -139,7 +139,7 @@ def test_other_library_versions_are_a_change_of_configuration(committed, tmp_pat
 def test_a_fingerprint_of_the_first_format_is_upgraded_keeping_its_first_model_as_the_base():
     """Outputs written before the base model was recorded gave the unsuffixed label files to their
     first model: that stays the base model whatever the order now; keys format 1 lacked are adopted."""
-    from mrseg_cohort.fingerprint import upgrade
+    from mrseg_cohort.ledger.fingerprint import upgrade
 
     old = {"format": 1, "models": {"body_comp": {"x": 1}, "base": {"x": 2}}, "contrasts": {"segment": ["in"]},
            "software": {"mrseg_cohort": "0.1", "nnunetv2": "2", "torch": "2"}}
@@ -425,7 +425,7 @@ def test_an_actor_whose_process_dies_while_it_starts_is_replaced(tmp_path, ray_l
     died = tmp_path / "died-once"
 
     class DiesTheFirstTime:
-        def __init__(self, models, device, threads, versions=None):
+        def __init__(self, models, device, threads, versions=None, max_model_voxels=None):
             if not died.exists():
                 died.touch()
                 os._exit(1)
@@ -439,7 +439,7 @@ def test_an_actor_whose_process_dies_while_it_starts_is_replaced(tmp_path, ray_l
     assert died.exists() and pool.n_ready == 1 and len(pool.members) == 2 and time.monotonic() - t0 < 60
 
     class AlwaysDies(DiesTheFirstTime):
-        def __init__(self, models, device, threads, versions=None):
+        def __init__(self, models, device, threads, versions=None, max_model_voxels=None):
             os._exit(1)
 
     from mrseg_cohort.pipeline.actor_pool import START_REPLACEMENTS, ActorStartError
@@ -519,7 +519,7 @@ def test_consecutive_failures_are_counted_over_the_job_not_per_actor(ray_local):
     from mrseg_cohort.pipeline.actor_pool import ActorFailingError
 
     class Ready:
-        def __init__(self, models, device, threads, versions=None):
+        def __init__(self, models, device, threads, versions=None, max_model_voxels=None):
             pass
 
         def ready(self):
@@ -573,7 +573,7 @@ def test_the_pool_stops_the_run_once_its_node_is_gone(ray_local):
     from mrseg_cohort.pipeline.actor_pool import NodeLostError
 
     class Ready:
-        def __init__(self, models, device, threads, versions=None):
+        def __init__(self, models, device, threads, versions=None, max_model_voxels=None):
             pass
 
         def ready(self):
@@ -591,7 +591,7 @@ def test_a_cpu_actor_that_does_not_start_in_time_is_named_without_blaming_gpus(r
     """The timeout line of a CPU run spoke of the cluster's GPUs and of resources.gpu_wait_s."""
 
     class StartsSlowly:
-        def __init__(self, models, device, threads, versions=None):
+        def __init__(self, models, device, threads, versions=None, max_model_voxels=None):
             time.sleep(60)
 
         def ready(self):
@@ -607,3 +607,26 @@ def test_a_cpu_actor_that_does_not_start_in_time_is_named_without_blaming_gpus(r
     message = str(caught.value)
     assert "0 of 1 segmentation actor(s) started within 2 s" in message, message
     assert "actor_start_timeout_s" in message and "GPU" not in message and "gpu_wait_s" not in message
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("after_s", [1.0, 3.0, 5.0, 7.0])
+def test_sigterm_at_any_moment_of_the_start_gives_143_the_final_line_and_no_ray_left(after_s, cohort, tmp_path):
+    """SIGTERM 4-6 s after start (while Ray starts) ended the run with exit 15, no final line, and
+    Ray's agents left behind for a minute."""
+    out = tmp_path / "out"
+    config = write_job_yaml(tmp_path / "job.yaml", str(cohort), str(out))
+    tmpdir = f"/tmp/st{uuid.uuid4().hex[:6]}"
+    try:
+        run = _cli(["run", str(config), "--no-progress"], tmpdir, start_new_session=True)
+        time.sleep(after_s)
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGTERM)
+        _, stderr = run.communicate(timeout=120)
+        time.sleep(3)
+        left = matching(tmpdir)
+    finally:
+        kill_matching(tmpdir)
+    assert run.returncode == 143, (after_s, run.returncode, stderr[-3000:])
+    assert "interrupted (SIGTERM)" in stderr and "run the same command again to resume" in stderr, stderr[-2000:]
+    assert not left, left

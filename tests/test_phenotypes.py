@@ -22,7 +22,7 @@ from mrseg_cohort.phantom.cohort import PhantomSpec, write_phantom_cohort
 from mrseg_cohort.phenotypes import PHENOTYPES, phenotype_table
 from mrseg_cohort.phenotypes.covariates import CovariateError, attach_covariates, normalise_covariates
 from mrseg_cohort.phenotypes.normative import outlier_rows, stratified_robust_z, with_covariates
-from mrseg_cohort.work_units import ScanUnit
+from mrseg_cohort.ledger.work_units import ScanUnit
 
 SPEC = PhantomSpec(participants=2, seed=18, visit="2", repeat_visit="3",
                    repeat_changes=(("liver", 1.1), ("left_kidney", 0.9)), repeat_ff_pct=(("liver", 30.0),))

@@ -30,7 +30,7 @@ from mrseg_cohort.manifest import discover
 from mrseg_cohort.report.previews import LABEL_ALPHA, canonical, choose_slices, render_plane
 from mrseg_cohort.report.summaries import find_outliers, redact
 from mrseg_cohort.stats import robust_z
-from mrseg_cohort.work_units import ScanUnit
+from mrseg_cohort.ledger.work_units import ScanUnit
 
 SECRET_KEY, SECRET = "AKIAEXAMPLEKEY123456", "s3cr3t-never-shown"
 SHRUNK = "spleen"  # the structure cut down in one participant, to make an outlier

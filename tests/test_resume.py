@@ -52,7 +52,7 @@ def test_kill_driver_then_rerun_gives_each_row_once(point, cohort, demo_model, t
         done, staged, failed, pending = map(int, counts.groups())
         assert done == 0 and failed == 0 and staged >= 1 and staged + pending == N_SCANS, status.stdout
     if point in ("table-write", "before-cleanup"):
-        assert list((out / "_work" / "batches").glob("*.json")), "the kill happened while publishing"
+        assert list((out / "_work" / "log").glob("*.json")), "the kill happened while publishing"
     rerun = _run(["-m", "mrseg_cohort.cli", "run", str(config), "--no-progress"], tmpdir)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert_each_scan_once(out, N_SCANS)

@@ -357,21 +357,25 @@ def test_full_disk_names_the_file_and_is_not_retried(tmp_path, monkeypatch, slee
 
 
 def test_full_disk_while_publishing_says_so_and_keeps_the_staged_scans(tmp_path, monkeypatch):
-    from mrseg_cohort.outputs import Outputs
+    from mrseg_cohort.ledger.lease import OutputLease
+    from mrseg_cohort.ledger.outputs import Outputs
     from mrseg_cohort.tables import empty_table
 
     outputs = Outputs(Store(), str(tmp_path / "out"))
+    lease = OutputLease(outputs.store, outputs.root, "run1")
+    lease.acquire()
     key = ("1000001", "2", "base")
     outputs.stage(key, {t: empty_table(t) for t in ("structures", "intensities", "scans")})
     real = storage._replace_local
-    monkeypatch.setattr(storage, "_replace_local", lambda path, data: real(path, data) if "_work" in path else
-                        (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    monkeypatch.setattr(storage, "_replace_local", lambda path, data: real(path, data) if "_work/parts" not in path
+                        else (_ for _ in ()).throw(OSError(28, "No space left on device")))
     with pytest.raises(StorageError) as info:
-        outputs.publish("run1-00001", {key: outputs.read_staged(key)}, [])
+        outputs.publish("run1-00001", {key: outputs.read_staged(key)}, [], lease.fence, set())
     message = str(info.value)
     assert message.startswith("publishing batch run1-00001") and "No space left on device" in message
-    assert message.endswith(f"({tmp_path / 'out' / 'tables' / 'structures' / 'part-run1-00001.parquet'})")
+    assert message.endswith(f"({tmp_path / 'out' / '_work' / 'parts' / 'run1-00001' / 'structures.parquet'})")
     assert outputs.staged_keys() == {key}  # nothing lost: the next run publishes it
+    assert not (tmp_path / "out" / "tables").exists()  # nothing of the batch visible
 
 
 def test_local_permission_error_names_the_folder_not_credentials(tmp_path, monkeypatch):

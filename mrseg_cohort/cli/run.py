@@ -48,7 +48,8 @@ def run(
     if address is not None:
         overrides["resources.address"] = address
     console = Console(stderr=True, soft_wrap=True)
-    with one_line_errors():
+    # a signal from here on stops the run through its own path (exit 130/143, the final line)
+    with one_line_errors(), stop_on_signals(StopRequest()) as stop:
         part = Shard.parse(shard) if shard is not None else shard_from_environment(os.environ)
         job = load_config(config, overrides)
         columns = (TextColumn("[bold]scans"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
@@ -63,8 +64,7 @@ def run(
                            rate=f"{3600 * finished / elapsed:.0f} scans/h" if finished else "",
                            failed=f"[red]{summary.failed} failed" if summary.failed else "")
 
-            with stop_on_signals(StopRequest()) as stop:
-                summary = run_job(job, restart=restart, progress=update, stop=stop, shard=part)
+            summary = run_job(job, restart=restart, progress=update, stop=stop, shard=part)
     out = mask_url_credentials(summary.output_uri.rstrip("/"))
     where = f"shard {part}, " if part is not None else ""
     console.print(f"[bold]run {summary.run_id}[/bold] ({where}{summary.device or 'no work'}, {summary.seconds:.0f} s): "

@@ -17,7 +17,7 @@ app.add_typer(tables_app, name="tables")
 
 def _output(config: Path, output: str | None):
     from mrseg_cohort.config import load_config
-    from mrseg_cohort.outputs import Outputs
+    from mrseg_cohort.ledger.outputs import Outputs
 
     job = load_config(config, {"output.uri": output} if output is not None else None)
     return job, Outputs.for_job(job)

@@ -14,6 +14,7 @@ This module is the only place that knows fsspec. Rules it keeps:
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import io
 import logging
@@ -43,8 +44,16 @@ TRANSIENT_HTTP_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 """HTTP statuses worth retrying: timeouts, throttling and server-side errors."""
 TRANSIENT_S3_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
                                 "TooManyRequestsException", "RequestTimeout", "RequestTimeoutException",
-                                "InternalError", "ServiceUnavailable", "OperationAborted"})
-"""S3 error codes (``ClientError.response["Error"]["Code"]``) worth retrying."""
+                                "InternalError", "ServiceUnavailable", "OperationAborted",
+                                "ConditionalRequestConflict"})
+"""S3 error codes (``ClientError.response["Error"]["Code"]``) worth retrying (AWS answers 409
+ConditionalRequestConflict to a conditional write that met another in progress: try again)."""
+UNSUPPORTED_HTTP_STATUS = frozenset({501})
+"""HTTP statuses of a server that does not implement a request (an ``If-None-Match`` PUT)."""
+
+
+class ExclusiveCreateUnsupported(StorageError):
+    """The store cannot refuse a second create of one key (no conditional PUT, no hard links)."""
 
 
 @functools.cache
@@ -176,6 +185,8 @@ class Store:
                 return fn()
             except _PERMANENT as err:
                 raise type(err)(f"{what} failed: {self._reason(err)}: {uri}") from err
+            except StorageError:  # already says what failed (e.g. ExclusiveCreateUnsupported)
+                raise
             except Exception as err:  # noqa: BLE001 - classified right below
                 if not is_transient(err):
                     if isinstance(err, OSError):  # a full disk, a read-only file system, ...: named
@@ -296,9 +307,15 @@ class Store:
                     _create_local(path, data)
                 else:
                     fs.pipe_file(path, data, mode="create")
+            except TypeError as err:  # an s3fs without exclusive writes (before 2024.12)
+                raise ExclusiveCreateUnsupported(f"this s3fs ({_version('s3fs')}) cannot create objects exclusively "
+                                                 "(If-None-Match); install s3fs 2024.12 or newer", uri) from err
             except OSError as err:
                 if isinstance(err, FileExistsError) or _is_precondition_failure(err):
                     raise FileExistsError(f"{uri} exists") from err
+                if any(_http_status_and_code(c)[0] in UNSUPPORTED_HTTP_STATUS for c in _causes(err)):
+                    raise ExclusiveCreateUnsupported("the object store does not implement conditional writes "
+                                                     "(If-None-Match: *; it answered 501)", uri) from err
                 raise
 
         try:
@@ -316,7 +333,8 @@ class Store:
 
     def honours_exclusive_create(self, folder: str) -> bool:
         """Whether the store under ``folder`` refuses a second exclusive create of one key (two
-        probe writes and a delete). Local disk always does."""
+        probe writes and a delete); False also where it cannot try (:class:`ExclusiveCreateUnsupported`:
+        a server answering 501, an s3fs without exclusive writes)."""
         probe = join_uri(folder, f".create-probe-{uuid.uuid4().hex}")
         try:
             self.create_bytes(probe, b"1")
@@ -325,8 +343,69 @@ class Store:
             except FileExistsError:
                 return True
             return False
+        except ExclusiveCreateUnsupported:
+            return False
         finally:
             self.remove(probe)
+
+    def modified(self, uri: str) -> float:
+        """When ``uri`` was last written, in seconds since the epoch, by the store's own clock (the
+        file system's mtime; an object's LastModified), never this machine's."""
+        fs, path = self.fs_and_path(uri)
+        info = self.retry("stat", uri, lambda: fs.info(path))
+        value = info.get("mtime", info.get("LastModified", info.get("last_modified")))
+        if value is None:
+            raise StorageError(f"stat failed: the store gives no modification time for {uri}", uri)
+        return value.timestamp() if hasattr(value, "timestamp") else float(value)
+
+    def now(self, folder: str) -> float:
+        """The store's clock now, in seconds since the epoch: the modification time of a probe
+        written under ``folder`` (and deleted). Comparing it with :meth:`modified` judges ages on one
+        clock, whatever this machine's clock says."""
+        probe = join_uri(folder, f".clock-probe-{uuid.uuid4().hex}")
+        try:
+            self.write_bytes(probe, b"")
+            return self.modified(probe)
+        finally:
+            self.remove(probe)
+
+    def move(self, source: str, target: str) -> None:
+        """Move an object within one store, replacing ``target``: a rename on local disk (atomic), a
+        server-side copy then a delete on object stores. Idempotent after an interruption: when
+        ``source`` is gone and ``target`` exists, the move is done."""
+        fs, src = self.fs_and_path(source)
+        _, dst = self.fs_and_path(target)
+
+        def _move() -> None:
+            if not fs.exists(src):
+                if fs.exists(dst):
+                    return
+                raise FileNotFoundError(source)
+            try:
+                if isinstance(fs, LocalFileSystem):
+                    os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
+                    os.replace(src, dst)
+                else:
+                    fs.copy(src, dst)
+                    fs.rm(src)
+            except FileNotFoundError:
+                if not fs.exists(dst):  # another process moved it in between: done
+                    raise
+
+        self.retry("move", source, _move)
+
+    def contains(self, folder: str, uri: str) -> bool:
+        """Whether ``uri`` lies under ``folder`` (or is it): on local disk both resolved first
+        (symbolic links followed, ``..`` removed, ``file://`` dropped), so a link into the folder or
+        out of it is judged by where it really leads; on object stores by key prefix."""
+        if _is_local(folder) != _is_local(uri):
+            return False
+        if _is_local(folder):
+            base = os.path.realpath(_local_path(folder))
+            path = os.path.realpath(_local_path(uri))
+            return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
+        base, path = folder.rstrip("/"), uri
+        return "/../" not in f"{path}/" and (path == base or path.startswith(base + "/"))
 
     def remove(self, uri: str, recursive: bool = False) -> None:
         """Delete ``uri`` (a folder with ``recursive``); missing is not an error."""
@@ -334,7 +413,8 @@ class Store:
 
         def _rm() -> None:
             if fs.exists(path):
-                fs.rm(path, recursive=recursive)
+                with contextlib.suppress(FileNotFoundError):  # another process deleted it in between
+                    fs.rm(path, recursive=recursive)
 
         self.retry("delete", uri, _rm)
 
@@ -502,6 +582,10 @@ def _replace_local(path: str, data: bytes) -> None:
 
 
 def _create_local(path: str, data: bytes) -> None:
+    """Exclusive create on local disk: a complete temporary file hard-linked to the final name. On a
+    file system without hard links (some FUSE mounts, SMB, dxfuse) the final name is created with
+    ``O_EXCL`` and written in place: still exclusive, but a reader may briefly see it incomplete
+    (callers read such files again; :mod:`mrseg_cohort.ledger` does)."""
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
@@ -510,10 +594,40 @@ def _create_local(path: str, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.link(tmp, path)  # FileExistsError when the name is taken: the atomic exclusive step
+        try:
+            os.link(tmp, path)  # FileExistsError when the name is taken: the atomic exclusive step
+        except OSError as err:
+            if err.errno not in _NO_HARD_LINKS:
+                raise
+            _create_in_place(path, data)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.EXDEV, errno.ENOSYS}
+"""errno values of ``link`` on a file system that has no hard links."""
+
+
+def _create_in_place(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)  # FileExistsError when taken
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _local_path(uri: str) -> str:
+    return uri[len("file://"):] if uri.startswith("file://") else os.path.expanduser(uri)
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "not installed"
 
 
 def _is_precondition_failure(err: BaseException) -> bool:

@@ -1,18 +1,26 @@
-"""One run per output: a lease with a heartbeat, taken over when its holder is gone.
+"""Who holds an output, or a shard of it: lease files with heartbeats, and the log entry that fences.
 
-The lease is a sequence of generation files under the output, ``_work/lease/<generation>.json``,
-each naming its holder (run id, host, pid, start time) and its last heartbeat. The holder is the
-highest generation. To take the output a run creates the next generation with an *exclusive*
-create (:meth:`Store.create_bytes`: ``link`` on local disk, ``If-None-Match: *`` on S3), so of two
-runs starting together exactly one succeeds; the other is refused with the holder's name. A
-generation is stale when its heartbeat is older than ``timeout_s`` (the holder was killed or lost
-its node), or at once when its holder ran on this host and its process is gone; a stale lease is
-taken over with a warning. A holder that finds a higher generation (it was taken over while it
-looked dead) has lost the output and must stop publishing (:class:`LeaseLost`).
+A run holds a *scope*: ``all`` (an unsharded run) or one shard, ``<i>-of-<n>`` (:mod:`.log`). Its
+lease is a sequence of generation files ``_work/lease/<scope>/<generation>.json``, each naming its
+holder (run id, host, pid, start time) and its last heartbeat; the holder of a scope is its highest
+generation, unless that one says it was released. Generations are never reused: a released lease
+stays as the highest generation until the next run creates the one above it.
 
-Where an object store does not honour exclusive creates, the lease falls back to write, wait and
-read back (a window of about a second in which two runs could both believe they hold it; the
-publisher's second guard still keeps each scan once; docs/operations.md).
+Taking a scope: every live holder of an overlapping scope refuses it (:class:`LeaseHeldError`,
+naming the holder); else the next generation is created with an *exclusive* create (of two runs
+starting together exactly one succeeds), and the run's lease entry is written to the commit log:
+that entry is the run's epoch, the fencing token its publications are checked against
+(:class:`~.log.Fence`). A store that cannot create exclusively is refused with one line: the
+output's guarantees need it.
+
+A holder is *stale* (gone) when its lease file has not been rewritten for ``timeout_s`` by the
+store's own clock (the file's modification time against a probe written now: no machine's clock
+enters, so a run whose clock is ahead cannot take over a live one), or at once when it ran on this
+host and its process has ended. A stale lease is taken over with a warning.
+
+A holder has *lost* its scope (:meth:`OutputLease.check`, each heartbeat) when its generation file
+is gone, names another run, or a higher generation exists; publication is fenced by the log in
+any case, whatever the heartbeats saw.
 """
 
 from __future__ import annotations
@@ -28,23 +36,23 @@ from typing import Callable
 
 from mrseg_cohort.errors import ConfigError
 from mrseg_cohort.io.storage import Store, join_uri
+from mrseg_cohort.ledger.log import ALL, CommitLog, Fence, LeaseLost, describe_scope, is_scope, overlaps
 
 log = logging.getLogger(__name__)
 
 LEASE_FOLDER = "_work/lease"
 
+__all__ = ["LEASE_FOLDER", "LeaseHeldError", "LeaseHolder", "LeaseLost", "OutputLease", "live_holders"]
+
 
 class LeaseHeldError(ConfigError):
-    """Another run holds the output (exit 2 before any work)."""
-
-
-class LeaseLost(RuntimeError):
-    """This run's lease was taken over by another run: it must stop writing."""
+    """Another run holds the output or an overlapping shard (exit 2 before any work)."""
 
 
 @dataclass(frozen=True)
 class LeaseHolder:
-    """What a lease generation file says. Times are seconds since the epoch (UTC)."""
+    """What a lease generation file says. Times are seconds since the epoch (UTC), by the holder's
+    clock: shown to people, never compared with another machine's clock."""
 
     run_id: str
     host: str
@@ -52,59 +60,69 @@ class LeaseHolder:
     started: float
     heartbeat: float
     generation: int
+    scope: str = ALL
+    released: bool = False
 
-    def describe(self, now: float) -> str:
+    def describe(self) -> str:
         since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.started))
-        return (f"run {self.run_id} (host {self.host}, pid {self.pid}) since {since}, last heartbeat "
-                f"{max(0.0, now - self.heartbeat):.0f} s ago")
+        return f"run {self.run_id} (host {self.host}, pid {self.pid}) since {since}"
 
-    def is_stale(self, now: float, timeout_s: float, host: str) -> bool:
-        """Heartbeat older than ``timeout_s``, or the holder's process is gone from this host."""
-        if now - self.heartbeat > timeout_s:
-            return True
-        return self.host == host and not _process_alive(self.pid)
+
+AgeOf = Callable[[str], float]
+"""Seconds since a lease file was last written, by the store's clock (tests give their own)."""
 
 
 class OutputLease:
-    """This run's claim on one output location.
+    """This run's claim on one scope of an output location.
 
     Args:
         store: the output's store.
         root: the output URI.
         run_id: this run's id.
-        timeout_s: a heartbeat older than this marks the holder as gone.
-        heartbeat_s: how often :meth:`start_heartbeats` renews the lease.
+        timeout_s: a lease file not rewritten for this long (store's clock) marks its holder as gone.
+        heartbeat_s: how often :meth:`start_heartbeats` rewrites the lease file.
+        scope: ``all`` or a shard's scope (:func:`~.log.shard_scope`).
+        age_of: the age of a lease file in seconds (default: by the store's clock).
     """
 
     def __init__(self, store: Store, root: str, run_id: str, timeout_s: float = 180.0, heartbeat_s: float = 30.0,
-                 clock: Callable[[], float] = time.time):
-        self.store, self.root, self.run_id = store, root.rstrip("/"), run_id
+                 scope: str = ALL, age_of: AgeOf | None = None, clock: Callable[[], float] = time.time):
+        self.store, self.root, self.run_id, self.scope = store, root.rstrip("/"), run_id, scope
         self.timeout_s, self.heartbeat_s, self.clock = timeout_s, heartbeat_s, clock
+        self.age_of = age_of or self._age_by_store_clock
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.generation: int | None = None
         self.started = clock()
+        self.fence = Fence(CommitLog(store, self.root), scope, run_id)
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._store_now: float | None = None
 
     # -- reading ------------------------------------------------------------------------------------
-    def _uri(self, generation: int) -> str:
-        return join_uri(self.root, LEASE_FOLDER, f"{generation:012d}.json")
+    def _folder(self, scope: str | None = None) -> str:
+        return join_uri(self.root, LEASE_FOLDER, scope or self.scope)
 
-    def _generations(self) -> list[int]:
-        names = [u.rsplit("/", 1)[-1] for u in self.store.list_files(join_uri(self.root, LEASE_FOLDER),
-                                                                       suffix=".json", recursive=False)]
+    def _uri(self, generation: int, scope: str | None = None) -> str:
+        return join_uri(self._folder(scope), f"{generation:012d}.json")
+
+    def _generations(self, scope: str | None = None) -> list[int]:
+        names = [u.rsplit("/", 1)[-1] for u in self.store.list_files(self._folder(scope), suffix=".json",
+                                                                       recursive=False)]
         return sorted(int(n[:-5]) for n in names if n[:-5].isdigit())
 
-    def _read(self, generation: int) -> LeaseHolder | None:
+    def _scopes(self) -> list[str]:
+        return [name for name in self.store.list_dirs(join_uri(self.root, LEASE_FOLDER)) if is_scope(name)]
+
+    def _read(self, generation: int, scope: str | None = None) -> LeaseHolder | None:
         try:
-            data = json.loads(self.store.read_bytes(self._uri(generation)))
+            data = json.loads(self.store.read_bytes(self._uri(generation, scope)))
             return LeaseHolder(**data)
         except FileNotFoundError:
-            return None  # released between listing and reading
-        except (ValueError, TypeError) as err:  # a damaged lease file: treat it as stale
-            log.warning("lease file %s is unreadable (%s); treating it as stale", self._uri(generation), err)
-            return LeaseHolder("unknown", "unknown", -1, 0.0, 0.0, generation)
+            return None  # replaced between listing and reading
+        except (ValueError, TypeError) as err:  # a damaged file, or one written in place and not complete
+            log.warning("lease file %s is unreadable (%s)", self._uri(generation, scope), err)
+            return LeaseHolder("unknown", "unknown", -1, 0.0, 0.0, generation, scope or self.scope)
 
     def _read_soon(self, generation: int, wait_s: float = 5.0) -> LeaseHolder | None:
         """The lease that won a race for ``generation``: a store may refuse the exclusive create while
@@ -117,72 +135,117 @@ class OutputLease:
                 return holder
             time.sleep(0.25)
 
+    def _age_by_store_clock(self, uri: str) -> float:
+        if self._store_now is None:  # one probe per look at the holders
+            self._store_now = self.store.now(join_uri(self.root, LEASE_FOLDER))
+        return self._store_now - self.store.modified(uri)
+
+    def is_live(self, holder: LeaseHolder) -> bool:
+        """Not released, its process not known to be gone from this host, and its lease file
+        rewritten within ``timeout_s`` by the store's clock."""
+        if holder.released:
+            return False
+        if holder.host == self.host and not _process_alive(holder.pid):
+            return False
+        try:
+            age = self.age_of(self._uri(holder.generation, holder.scope))
+        except FileNotFoundError:
+            return False
+        return age <= self.timeout_s
+
+    def holders(self) -> list[LeaseHolder]:
+        """The latest lease of every scope there is (released ones included)."""
+        out = []
+        for scope in self._scopes():
+            generations = self._generations(scope)
+            if generations:
+                holder = self._read(generations[-1], scope)
+                if holder is not None:
+                    out.append(holder)
+        return out
+
     def current(self) -> LeaseHolder | None:
-        """The live holder of the output, or None (no lease, or only stale ones)."""
+        """The live holder of this run's scope, or None."""
+        self._store_now = None
         generations = self._generations()
-        if not generations:
-            return None
-        holder = self._read(generations[-1])
-        if holder is None or holder.is_stale(self.clock(), self.timeout_s, self.host):
-            return None
-        return holder
+        holder = self._read(generations[-1]) if generations else None
+        return holder if holder is not None and self.is_live(holder) else None
 
     # -- holding ------------------------------------------------------------------------------------
-    def _record(self) -> bytes:
+    def _record(self, released: bool = False) -> bytes:
         assert self.generation is not None
         return json.dumps(asdict(LeaseHolder(self.run_id, self.host, self.pid, self.started, self.clock(),
-                                             self.generation))).encode()
+                                             self.generation, self.scope, released))).encode()
 
     def acquire(self) -> LeaseHolder | None:
-        """Take the output; returns the stale holder taken over (for a warning), if any.
+        """Take this run's scope; returns the stale holder taken over (for a warning), if any.
 
         Raises:
-            LeaseHeldError: a live run holds it (the message names it and since when).
+            LeaseHeldError: a live run holds this scope or an overlapping one (the message names it).
+            ConfigError: the store cannot create objects exclusively.
         """
-        exclusive = self.store.honours_exclusive_create(join_uri(self.root, LEASE_FOLDER))
-        generations = self._generations()
-        previous = self._read(generations[-1]) if generations else None
-        now = self.clock()
-        if previous is not None and not previous.is_stale(now, self.timeout_s, self.host):
-            raise LeaseHeldError(f"output {self.root} is in use by {previous.describe(now)}; wait for it to "
-                                 "finish, or stop it (a killed run's lease is taken over after "
-                                 f"{self.timeout_s:.0f} s without a heartbeat)")
+        folder = join_uri(self.root, LEASE_FOLDER)
+        if not self.store.honours_exclusive_create(folder):
+            raise ConfigError(f"output {self.root}: this store does not refuse a second create of one object "
+                              "(If-None-Match: *), which the output's exactly-once guarantees need; use a store "
+                              "that does (AWS S3, MinIO, SeaweedFS, local disk), or a newer s3fs")
+        self._store_now = None
+        generations = self._generations()  # one listing decides both who holds this scope and the next number
+        own = self._read(generations[-1]) if generations else None
+        others = [h for h in self.holders() if h.scope != self.scope and overlaps(h.scope, self.scope)]
+        for holder in [h for h in (own, *others) if h is not None]:
+            if self.is_live(holder):
+                raise LeaseHeldError(self._held_message(holder))
+        previous = own if own is not None and not own.released else None
         self.generation = (generations[-1] if generations else 0) + 1
         try:
             self.store.create_bytes(self._uri(self.generation), self._record())
         except FileExistsError:
             winner = self._read_soon(self.generation)
             self.generation = None
-            shown = winner.describe(self.clock()) if winner else "another run (its lease file is not readable yet)"
-            raise LeaseHeldError(f"output {self.root} was just taken by {shown}") from None
-        if not exclusive:
-            self._confirm_without_exclusive_create()
-        for old in generations:  # earlier generations are history now
+            shown = winner.describe() if winner else "another run (its lease file is not readable yet)"
+            raise LeaseHeldError(f"{describe_scope(self.scope)} at {self.root} was just taken by {shown}") from None
+        for old in generations:  # earlier generations are history now; the new one keeps the number
             self.store.remove(self._uri(old))
+        self.fence.begin(self.host, self.generation)
         if previous is not None:
-            log.warning("took over the output from %s: it is gone (stale lease)", previous.describe(now))
+            log.warning("took over %s from %s: it is gone (no heartbeat for %.0f s by the store's clock)",
+                        describe_scope(self.scope), previous.describe(), self.timeout_s)
         return previous
 
-    def _confirm_without_exclusive_create(self) -> None:
-        time.sleep(1.0)
-        generations = self._generations()
-        mine = self._read(self.generation) if self.generation in generations else None
-        if generations[-1:] != [self.generation] or mine is None or mine.run_id != self.run_id:
-            self.generation = None
-            raise LeaseHeldError(f"output {self.root} was taken by another run at the same moment "
-                                 "(this store does not honour exclusive creates)")
+    def _held_message(self, holder: LeaseHolder) -> str:
+        what = describe_scope(holder.scope)
+        mine = "" if holder.scope == self.scope else f" (this run wants {describe_scope(self.scope)})"
+        return (f"{what} {self.root} is in use by {holder.describe()}{mine}; wait for it to finish, or stop it (a "
+                f"killed run's lease is taken over {self.timeout_s:.0f} s after its last heartbeat)")
 
     def check(self) -> None:
-        """Raise :class:`LeaseLost` unless this run still holds the output."""
+        """Raise :class:`LeaseLost` unless this run still holds its scope (its generation file is
+        there, names it, and no higher generation exists)."""
         if self.lost.is_set():
-            raise LeaseLost(f"run {self.run_id} lost the output {self.root} to another run")
+            raise LeaseLost(self._lost_message("it was taken over"))
+        if self.generation is None:
+            raise LeaseLost(self._lost_message("it does not hold it"))
         generations = self._generations()
-        if self.generation is None or (generations and generations[-1] != self.generation):
+        mine = self._read(self.generation) if self.generation in generations else None
+        reason = ""
+        if mine is None:
+            reason = "its lease file is gone"
+        elif mine.run_id != self.run_id:
+            reason = f"its lease file names run {mine.run_id}"
+        elif generations[-1] != self.generation:
+            newer = self._read(generations[-1])
+            reason = f"it was taken over by {newer.describe() if newer else 'another run'}"
+        if reason:
             self.lost.set()
-            raise LeaseLost(f"run {self.run_id} lost the output {self.root} to another run")
+            raise LeaseLost(self._lost_message(reason))
+
+    def _lost_message(self, reason: str) -> str:
+        return (f"run {self.run_id} lost {describe_scope(self.scope)} at {self.root} ({reason}); it publishes "
+                "nothing more, and what it finished stays staged for the run that holds the output")
 
     def heartbeat(self) -> None:
-        """Renew the lease (after :meth:`check`)."""
+        """Rewrite the lease file (after :meth:`check`)."""
         self.check()
         self.store.write_bytes(self._uri(self.generation), self._record())  # type: ignore[arg-type]
 
@@ -194,7 +257,7 @@ class OutputLease:
                 try:
                     self.heartbeat()
                 except LeaseLost as err:
-                    log.error("%s; this run stops publishing", err)
+                    log.error("%s", err)
                     on_lost()
                     return
                 except OSError as err:  # storage hiccup: try again at the next beat
@@ -204,14 +267,17 @@ class OutputLease:
         self._thread.start()
 
     def release(self) -> None:
-        """Stop heartbeats and give the output up (only if this run still holds it)."""
+        """Stop heartbeats and give the scope up, if this run still holds it: its generation file
+        says so (and stays, so that the next run takes the next number)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self.generation is not None and not self.lost.is_set():
-            generations = self._generations()
-            if generations and generations[-1] == self.generation:
-                self.store.remove(self._uri(self.generation))
+            try:
+                self.check()
+                self.store.write_bytes(self._uri(self.generation), self._record(released=True))
+            except LeaseLost:
+                pass
         self.generation = None
 
     def __enter__(self) -> "OutputLease":
@@ -221,6 +287,12 @@ class OutputLease:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def live_holders(store: Store, root: str, timeout_s: float) -> list[LeaseHolder]:
+    """The live holders of every scope of the output at ``root`` (for ``status`` and ``--restart``)."""
+    reader = OutputLease(store, root, "reader", timeout_s)
+    return [h for h in reader.holders() if reader.is_live(h)]
 
 
 def _process_alive(pid: int) -> bool:

@@ -68,14 +68,15 @@ class SegmentActor:
     scan with the error and ends its process, and Ray starts a fresh one.
     """
 
-    def __init__(self, models: list[ModelSpec], device: str, threads: int | None, versions: dict | None = None):
+    def __init__(self, models: list[ModelSpec], device: str, threads: int | None, versions: dict | None = None,
+                 max_model_voxels: int | None = None):
         mismatch = version_mismatch(versions) if versions else ""
         if mismatch:
             raise ConfigError(f"the software on this node differs from the run's ({mismatch}); install the same "
                               "versions on every node")
         compute = "cpu" if device == "cuda" and os.environ.get(TEST_LOGICAL_GPUS) == "1" else device
         self.device = compute
-        self.segmenter = Segmenter(models, compute, threads)
+        self.segmenter = Segmenter(models, compute, threads, *([max_model_voxels] if max_model_voxels else []))
 
     def ready(self) -> dict:
         import ray
@@ -134,11 +135,11 @@ class ActorPool:
     """
 
     def __init__(self, session: RaySession, device: str, models: list[ModelSpec], resources: ResourcesConfig,
-                 versions: dict | None = None):
+                 versions: dict | None = None, max_model_voxels: int | None = None):
         import ray
 
         self.session, self.device, self.models, self.resources = session, device, models, resources
-        self.versions = versions
+        self.versions, self.max_model_voxels = versions, max_model_voxels
         self.failures_in_a_row = 0
         """Scans failed in the actors in a row, over every actor of the job (see module docstring)."""
         options = {"num_gpus": 1, "num_cpus": 1, "max_concurrency": 2} if device == "cuda" else {"num_cpus": 1}
@@ -157,7 +158,8 @@ class ActorPool:
 
     def _add(self, n: int) -> None:
         for _ in range(n):
-            handle = self._actor_cls.remote(list(self.models), self.device, self.threads, self.versions)
+            handle = self._actor_cls.remote(list(self.models), self.device, self.threads, self.versions,
+                                            self.max_model_voxels)
             self.members.append(_Member(handle, handle.ready.remote()))
 
     @property
@@ -169,9 +171,10 @@ class ActorPool:
         return sum(m.alive for m in self.members)
 
     # -- start ----------------------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, stop=None) -> None:
         """Create the actors and wait for them (see module docstring); an actor whose process dies
-        while it starts is replaced, up to :data:`START_REPLACEMENTS` times the pool's size.
+        while it starts is replaced, up to :data:`START_REPLACEMENTS` times the pool's size. A set
+        ``stop`` (:class:`~mrseg_cohort.pipeline.signals.StopRequest`) ends the wait at once.
 
         Raises:
             ActorStartError: an actor's constructor raised, or actors kept dying while they started.
@@ -184,7 +187,10 @@ class ActorPool:
         deadline = time.monotonic() + timeout
         replaced = 0
         while True:
-            self._collect_ready(timeout=min(5.0, max(0.0, deadline - time.monotonic())))
+            if stop is not None and stop.is_set():
+                log.info("stopping (%s) while the segmentation actors start", stop.reason)
+                return
+            self._collect_ready(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
             self._require_own_node()
             died = len(self.members) - self.n_alive - replaced  # while starting: killed, out of memory, node left
             if died > 0:  # replaced one for one (growth with GPUs that join is poll()'s job)

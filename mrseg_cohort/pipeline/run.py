@@ -3,10 +3,10 @@
     checks      models, output and input answer, before anything is written   (preflight)
     output      a user's own folder is refused, before anything is written
     manifest    the scans under the input (none: refused, nothing written)    (mrseg_cohort.manifest)
-    lease       this run holds the output; a second run is refused            (mrseg_cohort.lease)
+    lease       this run holds the output; a second run is refused            (mrseg_cohort.ledger.lease)
     restart     --restart deletes only what this tool wrote
-    fingerprint the output holds one configuration; a change is refused      (mrseg_cohort.fingerprint)
-    plan        manifest minus what is committed, per scan and model          (mrseg_cohort.work_units)
+    fingerprint the output holds one configuration; a change is refused      (mrseg_cohort.ledger.fingerprint)
+    plan        manifest minus what is committed, per scan and model          (mrseg_cohort.ledger.work_units)
     recover     batches an interrupted run left are finished; its staged scans published
     Ray         actors requested and waited for, then the scheduler           (session, actor_pool, scheduler)
     publish     finished scans in batches, exactly once                        (publisher, outputs)
@@ -18,18 +18,21 @@ Ray, through the pipeline modules it wires.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
 
 from mrseg_cohort.config import JobConfig
 from mrseg_cohort.errors import ConfigError
-from mrseg_cohort.fingerprint import added_models, changed_keys, job_fingerprint, upgrade
 from mrseg_cohort.io.colortables import write_color_tables
 from mrseg_cohort.io.storage import Store, join_uri
-from mrseg_cohort.lease import OutputLease
+from mrseg_cohort.ledger.fingerprint import added_models, changed_keys, job_fingerprint, upgrade
+from mrseg_cohort.ledger.lease import OutputLease
+from mrseg_cohort.ledger.log import ALL, shard_scope
+from mrseg_cohort.ledger.outputs import Outputs
+from mrseg_cohort.ledger.work_units import WorkPlan, plan_work
 from mrseg_cohort.manifest import check_input, discover
-from mrseg_cohort.outputs import Outputs
 from mrseg_cohort.pipeline import stages
 from mrseg_cohort.pipeline.publisher import BatchPublisher
 from mrseg_cohort.pipeline.scheduler import FailureLog, ProgressFn, RunSummary, Scheduler
@@ -38,7 +41,6 @@ from mrseg_cohort.pipeline.session import choose_device
 from mrseg_cohort.segmentation.segmenter import ModelSpec, check_model
 from mrseg_cohort.sharding import Shard, select
 from mrseg_cohort.versions import software_versions
-from mrseg_cohort.work_units import WorkPlan, plan_work
 
 log = logging.getLogger(__name__)
 
@@ -80,21 +82,32 @@ def run_job(job: JobConfig, restart: bool = False, progress: ProgressFn | None =
     if shard is not None:  # this run's part of the manifest (mrseg_cohort.sharding); an empty part is no error
         in_manifest, sources = len(sources), select(sources, shard)
         log.info("run %s: shard %s holds %d of the manifest's %d scans", run_id, shard, len(sources), in_manifest)
-    # the lease: one per shard inside the output when sharded (the lead's ledger goes here)
-    lease = OutputLease(outputs.store, outputs.root, run_id, job.output.lease_timeout_s, job.output.lease_heartbeat_s)
+    if stop.is_set():  # a signal while the run was being set up: nothing taken, nothing to publish
+        return RunSummary(run_id, job.output.uri, in_manifest=len(sources), interrupted_by=stop.reason,
+                          seconds=time.time() - t0)
+    if restart and shard is not None:
+        raise ConfigError("--restart deletes the whole output, every shard's results: run it without --shard, "
+                          "while no shard runs")
+    # the lease of this run's scope: the output, or its shard (shards of one count run side by side)
+    scope = shard_scope(shard.index, shard.count) if shard is not None else ALL
+    lease = OutputLease(outputs.store, outputs.root, run_id, job.output.lease_timeout_s, job.output.lease_heartbeat_s,
+                        scope=scope)
     lease.acquire()
     try:
         lease.start_heartbeats(on_lost=lambda: stop.set("lost the output's lease"))
         if restart:
             restart_output(outputs, job)
         fingerprint = settle_fingerprint(outputs, job_fingerprint(job, models, versions))
-        recovery = outputs.recover()
+        if shard is not None:
+            record_shard_count(outputs, shard)
+        live = {h.run_id for h in lease.holders() if lease.is_live(h)} | {run_id}
+        recovery = outputs.recover(live_runs=live, mine=(lambda key: shard.holds(*key)) if shard else lambda key: True)
         committed = outputs.committed_units()
         plan = plan_work(sources, tuple(m.name for m in models), committed, recovery.unpublished)
         summary = RunSummary(run_id, job.output.uri, in_manifest=len(sources), already_done=plan.complete,
                              scheduled=len(plan.todo), republished=len(plan.staged))
         publisher = BatchPublisher(outputs, run_id, job.output.commit_every, job.output.commit_interval_s,
-                                   committed, guard=lease.check)
+                                   lease.fence, committed, guard=lease.check)
         for key in plan.staged:  # staged before a crash: published without recomputing
             publisher.add_rows(key, outputs.read_staged(key))
         log.info("run %s: %d scans in the manifest, %d complete, %d to process (%d staged by an earlier run)",
@@ -113,6 +126,21 @@ def run_job(job: JobConfig, restart: bool = False, progress: ProgressFn | None =
     finally:
         lease.release()
     return summary
+
+
+def record_shard_count(outputs: Outputs, shard: Shard) -> None:
+    """``_work/shards.json``: how many shards the output is split into, as its latest sharded run
+    said (a run of another count is refused while a shard's lease is live: :mod:`mrseg_cohort.ledger.lease`)."""
+    uri = join_uri(outputs.root, "_work", "shards.json")
+    try:
+        recorded = json.loads(outputs.store.read_bytes(uri)).get("count")
+    except (FileNotFoundError, ValueError):
+        recorded = None
+    if recorded != shard.count:
+        if recorded is not None:
+            log.warning("the output was split into %s shards; from now on into %d (no shard of %s runs; what is "
+                        "committed stays committed)", recorded, shard.count, recorded)
+        outputs.store.write_bytes(uri, json.dumps({"count": shard.count}).encode())
 
 
 def restart_output(outputs: Outputs, job: JobConfig) -> None:
@@ -184,8 +212,8 @@ def segment_on_ray(job: JobConfig, models: list[ModelSpec], run_id: str, version
         device = choose_device(job.model.device, session.gpus(), session.on_cluster, res.gpus)
         summary.device = device
         write_run_record(outputs, job, models, run_id, versions, device, session.resources(), plan, t0)
-        pool = ActorPool(session, device, models, res, versions)
-        pool.start()  # every actor loads its models before any scan is read: a broken one stops the job here
+        pool = ActorPool(session, device, models, res, versions, job.limits.max_model_voxels)
+        pool.start(stop)  # every actor loads its models before any scan is read: a broken one stops the job here
         ctx_ref = ray.put(stages.RunContext(job, tuple(models), run_id, versions, device, base_model))
         tasks = remote_tasks(res.max_retries, task_memory(res.memory_gb_per_scan, session))
         reserved = 0 if device == "cuda" else res.cpu_segmenters

@@ -22,7 +22,7 @@ from mrseg_cohort.errors import ScanError
 from mrseg_cohort.pipeline.actor_pool import ActorPool, actor_died, first_line
 from mrseg_cohort.pipeline.publisher import BatchPublisher
 from mrseg_cohort.pipeline.signals import StopRequest
-from mrseg_cohort.work_units import ScanUnit
+from mrseg_cohort.ledger.work_units import ScanUnit
 
 log = logging.getLogger(__name__)
 

@@ -58,14 +58,14 @@ def ray_session(resources: ResourcesConfig) -> Iterator[RaySession]:
     if ray.is_initialized():  # a caller (tests, a notebook) already did
         yield RaySession(on_cluster=bool(resources.address), started_here=False)
         return
-    if resources.address:
-        ctx = ray.init(address=resources.address, logging_level=logging.WARNING, log_to_driver=False)
-        url = getattr(ctx, "dashboard_url", None)
-        log.info("joined Ray cluster at %s%s", resources.address, f"; dashboard http://{url}" if url else "")
-    else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
-                 log_to_driver=False)
-    signals.reassert()  # Ray's core replaced the run's SIGINT/SIGTERM handlers
+    with signals.held_while():  # Ray's core installs its own SIGINT/SIGTERM handlers while it starts
+        if resources.address:
+            ctx = ray.init(address=resources.address, logging_level=logging.WARNING, log_to_driver=False)
+            url = getattr(ctx, "dashboard_url", None)
+            log.info("joined Ray cluster at %s%s", resources.address, f"; dashboard http://{url}" if url else "")
+        else:
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
+                     log_to_driver=False)
     try:
         yield RaySession(on_cluster=bool(resources.address), started_here=True)
     finally:

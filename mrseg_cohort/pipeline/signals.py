@@ -4,8 +4,10 @@ A cluster stops a driver with SIGTERM (``ray job stop``, a deleted KubeRay RayJo
 termination), a terminal with SIGINT. The first signal asks the run to stop; a second one stops
 the process at once (the next run recovers what it had staged).
 
-``ray.init`` installs its own handlers (its C++ core aborts the process on SIGTERM, exit -6):
-:func:`reassert` puts ours back once Ray is up.
+``ray.init`` installs its own handlers (its C++ core aborts the process on SIGTERM, exit -6, or
+exits 15 without a word while it starts): :func:`held_while` keeps SIGINT/SIGTERM pending while
+Ray starts, then puts ours back, so a signal at any moment stops the run through our handler (exit
+130/143, the final line, Ray shut down).
 """
 
 from __future__ import annotations
@@ -58,6 +60,22 @@ def stop_on_signals(stop: StopRequest) -> Iterator[StopRequest]:
 
 
 _active: list = []
+
+
+@contextlib.contextmanager
+def held_while() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM wait (blocked in this thread, and so in the threads it
+    starts); after it our handlers are installed again and a signal that came meanwhile is handled."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        reassert()
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def reassert() -> None:

@@ -23,14 +23,14 @@ from mrseg_cohort.errors import ScanError, StorageError
 from mrseg_cohort.geometry import Volume
 from mrseg_cohort.io.limits import ReadLimits
 from mrseg_cohort.io.nifti import write_volume
-from mrseg_cohort.io.storage import Store
+from mrseg_cohort.io.storage import Store, join_uri
 from mrseg_cohort.loading import LoadedScan, load_scan
 from mrseg_cohort.manifest import ScanSource
-from mrseg_cohort.outputs import Outputs
+from mrseg_cohort.ledger.outputs import Outputs
 from mrseg_cohort.segmentation.segmenter import ModelSpec, Segmentation
 from mrseg_cohort.tables import to_table
 from mrseg_cohort.versions import software_versions, version_mismatch
-from mrseg_cohort.work_units import ScanUnit
+from mrseg_cohort.ledger.work_units import ScanUnit
 
 log = logging.getLogger(__name__)
 
@@ -111,16 +111,31 @@ def finish(ctx: RunContext, unit: ScanUnit, loaded: LoadedScan,
         unit: the scan and the models run on it in this pass.
         segmentations: per segmented contrast, the labels of the unit's models.
     """
-    job, source = ctx.job, loaded.source
+    source = loaded.source
     check_software(ctx, source, "measure")
     outputs = ctx.outputs()
-    key = source.key
-    contrasts = job.contrasts
-    structures, intensities, scans = [], [], []
     # the scan's shared stages (read, stitch) are counted on its first row, so that summing a scan's
     # rows gives its cost and each further row what that model added
     shared = {"read": 0.0, "stitch": 0.0, "write": 0.0, **loaded.seconds}
     specs = [spec for spec in ctx.models if spec.name in unit.models]
+    written: list[str] = []
+    try:
+        tables = _write_and_measure(ctx, loaded, segmentations, specs, outputs, shared, written)
+        with writing_outputs(source):
+            outputs.stage(unit.key, tables)
+    except BaseException:  # a scan that fails leaves no label file that no table names
+        for uri in written:
+            with contextlib.suppress(OSError):
+                outputs.store.remove(uri)
+        raise
+    return tables
+
+
+def _write_and_measure(ctx: RunContext, loaded: LoadedScan, segmentations: dict[str, Segmentation],
+                       specs: list[ModelSpec], outputs: Outputs, shared: dict, written: list[str]) -> dict[str, pa.Table]:
+    """The label files of a unit's models (their locations appended to ``written``) and its rows."""
+    job, source, key, contrasts = ctx.job, loaded.source, loaded.source.key, ctx.job.contrasts
+    structures, intensities, scans = [], [], []
     for contrast, seg in segmentations.items():
         for spec in specs:
             keys = {"participant_id": source.participant_id, "visit": source.visit, "contrast": contrast,
@@ -131,9 +146,11 @@ def finish(ctx: RunContext, unit: ScanUnit, loaded: LoadedScan,
                               "model_skipped_reason": seg.skipped.get(spec.name, "not run")})
                 continue
             t = time.perf_counter()
-            uri = outputs.label_uri(key, contrast, spec.name, ctx.base)
+            path = outputs.label_path(key, contrast, spec.name, ctx.base)  # recorded relative to the output
+            uri = join_uri(outputs.root, path)
             volume = Volume(labels, loaded.grid)
             with writing_outputs(source):
+                written.append(uri)
                 write_volume(outputs.store, uri, volume, np.uint8)
             t_write = time.perf_counter() - t
             measures = measure_scan(volume, spec.label_map, loaded.images, _present(contrasts.fat, loaded),
@@ -149,13 +166,10 @@ def finish(ctx: RunContext, unit: ScanUnit, loaded: LoadedScan,
             shared = {stage: 0.0 for stage in shared}
             tiles = seg.tiles.get(spec.name)
             scans.append({**keys, **_scan_common(ctx, loaded, spec, seg), **measures.scan, **depots, "status": "ok",
-                          "label_uri": uri, **{f"seconds_{k}": v for k, v in stage_seconds.items()},
+                          "label_uri": path, **{f"seconds_{k}": v for k, v in stage_seconds.items()},
                           "tiles_total": tiles.total if tiles else None, "tiles_run": tiles.run if tiles else None})
-    tables = {"structures": to_table("structures", structures), "intensities": to_table("intensities", intensities),
-              "scans": to_table("scans", scans)}
-    with writing_outputs(source):
-        outputs.stage(unit.key, tables)
-    return tables
+    return {"structures": to_table("structures", structures), "intensities": to_table("intensities", intensities),
+            "scans": to_table("scans", scans)}
 
 
 def _present(contrast: str | None, loaded: LoadedScan) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from mrseg_cohort.errors import ScanError
 from mrseg_cohort.pipeline import stages
 from mrseg_cohort.pipeline.actor_pool import error_status
-from mrseg_cohort.work_units import ScanUnit
+from mrseg_cohort.ledger.work_units import ScanUnit
 
 
 def remote_tasks(max_retries: int, memory_bytes: int) -> dict:

@@ -18,7 +18,7 @@ from mrseg_cohort.errors import ScanError
 from mrseg_cohort.io.storage import Store
 from mrseg_cohort.io.tables import read_frame
 from mrseg_cohort.labels import KNOWN_MAPS, MRSEG, LabelMap, label_map_from_dataset_json
-from mrseg_cohort.outputs import Outputs
+from mrseg_cohort.ledger.outputs import Outputs
 from mrseg_cohort.phenotypes import PHENOTYPES, phenotype_table
 from mrseg_cohort.phenotypes.covariates import normalise_covariates
 from mrseg_cohort.phenotypes.derive import qc_column

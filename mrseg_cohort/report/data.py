@@ -14,7 +14,7 @@ import pandas as pd
 
 from mrseg_cohort.io.storage import join_uri
 from mrseg_cohort.io.tables import read_table_folder
-from mrseg_cohort.outputs import Outputs
+from mrseg_cohort.ledger.outputs import Outputs
 from mrseg_cohort.tables import SCHEMAS
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ class OutputData:
     failures: pd.DataFrame
     runs: list[dict] = field(default_factory=list)
     base_model: str = "base"
-    """The output's base model (:meth:`~mrseg_cohort.outputs.Outputs.base_model`)."""
+    """The output's base model (:meth:`~mrseg_cohort.ledger.outputs.Outputs.base_model`)."""
 
 
 def read_output(outputs: Outputs, base_model: str = "base") -> OutputData:

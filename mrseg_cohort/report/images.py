@@ -20,7 +20,7 @@ from mrseg_cohort.io.nifti import read_labels, read_volume
 from mrseg_cohort.io.storage import Store
 from mrseg_cohort.loading import load_scan
 from mrseg_cohort.manifest import ScanSource, pattern_regex
-from mrseg_cohort.outputs import Outputs
+from mrseg_cohort.ledger.outputs import Outputs
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,9 @@ def scan_images(job: JobConfig, outputs: Outputs, row: Mapping[str, Any]) -> Sca
     """
     pid, visit, contrast = str(row["participant_id"]), str(row["visit"]), str(row["contrast"])
     limits = ReadLimits.from_config(job.limits)
-    label_uri = row.get("label_uri") or outputs.label_uri((pid, visit), contrast, str(row["model"]),
-                                                          outputs.base_model(job.base_model))
+    recorded = row.get("label_uri")
+    label_uri = outputs.resolve(str(recorded)) if recorded else \
+        outputs.label_uri((pid, visit), contrast, str(row["model"]), outputs.base_model(job.base_model))
     labels = read_labels(outputs.store, str(label_uri), limits)
     saved = outputs.stitched_uri((pid, visit), contrast)
     if outputs.store.exists(saved):

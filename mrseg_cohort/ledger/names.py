@@ -1,0 +1,32 @@
+"""File names of keys: ``(participant_id, visit[, models])`` -> one file name, and back.
+
+Each part is percent-encoded (UTF-8) with every character but letters, digits, ``-``, ``.`` and
+``~`` escaped, ``_`` included, and the parts are joined by ``__``; as no encoded part can hold
+``__``, every key round-trips, whatever its ids hold (``A__B``, ``sub_01_`` with visit ``_2``).
+Names written by earlier versions (``_`` left as it is) are still read (:func:`legacy_key_name`).
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+
+SEPARATOR = "__"
+
+
+def _encode(part: str) -> str:
+    return urllib.parse.quote(part, safe="").replace("_", "%5F")
+
+
+def key_name(key: tuple[str, ...]) -> str:
+    """The file-name-safe, reversible name of ``key``."""
+    return SEPARATOR.join(_encode(part) for part in key)
+
+
+def legacy_key_name(key: tuple[str, ...]) -> str:
+    """The name earlier versions gave ``key`` (``_`` not escaped; ambiguous for ids holding ``__``)."""
+    return SEPARATOR.join(urllib.parse.quote(part, safe="") for part in key)
+
+
+def key_from_name(name: str) -> tuple[str, ...]:
+    """The key of a name made by :func:`key_name` (or, for ids without ``__``, :func:`legacy_key_name`)."""
+    return tuple(urllib.parse.unquote(part) for part in name.split(SEPARATOR))
