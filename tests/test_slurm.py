@@ -172,18 +172,37 @@ def test_a_scancelled_task_then_the_array_resubmitted_gives_each_scan_once(slurm
 # -- a Ray cluster inside one allocation --------------------------------------------------------------------
 def test_ray_cluster_script_runs_the_demo_cohort_through_a_head_it_started(slurm, phantom_cohort, demo_model,
                                                                           tmp_path, ray_tmp):
+    """The job is stopped as the time limit would stop it (SIGTERM to the batch shell alone, forwarded to
+    the run) once a scan is published; the same job submitted again completes the cohort, each scan once."""
     out = tmp_path / "out"
-    config = write_job_yaml(tmp_path / "job.yaml", str(phantom_cohort), str(out), limits={"first_n": 2},
+    config = write_job_yaml(tmp_path / "job.yaml", str(phantom_cohort), str(out), limits={"first_n": 3},
+                            output={"uri": str(out), "commit_every": 1},
                             resources={"cpu_segmenters": 1, "threads_per_segmenter": 1, "memory_gb_per_scan": 0.5})
-    log = tmp_path / "ray-job.log"
-    job = slurm.sbatch("--nodes=1", f"--cpus-per-task={slurm.cpus}", "-o", str(log), str(RAY_CLUSTER), str(config),
-                       env=job_env(slurm, ray_tmp, MRSEG_RAY_JOIN_TIMEOUT_S="120"), cwd=tmp_path)
-    jobs = slurm.wait(job, 900)
-    text = log.read_text(errors="replace")
-    assert jobs[job]["JobState"] == "COMPLETED", (jobs[job], text[-4000:])
+    env = job_env(slurm, ray_tmp, MRSEG_RAY_JOIN_TIMEOUT_S="120")
+
+    def submit(log: Path) -> str:
+        return slurm.sbatch("--nodes=1", f"--cpus-per-task={slurm.cpus}", "-o", str(log), str(RAY_CLUSTER),
+                            str(config), env=env, cwd=tmp_path)
+
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    first = submit(first_log)
+    slurm.wait(first, 900, until=lambda jobs: (out / "tables" / "scans").exists()
+               or jobs.get(first, {}).get("JobState") not in (None, "PENDING", "RUNNING"))
+    slurm.command("scancel", "--batch", "--signal=TERM", first)  # what --signal=B:TERM@120 sends
+    jobs = slurm.wait(first, 300)
+    text = first_log.read_text(errors="replace")
     address = re.search(r"Ray head at (\S+:\d+)", text)
     assert address and f"all 1 node(s) joined the Ray cluster at {address[1]}" in text, text[-4000:]
     assert f"joined Ray cluster at {address[1]}" in text  # the run used that head, not a Ray of its own
-    assert f"Ray head with {slurm.cpus} CPUs and 0 GPUs, temporary folder {ray_tmp}/ray-{job}" in text
-    assert "2 done, 0 failed" in text and "ended with exit status 0" in text, text[-4000:]
-    assert_each_scan_once(out, 2)
+    assert f"Ray head with {slurm.cpus} CPUs and 0 GPUs, temporary folder {ray_tmp}/ray-{first}" in text
+    assert "forwarded to the run" in text and "interrupted (SIGTERM)" in text, text[-4000:]
+    assert jobs[first]["ExitCode"] == "143:0" and "ended with exit status 143" in text, (jobs[first], text[-4000:])
+    published = len(pd.read_parquet(out / "tables" / "scans"))
+    assert 1 <= published < 3, text[-4000:]
+    second = submit(second_log)
+    jobs = slurm.wait(second, 900)
+    text = second_log.read_text(errors="replace")
+    assert jobs[second]["JobState"] == "COMPLETED", (jobs[second], text[-4000:])
+    assert f"{3 - published} done, 0 failed, {published} already done earlier" in text, text[-4000:]
+    assert "ended with exit status 0" in text
+    assert_each_scan_once(out, 3)

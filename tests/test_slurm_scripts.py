@@ -40,6 +40,15 @@ def test_scripts_forward_sigterm_and_requeue(script):
     assert "run_forwarding_sigterm" in text and 'exit "$status"' in text
 
 
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_the_run_is_the_forwarding_functions_own_child(script):
+    """The run is started as a command (after the optional container prefix), never through a shell
+    function: a function runs in a subshell, which the forwarded SIGTERM would end instead of the run."""
+    calls = [line for line in script.read_text().splitlines() if line.startswith("run_forwarding_sigterm ")]
+    assert len(calls) == 1, calls
+    assert calls[0].startswith('run_forwarding_sigterm ${exec_prefix[@]+"${exec_prefix[@]}"} mrseg-cohort run '), calls
+
+
 def test_both_scripts_forward_signals_with_one_and_the_same_function():
     bodies = {p.name: p.read_text().split("run_forwarding_sigterm() {", 1)[1].split("\n}\n", 1)[0] for p in SCRIPTS}
     assert len(set(bodies.values())) == 1, "the two copies of run_forwarding_sigterm differ"
