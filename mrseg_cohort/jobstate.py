@@ -16,6 +16,7 @@ from mrseg_cohort.io.tables import read_table_folder
 from mrseg_cohort.manifest import ScanSource, discover
 from mrseg_cohort.ledger.outputs import Outputs
 from mrseg_cohort.sharding import Shard, select
+from mrseg_cohort.tables import SCHEMAS
 from mrseg_cohort.ledger.work_units import plan_work
 
 GPU_STAGES = ("preprocess", "network", "export")
@@ -37,11 +38,18 @@ class JobState:
     costs: pd.DataFrame | None = field(default=None, repr=False)
 
 
-def job_state(job: JobConfig, with_sizes: bool = False,
-              shard: Shard | None = None) -> tuple[JobState, list[ScanSource]]:
+FAILURE_COLUMNS = ["participant_id", "visit", "stage", "error_type", "message", "uri", "attempt", "time"]
+"""Columns of ``failures`` that status shows."""
+COST_COLUMNS = ["participant_id", "visit", "status", *(f"seconds_{s}" for s in GPU_STAGES + CPU_STAGES)]
+"""Columns of ``scans`` that the estimate of plan reads (:func:`measured_costs`)."""
+
+
+def job_state(job: JobConfig, with_sizes: bool = False, shard: Shard | None = None,
+              with_costs: bool = False) -> tuple[JobState, list[ScanSource]]:
     """Manifest (or its ``shard``) anti-joined with the output: done (every configured model
     committed), staged (finished, not yet published), failed (not done, with a failure recorded),
-    pending (the rest)."""
+    pending (the rest). Only the columns these need are read; ``with_costs`` also reads the
+    per-stage seconds of ``scans`` (``JobState.costs``, for plan's estimate)."""
     in_store = Store.from_config(job.input.storage)
     outputs = Outputs.for_job(job)
     sources = select(discover(job, in_store), shard)
@@ -49,9 +57,9 @@ def job_state(job: JobConfig, with_sizes: bool = False,
     plan = plan_work(sources, tuple(m.name for m in job.models), outputs.committed_units(), [])
     done = keys - {u.source.key for u in plan.todo}  # every configured model committed
     staged = ({(k[0], k[1]) for k in outputs.staged_keys()} & keys) - done
-    failures_table = read_table_folder(outputs.store, outputs.table_uri("failures"))
-    failures = failures_table.to_pandas() if failures_table is not None else pd.DataFrame(
-        columns=["participant_id", "visit", "stage", "error_type", "message", "uri", "attempt", "time"])
+    failures_table = read_table_folder(outputs.store, outputs.table_uri("failures"), columns=FAILURE_COLUMNS,
+                                       schema=SCHEMAS["failures"])
+    failures = failures_table.to_pandas() if failures_table is not None else pd.DataFrame(columns=FAILURE_COLUMNS)
     if shard is not None:  # this shard's failures only
         ours = [shard.holds(p, v) for p, v in zip(failures["participant_id"], failures["visit"])]
         failures = failures[pd.Series(ours, index=failures.index, dtype=bool)]
@@ -60,8 +68,11 @@ def job_state(job: JobConfig, with_sizes: bool = False,
     n_bytes = None
     if with_sizes:
         n_bytes = sum(in_store.size(u) for s in sources for u in s.uris)
-    scans = read_table_folder(outputs.store, outputs.table_uri("scans"))
-    costs = scans.to_pandas() if scans is not None else None
+    costs = None
+    if with_costs:
+        scans = read_table_folder(outputs.store, outputs.table_uri("scans"), columns=COST_COLUMNS,
+                                  schema=SCHEMAS["scans"])
+        costs = scans.to_pandas() if scans is not None else None
     state = JobState(len(sources), len({s.participant_id for s in sources}), len(done), len(staged),
                      len(failed), len(keys) - len(done) - len(staged) - len(failed), n_bytes,
                      failures.sort_values("time", ascending=False) if len(failures) else failures, costs)

@@ -6,6 +6,7 @@ runs always combine (pandas, DuckDB and Polars read a table folder as one table)
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -14,6 +15,8 @@ from mrseg_cohort.biomarkers.scan import INTENSITY_COLUMNS, SCAN_COLUMNS, STRUCT
 
 KEYS = [("participant_id", pa.string()), ("visit", pa.string()), ("contrast", pa.string()),
         ("model", pa.string())]
+KEY_COLUMNS = [name for name, _ in KEYS]
+"""Key columns of ``structures``, ``intensities`` and ``scans``: a row's scan, label contrast and model."""
 
 
 _ARROW = {"int8": pa.int8(), "int16": pa.int16(), "int32": pa.int32(), "int64": pa.int64(),
@@ -82,22 +85,51 @@ def wide_view(structures: pd.DataFrame, measures: tuple[str, ...] = WIDE_MEASURE
     """One row per participant x visit; columns ``<structure>__<measure>`` (``<model>:`` prefixed
     names for models other than ``base``). Keys stay ``participant_id`` (string) and ``visit``.
 
+    Rows are sorted by participant_id and visit, columns by measure (in ``measures`` order), then
+    name; a cell without a row is missing (NaN), which turns a measure's integer and boolean columns
+    into float and object ones, as ``DataFrame.pivot`` does. Built from integer codes of the keys
+    in one pass per measure (no per-measure index is built).
+
     Args:
         structures: the ``structures`` table (or a filtered part of it).
         measures: columns of ``structures`` to spread.
         contrast: label contrast to use when several were segmented (default: the first per scan).
         scans: the ``scans`` table; when given, its body-composition columns (VAT, SAT, ratios) are
             added as ``<model>:<column>``.
+
+    Raises:
+        ValueError: a participant x visit has two rows of one model and structure.
     """
-    df = one_contrast(structures, contrast)
-    key = df["model"].astype(str) + "\0" + df["structure"].astype(str)
-    names = {k: wide_name(*k.split("\0")) for k in key.unique()}
-    df = df.assign(_name=key.map(names))
+    row_code, _ = _key_codes(structures)
+    chosen = _one_contrast_rows(structures, contrast, row_code)
+    df = structures if chosen.all() else structures[chosen]
+    row_code, first_row = _dense(row_code[chosen])
+    model_code, models = pd.factorize(df["model"])
+    structure_code, structure_names = pd.factorize(df["structure"])
+    pair = model_code.astype(np.int64) * len(structure_names) + structure_code
+    pairs = np.flatnonzero(np.bincount(pair, minlength=len(models) * len(structure_names)))
+    pair_names = {p: wide_name(str(models[p // len(structure_names)]), str(structure_names[p % len(structure_names)]))
+                  for p in pairs}
+    names = sorted(set(pair_names.values()))
+    name_of_pair = np.zeros(len(models) * len(structure_names), dtype=np.int64)
+    for p, name in pair_names.items():
+        name_of_pair[p] = names.index(name)
+    n_rows, n_cols = len(first_row), len(names)
+    cell = row_code * n_cols + name_of_pair[pair]
+    source = np.full(n_rows * n_cols, -1, dtype=np.intp)  # row of df per cell (row-major), -1: none
+    source[cell] = np.arange(len(df))
+    if np.count_nonzero(source >= 0) < len(df):
+        raise ValueError("Index contains duplicate entries, cannot reshape")
+    index = pd.MultiIndex.from_arrays([df["participant_id"].take(first_row).array, df["visit"].take(first_row).array],
+                                      names=["participant_id", "visit"])
     frames = []
     for measure in measures:
-        spread = df.pivot(index=["participant_id", "visit"], columns="_name", values=measure)
-        spread.columns = [f"{name}__{measure}" for name in spread.columns]
-        frames.append(spread)
+        spread = pd.api.extensions.take(df[measure].array, source, allow_fill=True)  # NaN where no row
+        labels = [f"{name}__{measure}" for name in names]
+        if isinstance(spread, np.ndarray):  # one block, no copy
+            frames.append(pd.DataFrame(spread.reshape(n_rows, n_cols), index=index, columns=labels))
+        else:
+            frames.append(pd.DataFrame({label: spread[j::n_cols] for j, label in enumerate(labels)}, index=index))
     wide = pd.concat(frames, axis=1)
     if scans is not None and len(scans) and "vat_ml" in scans.columns:
         depots = one_contrast(scans, contrast).dropna(subset=["vat_ml"])
@@ -105,6 +137,25 @@ def wide_view(structures: pd.DataFrame, measures: tuple[str, ...] = WIDE_MEASURE
             extra = rows.set_index(["participant_id", "visit"])[list(BODY_COMPOSITION_COLUMNS)]
             wide = wide.join(extra.add_prefix(f"{model}:"), how="left")
     return wide.reset_index()
+
+
+def _key_codes(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``df`` the number of its participant_id x visit among the distinct ones sorted
+    (participant_id, then visit), and per such key one row of ``df`` that has it."""
+    pid, _ = pd.factorize(df["participant_id"], sort=True)
+    visit, visits = pd.factorize(df["visit"], sort=True)
+    return _dense(pid.astype(np.int64) * len(visits) + visit)
+
+
+def _dense(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``codes`` (integers >= 0) renumbered 0, 1, ... in their order, and per new number one
+    position of ``codes`` that has it."""
+    seen = np.zeros(int(codes.max()) + 1 if len(codes) else 0, dtype=bool)
+    seen[codes] = True
+    code = (np.cumsum(seen) - 1)[codes]
+    first = np.empty(int(seen.sum()), dtype=np.intp)
+    first[code[::-1]] = np.arange(len(codes))[::-1]
+    return code, first
 
 
 def require_contrast(frame: pd.DataFrame, contrast: str | None) -> None:
@@ -131,9 +182,22 @@ def wide_name(model: str, structure: str, measure: str | None = None) -> str:
 def one_contrast(df: pd.DataFrame, contrast: str | None) -> pd.DataFrame:
     """Rows of ``df`` (keys participant_id, visit, contrast) of one label contrast per participant x
     visit: ``contrast`` (refused when no row has it), or by default the first in sort order of each
-    participant x visit."""
+    participant x visit (rows without a contrast are never chosen)."""
+    if contrast is None and len(df):
+        return df[_one_contrast_rows(df, None, _key_codes(df)[0])]
+    return df[_one_contrast_rows(df, contrast, None)]
+
+
+def _one_contrast_rows(df: pd.DataFrame, contrast: str | None, key_code: np.ndarray | None) -> np.ndarray:
+    """:func:`one_contrast`'s rows as a boolean mask; ``key_code``: :func:`_key_codes` of ``df``
+    (needed when ``contrast`` is None)."""
     require_contrast(df, contrast)
     if contrast is not None:
-        return df[df["contrast"] == contrast]
-    first = df.groupby(["participant_id", "visit"])["contrast"].transform("min")
-    return df[df["contrast"] == first]
+        return (df["contrast"] == contrast).to_numpy(dtype=bool)
+    if not len(df):
+        return np.zeros(0, dtype=bool)
+    code, _ = pd.factorize(df["contrast"], sort=True)  # sorted: the smallest code is the first contrast
+    rank = np.where(code >= 0, code, np.iinfo(np.int64).max).astype(np.int64)
+    first = np.full(int(key_code.max()) + 1, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first, key_code, rank)
+    return (rank == first[key_code]) & (code >= 0)

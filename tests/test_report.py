@@ -30,6 +30,7 @@ from mrseg_cohort.manifest import discover
 from mrseg_cohort.report.previews import LABEL_ALPHA, canonical, choose_slices, render_plane
 from mrseg_cohort.report.summaries import find_outliers, redact
 from mrseg_cohort.stats import robust_z
+from mrseg_cohort.ledger.lease import OutputLease
 from mrseg_cohort.ledger.work_units import ScanUnit
 
 SECRET_KEY, SECRET = "AKIAEXAMPLEKEY123456", "s3cr3t-never-shown"
@@ -74,7 +75,10 @@ def output(phantom_cohort, tmp_path_factory):
                "message": "station 3 <script>alert('x')</script> is truncated", "uri": "/data/1099999/0",
                "attempt": 1, "time": time.time(), "run_id": ctx.run_id}
     outputs = ctx.outputs()
-    outputs.publish(f"{ctx.run_id}-00001", rows, [failure])
+    lease = OutputLease(outputs.store, outputs.root, ctx.run_id)
+    lease.acquire()
+    outputs.publish(f"{ctx.run_id}-00001", rows, [failure], lease.fence, set())
+    lease.release()
     outputs.write_run_metadata(ctx.run_id, {"run_id": ctx.run_id, "started": time.time(), "versions": ctx.versions,
                                             "config": job.model_dump(mode="json"),  # as an old run: secrets in
                                             "models": [{"name": "base", "sha256": spec.sha256, "folds": [0]}],

@@ -37,7 +37,7 @@ def plan(
     with one_line_errors():
         part = Shard.parse(shard) if shard is not None else None
         job = load_config(config)
-        state, sources = job_state(job, with_sizes=sizes, shard=part)
+        state, sources = job_state(job, with_sizes=sizes, shard=part, with_costs=True)
     todo = state.pending + state.failed
     typer.echo(f"cohort {job.cohort.name} ({job.cohort.layout}) from {job.input.uri}")
     typer.echo(f"manifest{f' shard {part}' if part else ''}: {state.manifest} scans of {state.participants} "

@@ -36,21 +36,23 @@ def wide(
 
     Join it to phenotype tables on participant_id (a string: UK Biobank's eid as text).
     """
-    from mrseg_cohort.io.tables import read_table_folder
-    from mrseg_cohort.tables import wide_view
+    from mrseg_cohort.biomarkers.body_composition import BODY_COMPOSITION_COLUMNS
+    from mrseg_cohort.io.tables import read_table_frame
+    from mrseg_cohort.tables import KEY_COLUMNS, SCHEMAS, wide_view
 
     with one_line_errors():
         job, outputs = _output(config, output)
-        table = read_table_folder(outputs.store, outputs.table_uri("structures"))
-        if table is None:
-            fail(f"no published results under {outputs.table_uri('structures')} yet")
-        structures = table.to_pandas()
         chosen = tuple(m.strip() for m in measures.split(",") if m.strip())
+        structures = read_table_frame(outputs.store, outputs.table_uri("structures"),
+                                      columns=[*KEY_COLUMNS, "structure", *chosen])
+        if structures is None:
+            fail(f"no published results under {outputs.table_uri('structures')} yet")
         unknown = [m for m in chosen if m not in structures.columns]
         if unknown:
             fail(f"--measures: unknown column(s) {unknown}; see docs/tables.md")
-        scans = read_table_folder(outputs.store, outputs.table_uri("scans"))
-        frame = wide_view(structures, chosen, contrast, scans.to_pandas() if scans is not None else None)
+        scans = read_table_frame(outputs.store, outputs.table_uri("scans"), columns=[*KEY_COLUMNS, *BODY_COMPOSITION_COLUMNS],
+                                 schema=SCHEMAS["scans"])
+        frame = wide_view(structures, chosen, contrast, scans)
         _write_frame(outputs, out, frame)
     typer.echo(f"wrote {len(frame)} rows x {frame.shape[1]} columns to {out}")
 
@@ -122,18 +124,18 @@ def change(
 
 def _phenotypes(job, outputs, contrast: str | None):
     """The phenotype table of a job's published tables."""
-    from mrseg_cohort.io.tables import read_table_folder
+    from mrseg_cohort.io.tables import read_table_frame
     from mrseg_cohort.phenotypes import phenotype_table
     from mrseg_cohort.phenotypes.derive import MEASURES
+    from mrseg_cohort.tables import KEY_COLUMNS, SCHEMAS
 
-    keys = ["participant_id", "visit", "contrast", "model"]
-    structures = read_table_folder(outputs.store, outputs.table_uri("structures"),
-                                   columns=keys + ["structure", *MEASURES])
-    scans = read_table_folder(outputs.store, outputs.table_uri("scans"),
-                              columns=keys + ["status", "swap_suspected", "stitch_max_gap_mm"])
+    structures = read_table_frame(outputs.store, outputs.table_uri("structures"),
+                                  columns=[*KEY_COLUMNS, "structure", *MEASURES], schema=SCHEMAS["structures"])
+    scans = read_table_frame(outputs.store, outputs.table_uri("scans"),
+                             columns=[*KEY_COLUMNS, "status", "swap_suspected", "stitch_max_gap_mm"], schema=SCHEMAS["scans"])
     if structures is None or scans is None:
         fail(f"no published results under {outputs.table_uri('structures')} yet")
-    return phenotype_table(structures.to_pandas(), scans.to_pandas(), outputs.base_model(job.base_model), contrast)
+    return phenotype_table(structures, scans, outputs.base_model(job.base_model), contrast)
 
 
 def _covariates(outputs, uri: str):

@@ -7,10 +7,15 @@ A table is a folder of ``*.parquet`` part files; ``pd.read_parquet(folder)``, Du
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from mrseg_cohort.io.storage import Store
 
@@ -34,22 +39,51 @@ def read_table_file(store: Store, uri: str, columns: list[str] | None = None) ->
     return pq.read_table(io.BytesIO(store.read_bytes(uri)), columns=columns)
 
 
-def read_table_folder(store: Store, uri: str, columns: list[str] | None = None) -> pa.Table | None:
+def read_table_folder(store: Store, uri: str, columns: list[str] | None = None,
+                      filter: pc.Expression | None = None, schema: pa.Schema | None = None) -> pa.Table | None:
     """All ``*.parquet`` parts under folder ``uri`` as one table (None if there are none).
 
-    Parts are read one by one and concatenated with schema unification, so parts written by
-    different versions (a column added later) still combine; missing columns become nulls.
+    Read as one ``pyarrow.dataset`` over the store's file system: only ``columns`` are read
+    (projection; names no part has are left out) and only the rows matching ``filter`` (a
+    ``pyarrow.compute`` expression, also used to skip row groups by their statistics) are kept, the
+    parts read in parallel. Parts written by different versions (a column added later) combine:
+    ``schema`` (default: the parts' schemas unified) is the table's, and a part's missing columns
+    are nulls. A transient storage error retries the whole read.
     """
     parts = store.list_files(uri, suffix=".parquet", recursive=False)
     if not parts:
         return None
-    tables = []
-    for part in parts:
-        table = read_table_file(store, part)
-        if columns is not None:
-            table = table.select([c for c in columns if c in table.column_names])
-        tables.append(table)
-    return pa.concat_tables(tables, promote_options="default")
+
+    def read() -> pa.Table:
+        dataset = _parts_dataset(store, uri, parts, schema)
+        wanted = None if columns is None else [c for c in columns if c in dataset.schema.names]
+        return dataset.to_table(columns=wanted, filter=filter)
+
+    return store.retry("read", uri, read)
+
+
+def read_table_frame(store: Store, uri: str, columns: list[str] | None = None,
+                     filter: pc.Expression | None = None, schema: pa.Schema | None = None) -> pd.DataFrame | None:
+    """:func:`read_table_folder` as pandas (None if there are no parts); the Arrow buffers are
+    released column by column as the frame is built, so the table is not held twice."""
+    table = read_table_folder(store, uri, columns, filter, schema)
+    return None if table is None else table.to_pandas(self_destruct=True, split_blocks=True)
+
+
+def _parts_dataset(store: Store, uri: str, parts: list[str], schema: pa.Schema | None) -> ds.FileSystemDataset:
+    """The dataset of ``parts`` (URIs under folder ``uri``), with ``schema`` or the parts' unified one."""
+    fs, folder = store.fs_and_path(uri)
+    arrow_fs = pafs.LocalFileSystem() if isinstance(fs, LocalFileSystem) else pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+    base = uri.rstrip("/")
+    paths = [f"{folder.rstrip('/')}/{part[len(base) + 1:]}" for part in parts]
+    file_format = ds.ParquetFileFormat()
+    if schema is None:
+        fragments = [file_format.make_fragment(p, arrow_fs) for p in paths]
+        with ThreadPoolExecutor(max_workers=min(16, len(fragments))) as pool:
+            schemas = list(pool.map(lambda f: f.physical_schema, fragments))
+        schema = pa.unify_schemas(schemas, promote_options="default")
+        return ds.FileSystemDataset(fragments, schema, file_format, arrow_fs)
+    return ds.dataset(paths, schema=schema, format=file_format, filesystem=arrow_fs)
 
 
 def read_frame(store: Store, uri: str) -> pd.DataFrame:
