@@ -247,3 +247,38 @@ def test_exclusive_create_on_a_file_system_without_hard_links(tmp_path, monkeypa
         store.create_bytes(target, b"second")
     assert store.read_bytes(target) == b"first" and store.honours_exclusive_create(str(tmp_path))
     assert not [p for p in os.listdir(tmp_path / "x") if p.startswith(".")]  # no temporary files left
+
+
+@pytest.mark.parametrize("mode,honoured", [("501", False), ("409-once", True)])
+def test_servers_that_refuse_or_race_conditional_writes(mode, honoured, tmp_path):
+    """A server answering 501 to If-None-Match crashed honours_exclusive_create with a StorageError;
+    AWS's 409 ConditionalRequestConflict (two conditional writes met) was not retried."""
+    from conditional_s3 import ConditionalS3
+
+    server = ConditionalS3(mode)
+    try:
+        store = Store(server.options(), backoff_s=0.01)
+        assert store.honours_exclusive_create("s3://bucket/out/_work/lease") is honoured
+        lease = OutputLease(store, "s3://bucket/out", "run-A")
+        if honoured:
+            assert server.conflicts == 1  # answered 409 once, then created
+        else:
+            with pytest.raises(ConfigError, match="does not refuse a second create"):
+                lease.acquire()
+    finally:
+        server.stop()
+
+
+def test_an_s3fs_without_exclusive_writes_is_named(tmp_path, monkeypatch):
+    import fsspec.implementations.memory as memory
+
+    from mrseg_cohort.io.storage import ExclusiveCreateUnsupported
+
+    def old_pipe_file(self, path, value, **kwargs):  # s3fs before 2024.12: no mode argument
+        if "mode" in kwargs:
+            raise TypeError("_pipe_file() got an unexpected keyword argument 'mode'")
+
+    monkeypatch.setattr(memory.MemoryFileSystem, "pipe_file", old_pipe_file)
+    with pytest.raises(ExclusiveCreateUnsupported, match="install s3fs 2024.12 or newer"):
+        Store().create_bytes("memory://bucket/x", b"1")
+    assert not Store().honours_exclusive_create("memory://bucket")
