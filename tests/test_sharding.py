@@ -182,10 +182,7 @@ def test_two_shards_one_after_the_other_fill_one_output_exactly_once(two_scan_jo
     assert_each_scan_once(tmp_path / "out", 2)
 
 
-# -- shard runs at the same time on one output (they need the lead's per-shard leases: issue 25) -------------
-WAITS_ON_SHARD_LEASES = pytest.mark.xfail(
-    strict=True, reason="two shards publish into one output at once only with per-shard leases (issue 25, the "
-    "lead's part); until then the second run is refused by the output's single lease. Remove this marker then.")
+# -- shard runs at the same time on one output (each holds its shard's lease) ------------------------------
 
 
 def _start(config, *args: str, ray_tmp: str):
@@ -212,7 +209,6 @@ def _finish(proc, log, timeout: float = 900) -> tuple[int, str]:
 
 
 @pytest.mark.slow
-@WAITS_ON_SHARD_LEASES
 @pytest.mark.parametrize("where", ["file", "s3"])
 def test_two_shard_runs_at_once_publish_into_one_output_exactly_once(where, request, tmp_path, phantom_cohort,
                                                                     demo_model):
@@ -244,7 +240,6 @@ def test_two_shard_runs_at_once_publish_into_one_output_exactly_once(where, requ
 
 
 @pytest.mark.slow
-@WAITS_ON_SHARD_LEASES
 def test_another_shard_count_or_an_unsharded_run_is_refused_while_a_shard_runs(tmp_path, phantom_cohort,
                                                                              demo_model):
     import time

@@ -25,9 +25,6 @@ pytestmark = pytest.mark.slow
 ARRAY = REPO / "infra" / "slurm" / "array.sbatch"
 RAY_CLUSTER = REPO / "infra" / "slurm" / "ray-cluster.sbatch"
 N_SCANS, N_SHARDS = 6, 3
-WAITS_ON_SHARD_LEASES = pytest.mark.xfail(
-    strict=True, reason="two shards publish into one output at once only with the lead's per-shard leases "
-    "(issue 25); until then the second task is refused by the output's single lease. Remove this marker then.")
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +110,6 @@ def test_array_script_gives_the_run_exactly_one_sigterm_and_exits_with_its_statu
 
 
 # -- a job array over shards of one output ------------------------------------------------------------------
-@WAITS_ON_SHARD_LEASES
 def test_array_of_three_shards_fills_one_output_exactly_once(slurm, cohort6, demo_model, tmp_path, ray_tmp):
     out = tmp_path / "out"
     config = small_job(tmp_path, cohort6, out)
@@ -128,7 +124,6 @@ def test_array_of_three_shards_fills_one_output_exactly_once(slurm, cohort6, dem
     assert_each_scan_once(out, N_SCANS)
 
 
-@WAITS_ON_SHARD_LEASES
 def test_a_scancelled_task_then_the_array_resubmitted_gives_each_scan_once(slurm, cohort6, demo_model, tmp_path,
                                                                           ray_tmp):
     """One task cancelled while it segments (a scan of its shard finished, others not): the resubmitted
