@@ -78,6 +78,33 @@ def test_two_runs_started_together_one_is_refused_and_every_scan_is_once(where, 
         assert_each_scan_once(Path(out_uri), N_SCANS)
 
 
+def test_a_run_whose_lease_is_taken_over_stops_with_one_line_and_publishes_nothing(cohort, tmp_path, monkeypatch,
+                                                                                  ray_local):
+    """A run that lost its lease ended with a 40-line traceback and exit 1. Here another run takes the
+    output over (as after a suspension past the timeout) just before this one publishes."""
+    from mrseg_cohort.pipeline.publisher import BatchPublisher
+
+    out = tmp_path / "out"
+    config = write_job_yaml(tmp_path / "job.yaml", str(cohort), str(out), limits={"first_n": 1})
+    flush = BatchPublisher.flush
+    taken = []
+
+    def taken_over_first(self):
+        if not taken:
+            taken.append(OutputLease(Store(), str(out), "run-after-the-pause", age_of=lambda uri: 1e6))
+            taken[0].acquire()
+        return flush(self)
+
+    monkeypatch.setattr(BatchPublisher, "flush", taken_over_first)
+    result = CliRunner().invoke(app, ["run", str(config), "--no-progress"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "lost the output" in lines[0] and "run-after-the-pause" in lines[0], result.output
+    assert "Traceback" not in result.output
+    assert not (out / "tables" / "scans").exists()  # nothing published
+    assert list((out / "_work" / "staged" / "scans").glob("*.parquet"))  # what it finished is kept for the holder
+
+
 def test_restart_is_refused_while_a_run_holds_the_output(cohort, tmp_path):
     out = tmp_path / "out"
     (out / "labels").mkdir(parents=True)

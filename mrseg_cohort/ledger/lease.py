@@ -229,13 +229,13 @@ class OutputLease:
         generations = self._generations()
         mine = self._read(self.generation) if self.generation in generations else None
         reason = ""
-        if mine is None:
+        if generations and generations[-1] > self.generation:
+            newer = self._read(generations[-1])
+            reason = f"it was taken over by {newer.describe() if newer else 'another run'}"
+        elif mine is None:
             reason = "its lease file is gone"
         elif mine.run_id != self.run_id:
             reason = f"its lease file names run {mine.run_id}"
-        elif generations[-1] != self.generation:
-            newer = self._read(generations[-1])
-            reason = f"it was taken over by {newer.describe() if newer else 'another run'}"
         if reason:
             self.lost.set()
             raise LeaseLost(self._lost_message(reason))

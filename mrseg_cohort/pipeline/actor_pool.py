@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 from mrseg_cohort.config import ResourcesConfig
 from mrseg_cohort.errors import BadScanError, ConfigError, ScanError, SegmentationError
-from mrseg_cohort.pipeline.session import RaySession
+from mrseg_cohort.pipeline.session import RaySession, usable_cpus
 from mrseg_cohort.segmentation.segmenter import ModelSpec, Segmenter
 from mrseg_cohort.versions import version_mismatch
 
@@ -111,7 +111,7 @@ def error_status(err: ScanError) -> dict:
 
 def first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
-    return text[0][:500] if text else type(err).__name__
+    return text[0][:1000] if text else type(err).__name__
 
 
 @dataclass
@@ -144,7 +144,7 @@ class ActorPool:
         """Scans failed in the actors in a row, over every actor of the job (see module docstring)."""
         options = {"num_gpus": 1, "num_cpus": 1, "max_concurrency": 2} if device == "cuda" else {"num_cpus": 1}
         self._actor_cls = ray.remote(SegmentActor).options(max_restarts=0, **options)
-        self.threads = None if device == "cuda" else (resources.threads_per_segmenter or os.cpu_count() or 1)
+        self.threads = None if device == "cuda" else (resources.threads_per_segmenter or usable_cpus())
         self.members: list[_Member] = []
         self._last_growth_check = 0.0
 
@@ -331,4 +331,4 @@ def creation_error(err: BaseException) -> str:
         return first_line(inner if isinstance(inner, BaseException) else cause)
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     errors = [line for line in lines if "Error:" in line and "ray." not in line.split("Error:")[0]]
-    return (errors[-1] if errors else lines[-1] if lines else type(err).__name__)[:500]
+    return (errors[-1] if errors else lines[-1] if lines else type(err).__name__)[:1000]

@@ -64,12 +64,21 @@ def ray_session(resources: ResourcesConfig) -> Iterator[RaySession]:
             url = getattr(ctx, "dashboard_url", None)
             log.info("joined Ray cluster at %s%s", resources.address, f"; dashboard http://{url}" if url else "")
         else:
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
+            ray.init(num_cpus=usable_cpus(), include_dashboard=False, logging_level=logging.WARNING,
                      log_to_driver=False)
     try:
         yield RaySession(on_cluster=bool(resources.address), started_here=True)
     finally:
         ray.shutdown()
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (a SLURM task's allocation, a container's cpuset), not every
+    core of the machine."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def choose_device(requested: str, gpus_now: int, on_cluster: bool, gpus_wanted: int | None) -> str:
