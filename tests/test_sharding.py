@@ -287,3 +287,26 @@ def test_status_per_shard_counts_and_lists_only_that_shards_failures(two_scan_jo
     other = _cli("status", str(two_scan_job), "--shard", "0/2")
     assert other.exit_code == 0 and "0 failed, 1 pending, of 1 scans" in other.output
     assert "2000001" not in other.output and "last failures" not in other.output, other.output
+
+
+def test_status_names_the_runs_holding_the_output_or_its_shards(tmp_path, phantom_cohort):
+    from typer.testing import CliRunner
+
+    from conftest import write_job_yaml
+    from mrseg_cohort.cli import app
+    from mrseg_cohort.io.storage import Store
+    from mrseg_cohort.ledger.lease import OutputLease
+    from mrseg_cohort.ledger.log import shard_scope
+
+    out = tmp_path / "out"
+    config = write_job_yaml(tmp_path / "job.yaml", str(phantom_cohort), str(out))
+    assert "no run holds the output" in CliRunner().invoke(app, ["status", str(config)]).output
+    leases = [OutputLease(Store(), str(out), f"run-shard-{i}", scope=shard_scope(i, 3)) for i in (0, 2)]
+    for lease in leases:
+        lease.acquire()
+    text = CliRunner().invoke(app, ["status", str(config)]).output
+    assert "shard 0/3 of the output: held by run run-shard-0" in text and "shard 2/3 of the output: held by run " \
+        "run-shard-2" in text and "shard 1/3" not in text, text
+    for lease in leases:
+        lease.release()
+    assert "no run holds the output" in CliRunner().invoke(app, ["status", str(config)]).output

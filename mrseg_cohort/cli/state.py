@@ -88,9 +88,32 @@ def status(
     where = f"{job.output.uri} shard {part}" if part else job.output.uri
     typer.echo(f"{where}: {state.done} done, {state.staged} finished (publishing), "
                f"{state.failed} failed, {state.pending} pending, of {state.manifest} scans")
+    for line in lease_lines(job):
+        typer.echo(line)
     if len(state.failures):
         typer.echo(f"last failures (of {len(state.failures)} recorded attempts):")
         for row in state.failures.head(last).itertuples():
             where = f" ({row.uri})" if row.uri else ""
             typer.echo(f"  {row.participant_id}/{row.visit} attempt {row.attempt} [{row.stage}] "
                        f"{row.error_type}: {row.message}{where}")
+
+
+def lease_lines(job) -> list[str]:
+    """Who holds the output or its shards, by their lease files (read only: a lease whose heartbeat
+    is older than ``output.lease_timeout_s`` is one its run left behind, taken over by the next run)."""
+    import time
+
+    from mrseg_cohort.ledger.lease import OutputLease
+    from mrseg_cohort.ledger.log import describe_scope
+    from mrseg_cohort.ledger.outputs import Outputs
+
+    outputs = Outputs.for_job(job)
+    holders = [h for h in OutputLease(outputs.store, outputs.root, "status").holders() if not h.released]
+    if not holders:
+        return ["no run holds the output"]
+    out = []
+    for holder in sorted(holders, key=lambda h: h.scope):
+        beat = time.strftime("%H:%M:%S UTC", time.gmtime(holder.heartbeat))
+        out.append(f"{describe_scope(holder.scope)}: held by {holder.describe()}, last heartbeat {beat} by its clock "
+                   f"(taken for gone {job.output.lease_timeout_s:.0f} s after it)")
+    return out
