@@ -17,9 +17,12 @@ Each measurement runs in its own process (clean peak memory), in this order:
   nnunet-files  nnU-Net's predict_from_files over all scans (its fastest mode): wall, scans/hour
   nnunet-steps  nnU-Net's stages one by one on scan 0: wall and CPU seconds per stage
   ours-steps    our stages on scan 0 (read, preprocess, network, export, measure, write)
-  ours-files    our Segmenter over all scans (read -> labels written), wall, scans/hour
-and then compares the labels per class (Dice) of ours-files against nnunet-files.
-CPU seconds are the process's user + system time (all threads) plus its children's.
+  ours-files    our engine over all scans (read -> labels written), wall, scans/hour
+and then compares the labels of ours-files against nnunet-files: voxels differing per scan, Dice
+per class. CPU seconds are the process's user + system time (all threads) plus its children's.
+Steady state (``steady_s_per_scan``): the median time between consecutive finished scans after the
+first (ours: per scan; nnU-Net: between its output files' modification times, since its worker
+processes overlap the scans), leaving out start-up and the first scan's warm-up.
 """
 
 from __future__ import annotations
@@ -136,9 +139,16 @@ def run_nnunet_files(args, paths: list[Path], out_dir: Path) -> dict:
     predictor.predict_from_files([[str(p)] for p in paths], str(out_dir), save_probabilities=False, overwrite=True,
                                  num_processes_preprocessing=args.workers, num_processes_segmentation_export=args.workers)
     wall = time.perf_counter() - t
+    finished = sorted(f.stat().st_mtime for f in out_dir.glob("*.nii.gz"))
     return {"scans": len(paths), "wall_s": wall, "s_per_scan": wall / len(paths),
             "scans_per_hour": 3600 * len(paths) / wall, "cpu_s_per_scan": (cpu_seconds() - c) / len(paths),
-            **sampler.stop()}
+            **steady_state(list(np.diff(finished))), **sampler.stop()}
+
+
+def steady_state(intervals: list[float]) -> dict:
+    """Seconds between consecutive finished scans (after the first) and their median."""
+    return {"intervals_s": [float(v) for v in intervals],
+            "steady_s_per_scan": float(np.median(intervals)) if intervals else None}
 
 
 def run_nnunet_steps(args, path: Path) -> dict:
@@ -205,25 +215,28 @@ def run_ours_files(args, paths: list[Path], out_dir: Path) -> dict:
     sampler = GpuSampler()
     out_dir.mkdir(parents=True, exist_ok=True)
     t, c = time.perf_counter(), cpu_seconds()
+    finished = []
     for path in paths:
         volume = read_volume(Store(), str(path))
         labels = runner(volume.array, volume.grid.spacing_mm)
         write_volume(Store(), str(out_dir / path.name.replace("_0000", "")), Volume(labels, volume.grid), np.uint8)
+        finished.append(time.perf_counter())
     wall = time.perf_counter() - t
     return {"scans": len(paths), "wall_s": wall, "s_per_scan": wall / len(paths),
             "scans_per_hour": 3600 * len(paths) / wall, "cpu_s_per_scan": (cpu_seconds() - c) / len(paths),
-            **sampler.stop()}
+            **steady_state(list(np.diff(finished))), **sampler.stop()}
 
 
 def agreement(ours_dir: Path, ref_dir: Path) -> dict:
     from mrseg_cohort.io.nifti import read_labels
     from mrseg_cohort.io.storage import Store
 
-    worst, identical = {}, []
+    worst, identical, differing = {}, [], []
     for ref in sorted(ref_dir.glob("*.nii.gz")):
         a = read_labels(Store(), str(ours_dir / ref.name)).array
         b = read_labels(Store(), str(ref)).array
         identical.append(float((a == b).mean()))
+        differing.append(int((a != b).sum()))
         for c in range(1, 41):
             x, y = a == c, b == c
             if x.any() or y.any():
@@ -232,8 +245,8 @@ def agreement(ours_dir: Path, ref_dir: Path) -> dict:
     from mrseg_cohort.labels import MRSEG
 
     low = {MRSEG[c].name: round(v, 4) for c, v in sorted(worst.items(), key=lambda kv: kv[1])[:5]}
-    return {"voxels_identical_frac": identical, "min_dice_per_class": min(worst.values()) if worst else None,
-            "lowest_classes": low}
+    return {"voxels_differing": differing, "voxels_identical_frac": identical,
+            "min_dice_per_class": min(worst.values()) if worst else None, "lowest_classes": low}
 
 
 def child(args) -> None:
@@ -296,6 +309,10 @@ def main() -> None:
         print(f"{path}: {json.dumps(res[path])[:400]}", flush=True)
     if (work / "pred_ours").exists() and (work / "pred_nnunet").exists():
         res["agreement"] = agreement(work / "pred_ours", work / "pred_nnunet")
+    ours, theirs = res.get("ours-files", {}), res.get("nnunet-files", {})
+    if ours.get("steady_s_per_scan") and theirs.get("steady_s_per_scan"):
+        res["steady_ratio_ours_over_nnunet"] = ours["steady_s_per_scan"] / theirs["steady_s_per_scan"]
+    res["load_average_at_end"] = os.getloadavg()
     out.write_text(json.dumps(res, indent=1))
     print(json.dumps(res.get("agreement"), indent=1))
 

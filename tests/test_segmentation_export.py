@@ -63,21 +63,23 @@ def test_near_ties_are_broken_as_nnunet_breaks_them():
 
 
 def test_exact_interpolation_equals_skimage_bit_for_bit():
-    """The band's float64 interpolation reproduces skimage's resize(order=1, mode="edge") exactly,
-    edges included (scipy leaves the edge weights unclamped)."""
+    """The band's float64 interpolation of (voxel, class) pairs reproduces skimage's
+    resize(order=1, mode="edge") exactly, edges included (scipy leaves the edge weights unclamped)."""
     from skimage.transform import resize
 
-    from mrseg_cohort.segmentation.export import _interpolate_rows
+    from mrseg_cohort.segmentation.export import _interpolate, _voxel_axes
     from mrseg_cohort.segmentation.resampling import linear_sampling
 
     rng = np.random.default_rng(2)
-    grid, out_shape = (6, 7, 5), (11, 9, 13)
-    values = rng.normal(size=(3, *grid)).astype(np.float16)
-    table = torch.from_numpy(np.ascontiguousarray(np.moveaxis(values, 0, -1))).view(-1, 3)
-    zi, yi, xi = (a.ravel() for a in np.indices(out_shape))
-    samplings = [linear_sampling(n, m) for n, m in zip(grid, out_shape)]
-    axes = [((lo[i], w_lo[i]), (hi[i], w_hi[i])) for (lo, hi, w_lo, w_hi), i in zip(samplings, (zi, yi, xi))]
-    ours = _interpolate_rows(table, grid, *axes).numpy().T.reshape(3, *out_shape)
+    grid, out_shape, n_classes = (6, 7, 5), (11, 9, 13), 3
+    values = rng.normal(size=(n_classes, *grid)).astype(np.float16)
+    n_out = int(np.prod(out_shape))
+    axes = _voxel_axes([linear_sampling(n, m) for n, m in zip(grid, out_shape)], np.indices(out_shape))
+    axes = [tuple((i.ravel(), w.ravel()) for i, w in axis) for axis in axes]
+    classes = np.repeat(np.arange(n_classes), n_out)  # every class at every voxel
+    voxel = np.tile(np.arange(n_out), n_classes)
+    ours = _interpolate(values.reshape(-1), int(np.prod(grid)), grid, classes, voxel, axes).reshape(n_classes,
+                                                                                                  *out_shape)
     reference = np.stack([resize(v.astype(np.float64), out_shape, order=1, mode="edge", anti_aliasing=False)
                           for v in values])
     assert np.array_equal(ours, reference)

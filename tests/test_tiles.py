@@ -125,7 +125,7 @@ def test_skipped_tiles_agree_with_nnunets_predictor(phantom_with_air, demo_model
     assert (ours != reference).sum() == 0
 
 
-def test_out_of_memory_retries_once_with_half_the_tiles_per_batch(monkeypatch):
+def test_out_of_memory_retries_on_the_host_then_with_half_the_tiles_per_batch(monkeypatch):
     from mrseg_cohort.errors import SegmentationError
     from mrseg_cohort.segmentation.segmenter import Segmenter
 
@@ -135,21 +135,21 @@ def test_out_of_memory_retries_once_with_half_the_tiles_per_batch(monkeypatch):
         model = type("M", (), {"name": "base"})
         tiles_per_batch = 8
 
-        def __call__(self, array, spacing, times, prepared, counts, batch):
-            calls.append(batch)
+        def __call__(self, array, spacing, times, prepared, counts, batch, on_host):
+            calls.append((batch, on_host))
             if batch > 2:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
             return np.zeros(array.shape, np.uint8)
 
     image = Volume(np.zeros((2, 2, 2), np.float32), Grid((2, 2, 2), (1.0, 1.0, 1.0)))
     segmenter = Segmenter.__new__(Segmenter)
-    with pytest.raises(SegmentationError, match="also with 4 tile"):
+    with pytest.raises(SegmentationError, match="also with the accumulators on the host and 4 tile"):
         segmenter._run(Runner(), image, None, None)
-    assert calls == [8, 4]
+    assert calls == [(8, False), (8, True), (4, True)]
     calls.clear()
     Runner.tiles_per_batch = 4
     labels, _ = segmenter._run(Runner(), image, None, None)
-    assert calls == [4, 2] and labels.shape == (2, 2, 2)
+    assert calls == [(4, False), (4, True), (2, True)] and labels.shape == (2, 2, 2)
 
 
 @pytest.fixture(scope="module")

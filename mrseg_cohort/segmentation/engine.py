@@ -11,7 +11,12 @@ of all classes at scan resolution (see :mod:`mrseg_cohort.segmentation.export`):
   :mod:`mrseg_cohort.segmentation.resampling`) as float64 matrix products, rounded to float32;
 - per fold, tile logits weighted and accumulated in float16 and divided by the summed weights;
   the folds summed in float16 and divided by their number (nnU-Net's
-  ``predict_logits_from_preprocessed_data``); non-finite logits are an error naming the fold;
+  ``predict_logits_from_preprocessed_data``); on the CPU each float16 add runs as float32 arithmetic
+  with torch's own rounding (:mod:`mrseg_cohort.segmentation.accumulation`: same bits, a quarter of
+  the time); non-finite logits are an error naming the fold;
+- the accumulators live on the device, or on the host when the device cannot hold them (nnU-Net's
+  ``perform_everything_on_device`` fallback; the tiles still run on the device, the export then
+  runs on the host's exact path);
 - on CUDA the sliding window runs in fp16 autocast with batches of tiles and the export on the GPU;
   on CPU one tile at a time (as nnU-Net) and the exact boundary-band export.
 
@@ -31,6 +36,7 @@ import numpy as np
 import torch
 
 from mrseg_cohort.errors import BadScanError, ModelError, SegmentationError
+from mrseg_cohort.segmentation.accumulation import add_rounded, all_finite
 from mrseg_cohort.segmentation.export import labels_by_boundary_band, labels_by_chunked_resampling
 from mrseg_cohort.segmentation.model_folder import ModelFolder, build_network, load_fold_weights
 from mrseg_cohort.segmentation.resampling import ResamplingPlan, resample_image
@@ -119,6 +125,8 @@ class ModelRunner:
         self.accumulate_dtype = torch.float16  # as nnU-Net, on GPU and CPU: same rounding, same labels
         self.gaussian = compute_gaussian(self.patch_size, sigma_scale=1.0 / 8, value_scaling_factor=10,
                                          dtype=self.accumulate_dtype, device=self.device)
+        # float32 * float16 multiplies in float32 after an exact upcast: the same product, one dtype
+        self.gaussian_float32 = self.gaussian.float()
 
     def _check_supported(self) -> None:
         """Refuse, at load time, plans whose steps this engine does not reproduce (ModelError)."""
@@ -183,8 +191,10 @@ class ModelRunner:
 
     @torch.inference_mode()
     def logits(self, x: torch.Tensor, body: BodyMask | None = None, stats: "TileCounts | None" = None,
-               tiles_per_batch: int | None = None) -> torch.Tensor:
-        """Sliding-window logits averaged over folds: (C, z, y, x) float16 on the device.
+               tiles_per_batch: int | None = None, on_host: bool = False) -> torch.Tensor:
+        """Sliding-window logits averaged over folds: (C, z, y, x) float16 on the device, or on the
+        host with ``on_host`` (the tiles still run on the device; nnU-Net's fallback when the device
+        cannot hold the accumulators, 2 bytes per class and model-grid voxel).
 
         As nnU-Net's predictor: per fold, Gaussian-weighted tiles accumulated in float16 and divided
         by the summed weights; the folds' results summed in float16 and divided by their number.
@@ -208,15 +218,17 @@ class ModelRunner:
         if stats is not None:
             stats.total += len(list(itertools.product(*steps)))
             stats.run += len(corners)
-        weight = torch.zeros(data.shape[1:], dtype=self.accumulate_dtype, device=self.device)
+        results = torch.device("cpu") if on_host else self.device
+        weight = torch.zeros(data.shape[1:], dtype=self.accumulate_dtype, device=results)
+        gaussian = self.gaussian.to(results)
         for corner in corners:
-            weight[self._window(corner)] += self.gaussian
+            weight[self._window(corner)] += gaussian
         weight[weight == 0] = 1  # voxels no tile covers: logits stay 0 (background wins the tie)
         total = None
         for fold, net in zip(self.fold_names, self.networks):
-            fold_logits = self._sliding_window(net, data, corners, tiles_per_batch or self.tiles_per_batch)
+            fold_logits = self._sliding_window(net, data, corners, tiles_per_batch or self.tiles_per_batch, results)
             fold_logits /= weight
-            if not bool(torch.isfinite(fold_logits).all()):
+            if not all_finite(fold_logits):
                 raise SegmentationError(f"model {self.model.name} fold {fold} gave NaN or infinite logits "
                                         "(corrupt weights, or an input far outside the training range)",
                                         stage="segment")
@@ -229,10 +241,12 @@ class ModelRunner:
     def _window(self, corner: tuple[int, int, int]) -> tuple[slice, slice, slice]:
         return tuple(slice(c, c + p) for c, p in zip(corner, self.patch_size))  # type: ignore[return-value]
 
-    def _sliding_window(self, net: torch.nn.Module, data: torch.Tensor, corners: list,
-                        tiles_per_batch: int) -> torch.Tensor:
-        """One fold's Gaussian-weighted sum of tile logits, float16 (C, z, y, x), not yet normalised."""
-        out = torch.zeros((self.num_classes, *data.shape[1:]), dtype=self.accumulate_dtype, device=self.device)
+    def _sliding_window(self, net: torch.nn.Module, data: torch.Tensor, corners: list, tiles_per_batch: int,
+                        results: torch.device) -> torch.Tensor:
+        """One fold's Gaussian-weighted sum of tile logits, float16 (C, z, y, x) on ``results``, not yet
+        normalised; each product and sum rounded as nnU-Net's (see :mod:`accumulation`)."""
+        out = torch.zeros((self.num_classes, *data.shape[1:]), dtype=self.accumulate_dtype, device=results)
+        scratch = torch.empty((self.num_classes, *self.patch_size)) if results.type == "cpu" else None
         autocast = torch.autocast("cuda", dtype=torch.float16) if self.is_cuda else contextlib.nullcontext()
         with autocast:
             for start in range(0, len(corners), tiles_per_batch):
@@ -243,7 +257,10 @@ class ModelRunner:
                                                                 *tiles.shape[1:])])
                 pred = self._forward(net, tiles)
                 for corner, p in zip(batch_corners, pred):
-                    out[(slice(None), *self._window(corner))] += p.mul_(self.gaussian)  # in place, as nnU-Net
+                    # nnU-Net's `prediction *= gaussian` (float32 product on the CPU, float16 under
+                    # autocast: the same value on any device), then its float16 add on `results`
+                    p.mul_(self.gaussian_float32 if p.dtype == torch.float32 else self.gaussian)
+                    add_rounded(out[(slice(None), *self._window(corner))], p.to(results), scratch)
         return out
 
     def _forward(self, net: torch.nn.Module, tiles: torch.Tensor) -> torch.Tensor:
@@ -262,9 +279,10 @@ class ModelRunner:
         and rounded as nnU-Net's export does (see :mod:`export`)."""
         plan = self.probability_resampling
         in_shape = tuple(logits.shape[1:])
-        if self.is_cuda or not plan.is_interpolating:  # the band needs linear or nearest weights
+        on_device = logits.device.type != "cpu"  # logits accumulated on the host are exported there
+        if on_device or not plan.is_interpolating:  # the band needs linear or nearest weights
             matrices = plan.matrices(in_shape, tuple(shape), self.spacing, spacing_zyx)
-            dtype = torch.float32 if self.is_cuda else torch.float64
+            dtype = torch.float32 if on_device else torch.float64
             return labels_by_chunked_resampling(logits, shape, matrices, compute_dtype=dtype).cpu().numpy()
         return labels_by_boundary_band(logits, shape, plan.samplings(in_shape, tuple(shape), self.spacing,
                                                                      spacing_zyx))
@@ -308,15 +326,17 @@ class ModelRunner:
 
     def __call__(self, image: np.ndarray, spacing_zyx: tuple[float, float, float],
                  times: StageTimes | None = None, prepared: "Prepared | None" = None,
-                 tiles: "TileCounts | None" = None, tiles_per_batch: int | None = None) -> np.ndarray:
+                 tiles: "TileCounts | None" = None, tiles_per_batch: int | None = None,
+                 on_host: bool = False) -> np.ndarray:
         """uint8 labels (z, y, x) for ``image`` ((z, y, x) float32, ``spacing_zyx`` mm), on its grid.
 
         ``tiles`` counts the sliding-window tiles there are and those run; ``tiles_per_batch``
-        overrides the runner's (the retry after running out of GPU memory halves it)."""
+        overrides the runner's and ``on_host`` puts the accumulators on the host (the retries after
+        running out of GPU memory, see :meth:`logits`)."""
         times = times or StageTimes()
         prepared = prepared or self.prepare(image, spacing_zyx, times)
         t = time.perf_counter()
-        logits = self.logits(prepared.network_input, prepared.body, tiles, tiles_per_batch)
+        logits = self.logits(prepared.network_input, prepared.body, tiles, tiles_per_batch, on_host)
         _sync(self.device)
         t = times.add("network", t)
         labels = np.zeros(prepared.shape, dtype=np.uint8)

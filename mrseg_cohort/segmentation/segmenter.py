@@ -181,23 +181,30 @@ class Segmenter:
         check_model_grid(shape, image.grid.spacing_mm, runner.spacing, self.max_model_voxels, runner.model.name)
 
     def _run(self, runner: ModelRunner, image: Volume, times: StageTimes, prepared) -> tuple[np.ndarray, TileCounts]:
-        """One model on one image; out of GPU memory, the scan is tried once more with half the tiles
-        per forward pass (then it fails with a clear error, and the actor goes on with the next)."""
+        """One model on one image. Out of GPU memory, the scan is tried again with the float16
+        accumulators (2 bytes per class and model-grid voxel: about 5 GB for a UK Biobank scan on
+        MRSegmentator's grid) on the host, as nnU-Net's predictor falls back, then also with half the
+        tiles per forward pass; then it fails with a clear error, and the actor goes on with the
+        next. The labels do not depend on where the accumulators live."""
         batch = runner.tiles_per_batch
-        for attempt in (1, 2):
+        attempts = [(batch, False), (batch, True)] + ([(batch // 2, True)] if batch > 1 else [])
+        for number, (tiles_per_batch, on_host) in enumerate(attempts, 1):
             counts = TileCounts()
             try:
-                return runner(image.array, image.grid.spacing_mm, times, prepared, counts, batch), counts
+                return runner(image.array, image.grid.spacing_mm, times, prepared, counts, tiles_per_batch,
+                              on_host), counts
             except RuntimeError as err:
                 if not _is_out_of_memory(err):
                     raise
                 _free_gpu_memory()
-                if attempt == 2 or batch == 1:
+                if number == len(attempts):
                     raise SegmentationError(f"GPU out of memory with model {runner.model.name} on a "
-                                            f"{image.grid.shape} image, also with {batch} tile(s) per batch: "
+                                            f"{image.grid.shape} image, also with the accumulators on the host "
+                                            f"and {tiles_per_batch} tile(s) per batch: "
                                             f"{str(err).splitlines()[0][:200]}", stage="segment") from err
-                log.warning("GPU out of memory with %d tiles per batch; retrying with %d", batch, batch // 2)
-                batch //= 2
+                log.warning("GPU out of memory with model %s (%d tiles per batch, accumulators on the %s); "
+                            "retrying with the accumulators on the host and %d tiles per batch", runner.model.name,
+                            tiles_per_batch, "host" if on_host else "device", attempts[number][0])
         raise AssertionError("unreachable")
 
 
