@@ -657,3 +657,21 @@ def test_sigterm_at_any_moment_of_the_start_gives_143_the_final_line_and_no_ray_
     assert run.returncode == 143, (after_s, run.returncode, stderr[-3000:])
     assert "interrupted (SIGTERM)" in stderr and "run the same command again to resume" in stderr, stderr[-2000:]
     assert not left, left
+
+
+def test_a_ray_that_cannot_start_is_one_line_and_exit_2(cohort, tmp_path, monkeypatch):
+    """Seen in the soak: a run suspended while Ray started raised Ray's bare Exception ('The current
+    node timed out during startup') as a traceback with exit 1."""
+    import ray
+
+    def timed_out(*args, **kwargs):
+        raise Exception("The current node timed out during startup. This could happen because some of the "
+                        "raylet failed to startup or the GCS has become overloaded.")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", timed_out)
+    config = write_job_yaml(tmp_path / "job.yaml", str(cohort), str(tmp_path / "out"))
+    result = CliRunner().invoke(app, ["run", str(config), "--no-progress"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "could not start or join a local Ray" in lines[0] and "timed out" in lines[0]

@@ -59,13 +59,21 @@ def ray_session(resources: ResourcesConfig) -> Iterator[RaySession]:
         yield RaySession(on_cluster=bool(resources.address), started_here=False)
         return
     with signals.held_while():  # Ray's core installs its own SIGINT/SIGTERM handlers while it starts
-        if resources.address:
-            ctx = ray.init(address=resources.address, logging_level=logging.WARNING, log_to_driver=False)
-            url = getattr(ctx, "dashboard_url", None)
-            log.info("joined Ray cluster at %s%s", resources.address, f"; dashboard http://{url}" if url else "")
-        else:
-            ray.init(num_cpus=usable_cpus(), include_dashboard=False, logging_level=logging.WARNING,
-                     log_to_driver=False)
+        try:
+            if resources.address:
+                ctx = ray.init(address=resources.address, logging_level=logging.WARNING, log_to_driver=False)
+                url = getattr(ctx, "dashboard_url", None)
+                log.info("joined Ray cluster at %s%s", resources.address, f"; dashboard http://{url}" if url else "")
+            else:
+                ray.init(num_cpus=usable_cpus(), include_dashboard=False, logging_level=logging.WARNING,
+                         log_to_driver=False)
+        except Exception as err:  # noqa: BLE001 - Ray raises bare Exceptions (a node that timed out starting)
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            where = f"the Ray cluster at {resources.address}" if resources.address else "a local Ray"
+            text = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            raise ConfigError(f"could not start or join {where}: {text}; scans already done are kept: run the "
+                              "same command again to resume") from None
     try:
         yield RaySession(on_cluster=bool(resources.address), started_here=True)
     finally:
