@@ -156,6 +156,8 @@ def _table(rows: list[Row]) -> str:
 def test_labels_equal_mrsegmentators_infer_on_every_case(tmp_path, demo_model):
     import torch
 
+    import mrseg_cohort.pipeline.run  # noqa: F401  (fails here, before infer() runs for minutes)
+
     sources = {"mr": shared_file("mr.nii.gz"), "ct": shared_file("ct.nii.gz")}
     cases = matrix_cases()
     paths = write_cases(cases, sources, tmp_path / "in")
