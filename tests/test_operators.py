@@ -163,6 +163,20 @@ def test_other_library_versions_are_a_change_of_configuration(committed, tmp_pat
         assert changed in str(err.value) and version[:4] in str(err.value)
 
 
+def test_rows_record_the_versions_of_the_processes_that_computed_them(committed):
+    """The scans table recorded the driver's library versions, not those of the worker and actor."""
+    import scipy
+    import SimpleITK
+    import skimage
+    import torch
+
+    _, out = committed
+    scans = pd.read_parquet(out / "tables" / "scans")
+    assert (scans["scipy_version"] == scipy.__version__).all() and (scans["skimage_version"] == skimage.__version__).all()
+    assert (scans["simpleitk_version"] == SimpleITK.Version_VersionString()).all()
+    assert (scans["torch_version"] == torch.__version__).all()
+
+
 def test_a_fingerprint_of_the_first_format_is_upgraded_keeping_its_first_model_as_the_base():
     """Outputs written before the base model was recorded gave the unsuffixed label files to their
     first model: that stays the base model whatever the order now; keys format 1 lacked are adopted."""
