@@ -95,7 +95,7 @@ def _otsu(values: np.ndarray) -> tuple[float, float]:
 
     if float(values.min()) == float(values.max()):
         return float(values.min()), 0.0
-    threshold = float(threshold_otsu(values))
+    threshold = float(threshold_otsu(values.ravel()))  # a 2-D plane of 3 or 4 columns is no RGB image
     high = values > threshold
     w1 = float(high.mean())
     if w1 in (0.0, 1.0):
