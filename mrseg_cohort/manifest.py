@@ -145,7 +145,8 @@ def discover(cfg: JobConfig, store: Store) -> list[ScanSource]:
         raise ConfigError(f"cohort.layout: unknown layout {layout!r}")
     check_input(cfg, store)
     listed = store.list_files(root)
-    files = [u for u in listed if not _inside(store, u, cfg.output.uri)]  # never our own output
+    own_output = store.within(cfg.output.uri) if cfg.output.uri else (lambda uri: False)
+    files = [u for u in listed if not own_output(u)]  # never our own output (paths resolved: links too)
     rel = [(u, u[len(root.rstrip("/")) + 1:]) for u in files]
     if layout in ("phantom", "nako-nifti"):
         sources = _by_pattern(cfg, rel, pattern)
@@ -190,12 +191,6 @@ def _no_scans_found(cfg: JobConfig, store: Store, n_listed: int, n_own_output: i
     own = f", {n_own_output} more in this job's own output (not read as input)" if n_own_output else ""
     return (f"no scans found under {root} for layout {layout!r}: none of its {n_listed - n_own_output} "
             f"files{own} is {expected}")
-
-
-def _inside(store: Store, uri: str, folder: str) -> bool:
-    """Whether ``uri`` lies under ``folder``, paths resolved (an output inside the input is not read
-    as input, also when it is named through a symbolic link)."""
-    return bool(folder) and store.contains(folder, uri)
 
 
 def id_problem(value: str, what: str) -> str:

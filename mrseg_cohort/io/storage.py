@@ -398,14 +398,26 @@ class Store:
         """Whether ``uri`` lies under ``folder`` (or is it): on local disk both resolved first
         (symbolic links followed, ``..`` removed, ``file://`` dropped), so a link into the folder or
         out of it is judged by where it really leads; on object stores by key prefix."""
-        if _is_local(folder) != _is_local(uri):
-            return False
-        if _is_local(folder):
+        return self.within(folder)(uri)
+
+    def within(self, folder: str) -> Callable[[str], bool]:
+        """:meth:`contains` for one ``folder`` and many locations (the folder resolved once)."""
+        local = _is_local(folder)
+        if local:
             base = os.path.realpath(_local_path(folder))
-            path = os.path.realpath(_local_path(uri))
-            return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
-        base, path = folder.rstrip("/"), uri
-        return "/../" not in f"{path}/" and (path == base or path.startswith(base + "/"))
+            prefix = base.rstrip(os.sep) + os.sep
+
+            def inside(uri: str) -> bool:
+                if not _is_local(uri):
+                    return False
+                path = os.path.realpath(_local_path(uri))
+                return path == base or path.startswith(prefix)
+        else:
+            root = folder.rstrip("/")
+
+            def inside(uri: str) -> bool:
+                return not _is_local(uri) and "/../" not in f"{uri}/" and (uri == root or uri.startswith(root + "/"))
+        return inside
 
     def remove(self, uri: str, recursive: bool = False) -> None:
         """Delete ``uri`` (a folder with ``recursive``); missing is not an error."""

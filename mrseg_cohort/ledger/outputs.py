@@ -509,7 +509,8 @@ class Outputs:
         objects += self.store.list_files(self._work("runs"), suffix=".json", recursive=False)
         objects += self.store.list_files(join_uri(self.root, "agreement"), suffix=".parquet", recursive=False)
         objects.append(join_uri(self.root, FINGERPRINT))  # the lease is not listed: the running job holds it
-        inside = [u for u in set(objects) if self.contains(u)]
+        contains = self.store.within(self.root)
+        inside = [u for u in set(objects) if contains(u)]
         outside = len(set(objects)) - len(inside)
         if outside:
             log.warning("%d location(s) recorded in %s lie outside it (a copied output, or an edited table); "
