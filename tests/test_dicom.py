@@ -8,6 +8,7 @@ import logging
 import zipfile
 
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 
@@ -183,6 +184,79 @@ def test_missing_contrast(tmp_path, zip_stations):
     uri = _zip_from(zip_stations, tmp_path, drop_series=tuple(("water", k) for k in range(1, 7)))
     with pytest.raises(BadScanError, match="contrast water has no series, expected 6"):
         read_ukbb_zip(Store(), uri)
+
+
+# -- pixel values: our shorter path equals pydicom's pixel_array + apply_modality_lut ---------------------
+def _encoded_slices(bits: int, stored_bits: int, signed: bool, syntax: str, rescale, lut: bool,
+                    photometric: str, n_slices: int = 3) -> list[tuple[str, bytes]]:
+    """DICOM slices (member name, bytes) with random stored values whose unused high bits hold
+    garbage (real scanners leave them so), in the given encoding."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import MRImageStorage
+
+    rng = np.random.default_rng(bits + stored_bits + int(signed) + len(syntax))
+    rows, cols = 6, 7
+    big_endian = syntax == "1.2.840.10008.1.2.2"
+    out = []
+    for k in range(n_slices):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, new_uid("px", str(k))
+        meta.TransferSyntaxUID = syntax
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.SeriesInstanceUID, ds.SeriesDescription = new_uid("px-series"), "pixels"
+        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, 3.0 * k], [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing, ds.Rows, ds.Columns = [2.0, 2.0], rows, cols
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, stored_bits, stored_bits - 1
+        ds.PixelRepresentation = int(signed)
+        if rescale:
+            ds.RescaleSlope, ds.RescaleIntercept = rescale
+        if lut:
+            item = Dataset()
+            item.LUTDescriptor, item.ModalityLUTType = [256, 0, 16], "US"
+            item.add_new(0x00283006, "US", list(range(1000, 1256)))  # LUTData
+            ds.ModalityLUTSequence = Sequence([item])
+        dtype = np.dtype(f"{'>' if big_endian else '<'}{'i' if signed else 'u'}{bits // 8}")
+        raw = rng.integers(np.iinfo(dtype).min, np.iinfo(dtype).max, size=(rows, cols), endpoint=True)
+        ds.PixelData = raw.astype(dtype).tobytes()
+        sink = io.BytesIO()
+        ds.save_as(sink, enforce_file_format=True, little_endian=not big_endian,
+                   implicit_vr=syntax == "1.2.840.10008.1.2")
+        out.append((f"px{k}.dcm", sink.getvalue()))
+    return out
+
+
+@pytest.mark.parametrize("bits,stored_bits,signed,syntax,rescale,lut,photometric", [
+    (16, 12, False, "1.2.840.10008.1.2.1", None, False, "MONOCHROME2"),  # UK Biobank's Siemens slices
+    (16, 12, False, "1.2.840.10008.1.2.1", ("2.5", "-100"), False, "MONOCHROME2"),
+    (16, 12, True, "1.2.840.10008.1.2.1", ("1", "-1024"), False, "MONOCHROME2"),  # signed: sign extension
+    (16, 16, True, "1.2.840.10008.1.2", ("0.1", "3.3"), False, "MONOCHROME1"),  # implicit VR
+    (8, 7, False, "1.2.840.10008.1.2.1", None, False, "MONOCHROME2"),
+    (32, 20, True, "1.2.840.10008.1.2.1", ("1e-3", "7"), False, "MONOCHROME2"),
+    (16, 12, False, "1.2.840.10008.1.2.2", ("2", "1"), False, "MONOCHROME2"),  # big endian: pydicom decodes
+    (16, 8, False, "1.2.840.10008.1.2.1", None, True, "MONOCHROME2"),  # Modality LUT: pydicom applies it
+])
+def test_voxel_values_equal_pydicoms_decoding(bits, stored_bits, signed, syntax, rescale, lut, photometric,
+                                              tmp_path):
+    from pydicom.pixels import apply_modality_lut
+
+    from mrseg_cohort.io.dicom import _stored_values
+
+    members = _encoded_slices(bits, stored_bits, signed, syntax, rescale, lut, photometric)
+    expected = []
+    for _, data in members:
+        ds = pydicom.dcmread(io.BytesIO(data))
+        shorter_path = _stored_values(ds, 6, 7)[0] is not None
+        assert shorter_path == (syntax != "1.2.840.10008.1.2.2" and not lut)  # the case tested is the one meant
+        expected.append(np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float32))
+    uri = str(tmp_path / "pixels.zip")
+    Store().write_bytes(uri, zip_bytes(members))
+    [series] = read_zip_series(Store(), uri)
+    assert series.volume.array.dtype == np.float32
+    assert np.array_equal(series.volume.array.view(np.int32), np.stack(expected).view(np.int32))  # every bit
 
 
 # -- broken files -------------------------------------------------------------------------------------

@@ -10,7 +10,11 @@ index axis x runs along the rows (first three ImageOrientationPatient values), y
 along that normal, so the array is (z, y, x) = (slice, row, column) with
 ``spacing_mm = (slice spacing, PixelSpacing[0], PixelSpacing[1])`` and the first slice's
 ImagePositionPatient as origin. Voxel values are the modality values (RescaleSlope/Intercept applied),
-as float32.
+as float32: pydicom's ``apply_modality_lut(ds.pixel_array, ds)`` value for value. Uncompressed
+little-endian slices (UK Biobank's) take a shorter path to the same values (:func:`_stored_values`):
+the stored integers straight from the PixelData bytes, with pydicom's correction of unused high
+bits, and the rescale applied once per series in float64 as pydicom applies it per slice; anything
+else (compressed, big-endian, a Modality LUT Sequence, several frames) goes through pydicom.
 
 The zip is read once, as a stream through :meth:`Store.open_read` (members in file order); sizes
 and dimensions are checked against :class:`ReadLimits` before anything is decompressed or allocated.
@@ -28,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import pydicom
 from pydicom.pixels import apply_modality_lut
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from mrseg_cohort.errors import BadScanError, ScanTooLargeError
 from mrseg_cohort.geometry import Grid, Volume
@@ -43,6 +48,7 @@ POSITION_TOLERANCE_MM = 0.01
 """Absolute tolerance of slice positions (DICOM decimal strings carry about 16 digits)."""
 _REQUIRED = ("SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
              "Rows", "Columns")
+_NATIVE_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,8 @@ class _Slice:
     position: np.ndarray      # ImagePositionPatient, LPS mm
     orientation: np.ndarray   # ImageOrientationPatient, 6 direction cosines
     spacing: tuple[float, float]  # PixelSpacing: between rows, between columns (mm)
-    pixels: np.ndarray        # (rows, columns) float32 modality values
+    pixels: np.ndarray        # (rows, columns): stored integers (see rescale), or float32 modality values
+    rescale: tuple[float, float] | None  # (RescaleSlope, RescaleIntercept) still to apply to pixels
     acquired: tuple[str, float]
     description: str
 
@@ -189,10 +196,12 @@ def _read_slice(archive: zipfile.ZipFile, info: zipfile.ZipInfo, uri: str,
         raise ScanTooLargeError(f"zip member {name} is {rows} x {cols} pixels, above the limit of "
                                 f"{limits.max_dim} (limits.max_dim)", stage="read", uri=uri)
     try:
-        pixels = ds.pixel_array
-        if pixels.shape != (rows, cols):
-            raise ValueError(f"pixel array of shape {pixels.shape}, expected ({rows}, {cols}) (one frame)")
-        values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
+        values, rescale = _stored_values(ds, rows, cols)
+        if values is None:  # not the plain case: pydicom decodes and rescales
+            pixels = ds.pixel_array
+            if pixels.shape != (rows, cols):
+                raise ValueError(f"pixel array of shape {pixels.shape}, expected ({rows}, {cols}) (one frame)")
+            values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
         position = np.array([float(v) for v in ds.ImagePositionPatient], dtype=np.float64)
         orientation = np.array([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64)
         spacing = tuple(float(v) for v in ds.PixelSpacing)
@@ -201,10 +210,40 @@ def _read_slice(archive: zipfile.ZipFile, info: zipfile.ZipInfo, uri: str,
     except Exception as err:  # pydicom/numpy raise many types for malformed pixel data or geometry
         raise BadScanError(f"zip member {name}: unreadable pixels or geometry ({type(err).__name__}: {err})",
                            stage="read", uri=uri) from err
-    if not np.all(np.isfinite(values)):
+    if rescale is None and not np.all(np.isfinite(values)):
         raise BadScanError(f"zip member {name} has NaN or infinite voxels", stage="read", uri=uri)
-    return str(ds.SeriesInstanceUID), _Slice(name, position, orientation, spacing, values, _acquired(ds),
+    return str(ds.SeriesInstanceUID), _Slice(name, position, orientation, spacing, values, rescale, _acquired(ds),
                                              str(ds.get("SeriesDescription", "")))
+
+
+def _stored_values(ds: pydicom.Dataset, rows: int, cols: int) -> tuple[np.ndarray | None, tuple[float, float] | None]:
+    """The stored integers of an uncompressed little-endian single-frame grey slice as pydicom's
+    ``pixel_array`` gives them, and its (RescaleSlope, RescaleIntercept) when both are present (what
+    ``apply_modality_lut`` applies), without pydicom's per-slice decoder set-up; (None, None) for
+    any other slice (the caller asks pydicom).
+
+    pydicom's native decoder reads ``rows * cols`` values of BitsAllocated bits (little-endian,
+    signed per PixelRepresentation) and, when BitsStored < BitsAllocated, shifts each value left and
+    back right by the unused bits (clearing them, or extending the sign): done here alike."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    bits = int(ds.get("BitsAllocated", 0) or 0)
+    representation = ds.get("PixelRepresentation")
+    if (syntax not in _NATIVE_SYNTAXES or bits not in (8, 16, 32) or representation not in (0, 1)
+            or int(ds.get("SamplesPerPixel", 1) or 1) != 1 or int(ds.get("NumberOfFrames", 1) or 1) != 1
+            or "ModalityLUTSequence" in ds or ds.get("PhotometricInterpretation") not in ("MONOCHROME1", "MONOCHROME2")):
+        return None, None
+    stored = int(ds.get("BitsStored", bits) or bits)
+    dtype = np.dtype(f"<{'i' if representation else 'u'}{bits // 8}")
+    raw = ds.PixelData
+    if len(raw) < rows * cols * dtype.itemsize or not 0 < stored <= bits:
+        return None, None  # pydicom words the error
+    values = np.frombuffer(raw, dtype=dtype, count=rows * cols).reshape(rows, cols)
+    if stored < bits:
+        values = np.right_shift(np.left_shift(values, bits - stored), bits - stored)
+    rescale = None
+    if "RescaleSlope" in ds and "RescaleIntercept" in ds:
+        rescale = (float(ds.RescaleSlope), float(ds.RescaleIntercept))
+    return values, rescale
 
 
 def _acquired(ds: pydicom.Dataset) -> tuple[str, float]:
@@ -236,12 +275,17 @@ def _assemble(uid: str, slices: list[_Slice], uri: str, limits: ReadLimits) -> D
         if s.pixels.shape != first.pixels.shape:
             raise BadScanError(f"{what}: member {s.member} is {s.pixels.shape} pixels, {first.member} is "
                                f"{first.pixels.shape}; one series needs one slice size", stage="read", uri=uri)
-        if not np.allclose(s.orientation, first.orientation, atol=1e-4):
-            raise BadScanError(f"{what}: member {s.member} has another ImageOrientationPatient than "
-                               f"{first.member}", stage="read", uri=uri)
-        if not np.allclose(s.spacing, first.spacing, atol=1e-4):
-            raise BadScanError(f"{what}: member {s.member} has PixelSpacing {s.spacing}, {first.member} "
-                               f"{first.spacing}", stage="read", uri=uri)
+    others = slices[1:]  # np.allclose(other, first, atol=1e-4) for all at once
+    differ = ~np.isclose(np.reshape([s.orientation for s in others], (-1, 6)), first.orientation,
+                         atol=1e-4).all(axis=1)
+    if differ.any():
+        raise BadScanError(f"{what}: member {others[int(np.argmax(differ))].member} has another "
+                           f"ImageOrientationPatient than {first.member}", stage="read", uri=uri)
+    differ = ~np.isclose(np.reshape([s.spacing for s in others], (-1, 2)), first.spacing, atol=1e-4).all(axis=1)
+    if differ.any():
+        other = others[int(np.argmax(differ))]
+        raise BadScanError(f"{what}: member {other.member} has PixelSpacing {other.spacing}, {first.member} "
+                           f"{first.spacing}", stage="read", uri=uri)
     if len(slices) < limits.min_dim or len(slices) > limits.max_dim:
         raise (BadScanError if len(slices) < limits.min_dim else ScanTooLargeError)(
             f"{what} has {len(slices)} slices; a station needs {limits.min_dim} to {limits.max_dim} "
@@ -271,15 +315,40 @@ def _assemble(uid: str, slices: list[_Slice], uri: str, limits: ReadLimits) -> D
     if np.abs(offsets).max() > POSITION_TOLERANCE_MM + 1e-3 * abs(dz) * len(slices):
         raise BadScanError(f"{what}: slice positions do not lie on a line along the slice normal (sheared or "
                            "tilted stack); not a regular grid", stage="read", uri=uri)
-    rows, cols = first.pixels.shape
-    array = np.empty((len(slices), rows, cols), dtype=np.float32)
-    for k, s in enumerate(slices):
-        array[k] = s.pixels
+    array = _modality_values(slices, what, uri)
+    rows, cols = array.shape[1:]
     direction = np.column_stack([row, col, normal])
     grid = Grid((len(slices), rows, cols), (dz, first.spacing[0], first.spacing[1]),
                 tuple(slices[0].position), tuple(direction.ravel()))
     acquired = min((s.acquired for s in slices if not math.isnan(s.acquired[1])), default=("", float("nan")))
     return DicomSeries(uid, first.description, acquired, tuple(s.member for s in slices), Volume(array, grid))
+
+
+def _modality_values(slices: list[_Slice], what: str, uri: str) -> np.ndarray:
+    """(z, y, x) float32 modality values of the sorted slices: stored values rescaled as pydicom's
+    ``apply_modality_lut`` does (``float64(stored) * slope``, then ``+ intercept``), at once for a
+    series whose slices share one rescale."""
+    rows, cols = slices[0].pixels.shape
+    array = np.empty((len(slices), rows, cols), dtype=np.float32)
+    rescales = {s.rescale for s in slices}
+    if len(rescales) == 1 and None not in rescales:
+        (slope, intercept), = rescales
+        scaled = np.stack([s.pixels for s in slices]).astype(np.float64) * slope
+        scaled += intercept
+        array[...] = scaled
+    else:
+        for k, s in enumerate(slices):
+            if s.rescale is None:
+                array[k] = s.pixels
+            else:
+                scaled = s.pixels.astype(np.float64) * s.rescale[0]
+                scaled += s.rescale[1]
+                array[k] = scaled
+    finite = np.isfinite(array).all(axis=(1, 2))
+    if not finite.all():
+        raise BadScanError(f"{what}: zip member {slices[int(np.argmin(finite))].member} has NaN or infinite voxels",
+                           stage="read", uri=uri)
+    return array
 
 
 # -- UK Biobank stations ----------------------------------------------------------------------------

@@ -153,7 +153,9 @@ def nifti_bytes(volume: Volume, dtype: type, compresslevel: int = 6) -> bytes:
     qform and sform are both set (code 1, scanner) so nibabel, SimpleITK, 3D Slicer and ITK-SNAP
     agree on the geometry; the gzip header carries no timestamp, so equal inputs give equal bytes.
     """
-    data = np.ascontiguousarray(volume.array.transpose(2, 1, 0)).astype(dtype, copy=False)
+    # (x, y, z) as a view: a C-ordered (z, y, x) array is already in NIfTI's x-fastest voxel order,
+    # which nibabel then writes as it lies (a C-ordered copy would be transposed twice)
+    data = volume.array.transpose(2, 1, 0).astype(dtype, copy=False)
     img = nib.Nifti1Image(data, affine_from_grid(volume.grid))
     img.header.set_data_dtype(dtype)
     img.set_qform(img.affine, code=1)
