@@ -124,7 +124,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scans", type=int, default=4, help="scans measured, after one warm-up scan")
     ap.add_argument("--profile", help="write one cProfile file per stage (all scans) into this folder")
-    ap.add_argument("--levels", default="1,3,6", help="gzip levels to compare for the label files")
+    ap.add_argument("--levels", default="1,2,3,6", help="gzip levels to compare for the label files")
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args()
     import torch

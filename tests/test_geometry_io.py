@@ -89,7 +89,7 @@ def test_grid_crop_and_world():
 def test_nifti_bytes_do_not_depend_on_the_arrays_memory_layout(layout, dtype):
     """The writer hands nibabel a view in NIfTI's voxel order (no transposing copy): the bytes equal
     those of nibabel writing a C-ordered (x, y, z) copy, as it did before, whatever the array's layout."""
-    from mrseg_cohort.io.nifti import affine_from_grid
+    from mrseg_cohort.io.nifti import GZIP_LEVEL, affine_from_grid
 
     rng = np.random.default_rng(4)
     base = rng.integers(0, 41, size=(9, 10, 11)).astype(np.float32)
@@ -100,4 +100,4 @@ def test_nifti_bytes_do_not_depend_on_the_arrays_memory_layout(layout, dtype):
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
     img.header["xyzt_units"] = 2 + 8
-    assert nifti_bytes(volume, dtype) == gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
+    assert nifti_bytes(volume, dtype) == gzip.compress(img.to_bytes(), compresslevel=GZIP_LEVEL, mtime=0)

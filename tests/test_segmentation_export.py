@@ -67,7 +67,7 @@ def test_exact_interpolation_equals_skimage_bit_for_bit():
     resize(order=1, mode="edge") exactly, edges included (scipy leaves the edge weights unclamped)."""
     from skimage.transform import resize
 
-    from mrseg_cohort.segmentation.export import _interpolate, _voxel_axes
+    from mrseg_cohort.segmentation.export import _interpolate_table, _voxel_axes
     from mrseg_cohort.segmentation.resampling import linear_sampling
 
     rng = np.random.default_rng(2)
@@ -78,7 +78,7 @@ def test_exact_interpolation_equals_skimage_bit_for_bit():
     axes = [tuple((i.ravel(), w.ravel()) for i, w in axis) for axis in axes]
     classes = np.repeat(np.arange(n_classes), n_out)  # every class at every voxel
     voxel = np.tile(np.arange(n_out), n_classes)
-    ours = _interpolate(values.reshape(-1), int(np.prod(grid)), grid, classes, voxel, axes).reshape(n_classes,
+    ours = _interpolate_table(values.reshape(-1), int(np.prod(grid)), grid, classes, voxel, axes).reshape(n_classes,
                                                                                                   *out_shape)
     reference = np.stack([resize(v.astype(np.float64), out_shape, order=1, mode="edge", anti_aliasing=False)
                           for v in values])

@@ -162,21 +162,30 @@ def _band_labels(values: np.ndarray, grid: tuple[int, int, int], samplings: list
                  chunk_voxels: int) -> np.ndarray:
     """nnU-Net's label of each ``band`` voxel (flat scan-grid indices; their cells, flat model-grid
     indices, are among the sorted ``cells``): tiers 2 and 3 of the module docstring."""
-    n_voxels = values.shape[1]
-    flat = values.reshape(-1)
-    cell_counts, cell_classes = _candidates(values, grid, cells, chunk_voxels)
+    cell_counts, cell_classes, cell_corners = _candidates(values, grid, cells, max(chunk_voxels // 4, 1))
     cell_first = np.cumsum(cell_counts) - cell_counts
     out = np.empty(band.size, dtype=np.uint8)
     for start in range(0, band.size, chunk_voxels):
         axes = _voxel_axes(samplings, np.unravel_index(band[start:start + chunk_voxels], out_shape))
-        slot = np.searchsorted(cells, (axes[0][0][0] * grid[1] + axes[1][0][0]) * grid[2] + axes[2][0][0])
+        (z0, z1), (y0, y1), (x0, x1) = ((lo, hi) for (lo, _), (hi, _) in axes)
+        slot = np.searchsorted(cells, (z0 * grid[1] + y0) * grid[2] + x0)
         counts = cell_counts[slot]
         first = np.cumsum(counts) - counts
         voxel = np.repeat(np.arange(slot.size), counts)  # per (voxel, candidate) pair: its voxel
-        classes = cell_classes[np.arange(voxel.size) - first[voxel] + cell_first[slot][voxel]]
+        pair = np.arange(voxel.size) - first[voxel] + cell_first[slot][voxel]  # its (cell, candidate)
+        classes = cell_classes[pair]
+        # a voxel's "hi" neighbour is its cell's upper corner, or its lower one where clamped or nearest
+        steps = [(hi != lo).astype(np.int64) for lo, hi in ((z0, z1), (y0, y1), (x0, x1))]
+        corner_rows = pair * 8
+
+        def corner_values(sz: int, sy: int, sx: int) -> np.ndarray:
+            corner = (sz * steps[0]) * 4 + (sy * steps[1]) * 2 + sx * steps[2]
+            return cell_corners[corner_rows + corner[voxel]].astype(np.float64)
+
         # one rounding to the logits' dtype (numpy; torch's float64 -> float16 goes through float32 and
         # rounds twice), as nnU-Net stores its resampled logits; held exactly in float64
-        rounded = _interpolate(flat, n_voxels, grid, classes, voxel, axes).astype(values.dtype).astype(np.float64)
+        interpolated = _interpolate(corner_values, [(w_lo, w_hi) for (_, w_lo), (_, w_hi) in axes], voxel)
+        rounded = interpolated.astype(values.dtype).astype(np.float64)
         best = np.maximum.reduceat(rounded, first)
         near = (rounded >= best[voxel] - SOFTMAX_TIE_MARGIN).astype(np.int16)
         leader = np.where(rounded == best[voxel], classes, 255).astype(np.uint8)
@@ -186,31 +195,34 @@ def _band_labels(values: np.ndarray, grid: tuple[int, int, int], samplings: list
             n_classes = values.shape[0]
             tied_axes = [tuple((i[tied], w[tied]) for i, w in axis) for axis in axes]
             all_classes = np.tile(np.arange(n_classes), tied.size)
-            pairs = _interpolate(flat, n_voxels, grid, all_classes, np.repeat(np.arange(tied.size), n_classes),
-                                 tied_axes)
+            pairs = _interpolate_table(values.reshape(-1), values.shape[1], grid, all_classes,
+                                       np.repeat(np.arange(tied.size), n_classes), tied_axes)
             labels[tied] = _softmax_argmax(pairs.reshape(tied.size, n_classes).T, values.dtype)
         out[start:start + slot.size] = labels
     return out
 
 
 def _candidates(values: np.ndarray, grid: tuple[int, int, int], cells: np.ndarray,
-                chunk: int) -> tuple[np.ndarray, np.ndarray]:
+                chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per cell of ``cells`` (flat lower-corner indices), the classes that can win a voxel in it
-    (module docstring, tier 2): their number per cell, and the classes, cell by cell, ascending."""
-    counts, classes = [], []
+    (module docstring, tier 2): their number per cell; the classes, cell by cell, ascending; and
+    each such (cell, class)'s values at the cell's 8 corners (float32, exact; corners in C order,
+    edges replicated), raveled: pair j's corner c at ``8 * j + c``."""
+    counts, classes, corners = [], [], []
     for start in range(0, cells.size, chunk):
         z, y, x = np.unravel_index(cells[start:start + chunk], grid)
-        upper = lowest = None
-        for dz, dy, dx in _CORNERS:
+        at_corners = np.empty((len(_CORNERS), values.shape[0], z.size), dtype=np.float32)  # (8, C, cells)
+        for c, (dz, dy, dx) in enumerate(_CORNERS):
             rows = (np.minimum(z + dz, grid[0] - 1) * grid[1] + np.minimum(y + dy, grid[1] - 1)) * grid[2] \
                 + np.minimum(x + dx, grid[2] - 1)
-            corner = values[:, rows].astype(np.float64)  # (C, cells)
-            upper = corner if upper is None else np.maximum(upper, corner)
-            lowest = corner if lowest is None else np.minimum(lowest, corner)
+            at_corners[c] = values[:, rows]
+        upper, lowest = at_corners.max(0).astype(np.float64), at_corners.min(0)
         can_win = (upper >= lowest.max(0) - SOFTMAX_TIE_MARGIN).T  # (cells, C)
+        cell, cls = np.nonzero(can_win)
         counts.append(can_win.sum(1))
-        classes.append(np.nonzero(can_win)[1])
-    return np.concatenate(counts), np.concatenate(classes).astype(np.int64)
+        classes.append(cls)
+        corners.append(at_corners[:, cls, cell].T.ravel())
+    return np.concatenate(counts), np.concatenate(classes).astype(np.int64), np.concatenate(corners)
 
 
 def _voxel_axes(samplings: list[AxisSampling], index: tuple[np.ndarray, ...]) -> list:
@@ -218,29 +230,40 @@ def _voxel_axes(samplings: list[AxisSampling], index: tuple[np.ndarray, ...]) ->
     return [((lo[i], w_lo[i]), (hi[i], w_hi[i])) for (lo, hi, w_lo, w_hi), i in zip(samplings, index)]
 
 
-def _interpolate(flat: np.ndarray, n_voxels: int, grid: tuple[int, int, int], classes: np.ndarray,
-                 voxel: np.ndarray, axes: list) -> np.ndarray:
-    """float64 interpolation of class ``classes[j]`` at voxel ``voxel[j]`` for each pair j.
+def _interpolate(corner_values, weights: list, voxel: np.ndarray) -> np.ndarray:
+    """float64 interpolation for each (voxel, class) pair, exactly as scipy's ``zoom`` computes it:
+    corners in C order (x fastest), each term ``((value * w_z) * w_y) * w_x``, summed from 0.
 
-    ``flat``: the (C, N) class-by-voxel values raveled (class k of model-grid voxel r at
-    ``k * n_voxels + r``); ``axes``: per axis, ``((lo, w_lo), (hi, w_hi))`` index and weight arrays
-    with one entry per voxel. Exactly as scipy's ``zoom`` computes it: corners in C order (x
-    fastest), each term ``((value * w_z) * w_y) * w_x``, summed from 0."""
-    (z0, z1), (y0, y1), (x0, x1) = axes
-    offset = classes * n_voxels
+    ``corner_values(side_z, side_y, side_x)``: float64 values of each pair at that corner (side 0:
+    the lower neighbour, 1: the upper); ``weights``: per axis, ``(w_lo, w_hi)`` arrays with one entry
+    per voxel; ``voxel``: each pair's voxel."""
+    (wz0, wz1), (wy0, wy1), (wx0, wx1) = weights
     acc = None
-    for zc, wz in (z0, z1):
+    for sz, wz in enumerate((wz0, wz1)):
         wz_pairs = wz[voxel]
-        for yc, wy in (y0, y1):
-            plane = zc * grid[1] + yc
+        for sy, wy in enumerate((wy0, wy1)):
             wy_pairs = wy[voxel]
-            for xc, wx in (x0, x1):
-                term = flat[offset + (plane * grid[2] + xc)[voxel]].astype(np.float64)
+            for sx, wx in enumerate((wx0, wx1)):
+                term = corner_values(sz, sy, sx)
                 term *= wz_pairs
                 term *= wy_pairs
                 term *= wx[voxel]
                 acc = term if acc is None else np.add(acc, term, out=acc)
     return acc
+
+
+def _interpolate_table(flat: np.ndarray, n_voxels: int, grid: tuple[int, int, int], classes: np.ndarray,
+                       voxel: np.ndarray, axes: list) -> np.ndarray:
+    """:func:`_interpolate` of class ``classes[j]`` at voxel ``voxel[j]`` from the (C, N) values
+    raveled (class k of model-grid voxel r at ``k * n_voxels + r``); ``axes``: per axis,
+    ``((lo, w_lo), (hi, w_hi))`` index and weight arrays with one entry per voxel."""
+    offset = classes * n_voxels
+
+    def corner_values(sz: int, sy: int, sx: int) -> np.ndarray:
+        rows = (axes[0][sz][0] * grid[1] + axes[1][sy][0]) * grid[2] + axes[2][sx][0]
+        return flat[offset + rows[voxel]].astype(np.float64)
+
+    return _interpolate(corner_values, [(lo[1], hi[1]) for lo, hi in axes], voxel)
 
 
 def _softmax_argmax(resampled: np.ndarray, dtype: np.dtype) -> np.ndarray:
