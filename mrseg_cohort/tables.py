@@ -120,8 +120,8 @@ def wide_view(structures: pd.DataFrame, measures: tuple[str, ...] = WIDE_MEASURE
     source[cell] = np.arange(len(df))
     if np.count_nonzero(source >= 0) < len(df):
         raise ValueError("Index contains duplicate entries, cannot reshape")
-    index = pd.MultiIndex.from_arrays([df["participant_id"].take(first_row).array, df["visit"].take(first_row).array],
-                                      names=["participant_id", "visit"])
+    index = pd.MultiIndex.from_arrays([_plain(df["participant_id"].take(first_row)),
+                                       _plain(df["visit"].take(first_row))], names=["participant_id", "visit"])
     frames = []
     for measure in measures:
         spread = pd.api.extensions.take(df[measure].array, source, allow_fill=True)  # NaN where no row
@@ -139,12 +139,32 @@ def wide_view(structures: pd.DataFrame, measures: tuple[str, ...] = WIDE_MEASURE
     return wide.reset_index()
 
 
+def _plain(values: pd.Series) -> object:
+    """The array of ``values``, categorical values as their categories' type (keys stay strings)."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        return values.astype(values.cat.categories.dtype).array
+    return values.array
+
+
 def _key_codes(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Per row of ``df`` the number of its participant_id x visit among the distinct ones sorted
     (participant_id, then visit), and per such key one row of ``df`` that has it."""
-    pid, _ = pd.factorize(df["participant_id"], sort=True)
-    visit, visits = pd.factorize(df["visit"], sort=True)
-    return _dense(pid.astype(np.int64) * len(visits) + visit)
+    pid, _ = _sorted_codes(df["participant_id"])
+    visit, n_visits = _sorted_codes(df["visit"])
+    return _dense(pid * n_visits + visit)
+
+
+def _sorted_codes(values: pd.Series) -> tuple[np.ndarray, int]:
+    """Per value its rank among the distinct values in sort order (-1: missing), and their number;
+    for categorical values by the categories' text, not their order."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        categories = values.cat.categories.to_numpy()
+        rank = np.empty(len(categories) + 1, dtype=np.int64)
+        rank[np.argsort(categories, kind="stable")] = np.arange(len(categories))
+        rank[-1] = -1  # code -1 (missing) indexes the last entry
+        return rank[values.cat.codes.to_numpy()], len(categories)
+    codes, uniques = pd.factorize(values, sort=True)
+    return codes.astype(np.int64), len(uniques)
 
 
 def _dense(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -196,7 +216,7 @@ def _one_contrast_rows(df: pd.DataFrame, contrast: str | None, key_code: np.ndar
         return (df["contrast"] == contrast).to_numpy(dtype=bool)
     if not len(df):
         return np.zeros(0, dtype=bool)
-    code, _ = pd.factorize(df["contrast"], sort=True)  # sorted: the smallest code is the first contrast
+    code, _ = _sorted_codes(df["contrast"])  # sorted: the smallest code is the first contrast
     rank = np.where(code >= 0, code, np.iinfo(np.int64).max).astype(np.int64)
     first = np.full(int(key_code.max()) + 1, np.iinfo(np.int64).max, dtype=np.int64)
     np.minimum.at(first, key_code, rank)

@@ -288,3 +288,13 @@ def test_tables_wide_and_phenotypes_equal_the_plain_computation(published, tmp_p
                               "--measures", "volume_ml,no_such_measure"])
     assert bad.exit_code == 2 and "unknown column(s) ['no_such_measure']" in bad.output
 
+
+
+def test_rows_of_scans_of_an_empty_frame_keep_their_columns():
+    from mrseg_cohort.report.summaries import rows_of_scans, scan_keys
+
+    empty = pd.DataFrame(columns=["participant_id", "visit", "z"])
+    assert list(rows_of_scans(empty, [("1", "2")]).columns) == ["participant_id", "visit", "z"]
+    frame = pd.DataFrame({"participant_id": pd.Categorical(["1", "1", "2"]), "visit": ["2", "3", "2"], "z": [1, 2, 3]})
+    assert scan_keys(frame) == [("1", "2"), ("1", "3"), ("2", "2")]
+    assert rows_of_scans(frame, [("1", "3"), ("2", "2"), ("9", "2")])["z"].tolist() == [2, 3]

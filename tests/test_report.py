@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import DEMO_MODEL, write_job_yaml
+from conftest import DEMO_MODEL, REPO, write_job_yaml
 from mrseg_cohort.cli import app
 from mrseg_cohort.colortables import color_lookup
 from mrseg_cohort.config import StitchingConfig, load_config
@@ -28,6 +28,8 @@ from mrseg_cohort.io.storage import Store, join_uri
 from mrseg_cohort.labels import MRSEG
 from mrseg_cohort.manifest import discover
 from mrseg_cohort.report.previews import LABEL_ALPHA, canonical, choose_slices, render_plane
+from mrseg_cohort.ledger.outputs import Outputs
+from mrseg_cohort.report.summaries import OUTLIER_MEASURES as S_MEASURES
 from mrseg_cohort.report.summaries import find_outliers, redact
 from mrseg_cohort.stats import robust_z
 from mrseg_cohort.ledger.lease import OutputLease
@@ -293,16 +295,16 @@ def chromium() -> str:
     return exe
 
 
-@pytest.mark.browser
-def test_report_in_headless_chromium(chromium, report_covariates, tmp_path):
-    """The report with covariates: every section of the plain report plus the phenotypes."""
-    report = report_covariates
+def _render_in_chromium(chromium: str, page, tmp_path, timeout_s: float = 180) -> float:
+    """Open ``page`` in headless Chromium and check the screenshot drew text and pictures; seconds taken."""
     screenshot = tmp_path / "report.png"
     command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
                f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
-               f"--screenshot={screenshot}", "--window-size=1400,3000", report["path"].as_uri()]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+               f"--screenshot={screenshot}", "--window-size=1400,3000", page.as_uri()]
+    t = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+    seconds = time.perf_counter() - t
     assert done.returncode == 0, done.stderr[-3000:]
     console = [line for line in done.stderr.splitlines() if "Uncaught" in line or "ERROR:CONSOLE" in line]
     assert not console, console
@@ -310,7 +312,94 @@ def test_report_in_headless_chromium(chromium, report_covariates, tmp_path):
     shot = np.asarray(Image.open(screenshot).convert("RGB"))
     assert shot.shape[:2] == (3000, 1400)
     assert len(np.unique(shot.reshape(-1, 3), axis=0)) > 50  # the page drew text and pictures, not a blank
-    print(f"screenshot: {screenshot}")
+    print(f"screenshot: {screenshot} after {seconds:.1f} s")
+    return seconds
+
+
+@pytest.mark.browser
+def test_report_in_headless_chromium(chromium, report_covariates, tmp_path):
+    """The report with covariates: every section of the plain report plus the phenotypes."""
+    _render_in_chromium(chromium, report_covariates["path"], tmp_path)
+
+
+# -- caps: a page a browser opens at once, whatever the cohort size (issue 26) --------------------------
+CAPS = ["--max-outliers", "40", "--max-outlier-previews", "3", "--sample", "2"]
+
+
+@pytest.fixture(scope="module")
+def cohorts(output):
+    """The output's tables replicated under new participant ids into outputs of 200 and 800 scans,
+    as the read-side benchmark builds 100,000 (benchmarks/read_side_bench.py), and their reports
+    with the same small caps."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from read_side_bench import build
+
+    found = {}
+    for scans in (200, 800):
+        dest = output["root"] / f"cohort-{scans}"
+        build(str(output["root"] / "output"), str(dest), Store(), scans, 100)
+        page = output["root"] / f"cohort-{scans}" / "report.html"
+        result = CliRunner().invoke(app, ["report", str(output["config"]), "--output", str(dest), "--out", str(page),
+                                          "--min-scans", "3", *CAPS])
+        assert result.exit_code == 0, result.output
+        found[scans] = {"output": dest, "page": page, "html": page.read_text(), "stdout": result.stdout}
+    return found
+
+
+def _section(html: str, anchor: str) -> str:
+    start = html.index(f'<section id="{anchor}">')
+    return html[start:html.index("</section>", start)]
+
+
+def test_outliers_are_capped_on_the_page_and_listed_in_full_beside_it(cohorts):
+    from mrseg_cohort.report.data import read_output
+
+    for scans, found in cohorts.items():
+        section = _section(found["html"], "outliers")
+        full = pd.read_parquet(found["page"].parent / "report_outliers.parquet")
+        data = read_output(Outputs(Store(), str(found["output"])))
+        expected = find_outliers(data.structures, min_scans=3)
+        assert len(full) == len(expected) > 40  # more outliers than the cap
+        pd.testing.assert_frame_equal(full, expected.astype(full.dtypes.to_dict()), check_dtype=False)
+        assert f"Outliers ({len(full)})" in section
+        assert section.count('<td class="outlier">') == 40  # the cap
+        assert '<a href="report_outliers.parquet">report_outliers.parquet</a>' in section
+        listed = re.findall(r'<td class="outlier">(?:<a href="#[^"]+">)?([^<]+)(?:</a>)?</td><td>([^<]+)</td>'
+                            r"<td>([^<]+)</td><td>([^<]+)</td>", section)
+        assert len(listed) == 40
+        # each structure and measure with outliers has its most extreme value on the page (turns)
+        for (structure, measure), group in full.groupby(["structure", "measure"]):
+            top = group.iloc[np.argmax(np.abs(group["z"].to_numpy()))]
+            assert (top["participant_id"], top["visit"], structure, S_MEASURES[measure]) in listed or \
+                len(full.groupby(["structure", "measure"])) > 40
+        previews = [i for i in _Page(found["html"]).images if i.get("data-view") == "coronal"]
+        assert 1 <= len(previews) <= 3 + 2
+        assert f"report of {scans} scans, {len(full)} outlier values" in found["stdout"]
+
+
+def test_page_size_does_not_grow_with_the_cohort(cohorts):
+    small, large = (len(cohorts[n]["html"].encode()) for n in (200, 800))
+    outliers = [len(pd.read_parquet(cohorts[n]["page"].parent / "report_outliers.parquet")) for n in (200, 800)]
+    assert outliers[1] >= 3 * outliers[0]  # four times the scans, about four times the outliers ...
+    assert abs(large - small) < 0.1 * small  # ... and the same page
+    assert large < 50e6
+
+
+def test_previews_stop_at_the_page_budget(output, cohorts, tmp_path):
+    page = tmp_path / "budget.html"
+    result = CliRunner().invoke(app, ["report", str(output["config"]), "--output", str(cohorts[200]["output"]),
+                                      "--out", str(page), "--min-scans", "3", *CAPS, "--preview-budget-mb", "0.001"])
+    assert result.exit_code == 0, result.output
+    html = page.read_text()
+    assert len([i for i in _Page(html).images if i.get("data-view") == "coronal"]) == 1  # the budget is spent by one
+    assert "more scans chosen for a preview have none: the previews reached the page&#x27;s budget of 0.001 MB" in html
+
+
+@pytest.mark.browser
+def test_capped_report_of_a_larger_cohort_in_headless_chromium(chromium, cohorts, tmp_path):
+    _render_in_chromium(chromium, cohorts[800]["page"], tmp_path, timeout_s=120)
 
 
 # -- pure parts --------------------------------------------------------------------------------------------

@@ -23,8 +23,14 @@ def report(
                                       "outlier."),
     min_scans: int = typer.Option(10, "--min-scans", min=1, help="Structures present in fewer scans, and "
                                   "phenotype strata with fewer values, are not assessed for outliers."),
-    max_outlier_previews: int = typer.Option(200, "--max-outlier-previews", min=0,
-                                             help="Outlier scans previewed at most (most extreme first)."),
+    max_outliers: int = typer.Option(500, "--max-outliers", min=0, help="Rows of each outlier list on the page "
+                                     "(in turns across structures, most extreme first); the full lists are "
+                                     "written beside the page as <name>_outliers.parquet."),
+    max_outlier_previews: int = typer.Option(24, "--max-outlier-previews", min=0,
+                                             help="Outlier scans previewed at most (each structure's most extreme "
+                                             "first)."),
+    preview_budget_mb: float = typer.Option(20.0, "--preview-budget-mb", min=0.0,
+                                            help="Megabytes of the page that previews may take at most."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random preview sample."),
     covariates: str = typer.Option(None, "--covariates", help="CSV or Parquet with eid (or participant_id) and sex, "
                                    "age, height, weight (or UK Biobank fields 31, 21003, 50, 12144, 21002): "
@@ -46,7 +52,8 @@ def report(
         job = load_config(config, overrides)
         covariates = from_command_line(covariates) if covariates else None
         options = ReportOptions(sample=sample, contrast=contrast, z_threshold=z_threshold, min_scans=min_scans,
-                                max_outlier_previews=max_outlier_previews, seed=seed, covariates=covariates,
+                                max_outliers=max_outliers, max_outlier_previews=max_outlier_previews,
+                                preview_budget_mb=preview_budget_mb, seed=seed, covariates=covariates,
                                 phenotype_z_threshold=phenotype_z_threshold,
                                 agreement=from_command_line(agreement) if agreement else None)
         result = write_report(job, out_uri, options)
@@ -55,5 +62,7 @@ def report(
         extra += f", {result.agreement_outliers} outside the limits of agreement"
     typer.echo(f"report of {result.scans} scans, {result.outliers} outlier values{extra}, {result.previews} "
                f"previews: {out_uri}")
+    if result.beside:
+        typer.echo(f"full outlier lists beside it: {', '.join(result.beside)}")
     for error in result.preview_errors:
         typer.echo(f"warning: no preview for {error}", err=True)

@@ -50,8 +50,8 @@ def wide(
         unknown = [m for m in chosen if m not in structures.columns]
         if unknown:
             fail(f"--measures: unknown column(s) {unknown}; see docs/tables.md")
-        scans = read_table_frame(outputs.store, outputs.table_uri("scans"), columns=[*KEY_COLUMNS, *BODY_COMPOSITION_COLUMNS],
-                                 schema=SCHEMAS["scans"])
+        scans = read_table_frame(outputs.store, outputs.table_uri("scans"),
+                                 columns=[*KEY_COLUMNS, *BODY_COMPOSITION_COLUMNS], schema=SCHEMAS["scans"])
         frame = wide_view(structures, chosen, contrast, scans)
         _write_frame(outputs, out, frame)
     typer.echo(f"wrote {len(frame)} rows x {frame.shape[1]} columns to {out}")
@@ -124,18 +124,13 @@ def change(
 
 def _phenotypes(job, outputs, contrast: str | None):
     """The phenotype table of a job's published tables."""
-    from mrseg_cohort.io.tables import read_table_frame
     from mrseg_cohort.phenotypes import phenotype_table
-    from mrseg_cohort.phenotypes.derive import MEASURES
-    from mrseg_cohort.tables import KEY_COLUMNS, SCHEMAS
+    from mrseg_cohort.report.data import read_phenotype_inputs
 
-    structures = read_table_frame(outputs.store, outputs.table_uri("structures"),
-                                  columns=[*KEY_COLUMNS, "structure", *MEASURES], schema=SCHEMAS["structures"])
-    scans = read_table_frame(outputs.store, outputs.table_uri("scans"),
-                             columns=[*KEY_COLUMNS, "status", "swap_suspected", "stitch_max_gap_mm"], schema=SCHEMAS["scans"])
-    if structures is None or scans is None:
+    inputs = read_phenotype_inputs(outputs)
+    if inputs is None:
         fail(f"no published results under {outputs.table_uri('structures')} yet")
-    return phenotype_table(structures, scans, outputs.base_model(job.base_model), contrast)
+    return phenotype_table(*inputs, outputs.base_model(job.base_model), contrast)
 
 
 def _covariates(outputs, uri: str):
@@ -168,15 +163,15 @@ def summary(
     from rich.table import Table
 
     from mrseg_cohort.report.data import read_output
-    from mrseg_cohort.report.summaries import (scan_flag_counts, select, structure_distributions,
-                                               structure_flag_counts, vessel_consistency)
+    from mrseg_cohort.report.summaries import (scan_flag_counts, structure_distributions, structure_flag_counts,
+                                               vessel_consistency)
 
     with one_line_errors():
         job, outputs = _output(config, output)
-        data = read_output(outputs, job.base_model)
-        if data.structures.empty:
+        data = read_output(outputs, job.base_model, model)
+        if not data.has_structures:
             fail(f"no published results under {outputs.table_uri('structures')} yet")
-        structures, scans, contrast = select(data.structures, data.scans, model or data.base_model, None)
+        structures, scans, contrast = data.structures, data.selected_scans, data.contrast
         dist = structure_distributions(structures)
     console = Console(soft_wrap=True)
     table = Table(title=f"{job.cohort.name}: {scans.shape[0]} scans ({contrast}); volume_ml and ff_median_pct "

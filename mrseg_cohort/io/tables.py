@@ -40,7 +40,8 @@ def read_table_file(store: Store, uri: str, columns: list[str] | None = None) ->
 
 
 def read_table_folder(store: Store, uri: str, columns: list[str] | None = None,
-                      filter: pc.Expression | None = None, schema: pa.Schema | None = None) -> pa.Table | None:
+                      filter: pc.Expression | None = None, schema: pa.Schema | None = None,
+                      dictionary: list[str] = ()) -> pa.Table | None:
     """All ``*.parquet`` parts under folder ``uri`` as one table (None if there are none).
 
     Read as one ``pyarrow.dataset`` over the store's file system: only ``columns`` are read
@@ -48,14 +49,16 @@ def read_table_folder(store: Store, uri: str, columns: list[str] | None = None,
     ``pyarrow.compute`` expression, also used to skip row groups by their statistics) are kept, the
     parts read in parallel. Parts written by different versions (a column added later) combine:
     ``schema`` (default: the parts' schemas unified) is the table's, and a part's missing columns
-    are nulls. A transient storage error retries the whole read.
+    are nulls. String columns named in ``dictionary`` are read dictionary-encoded (pandas:
+    categorical; a few bytes a row for ids and structure names repeated millions of times). A
+    transient storage error retries the whole read.
     """
     parts = store.list_files(uri, suffix=".parquet", recursive=False)
     if not parts:
         return None
 
     def read() -> pa.Table:
-        dataset = _parts_dataset(store, uri, parts, schema)
+        dataset = _parts_dataset(store, uri, parts, schema, dictionary)
         wanted = None if columns is None else [c for c in columns if c in dataset.schema.names]
         return dataset.to_table(columns=wanted, filter=filter)
 
@@ -63,25 +66,34 @@ def read_table_folder(store: Store, uri: str, columns: list[str] | None = None,
 
 
 def read_table_frame(store: Store, uri: str, columns: list[str] | None = None,
-                     filter: pc.Expression | None = None, schema: pa.Schema | None = None) -> pd.DataFrame | None:
+                     filter: pc.Expression | None = None, schema: pa.Schema | None = None,
+                     dictionary: list[str] = ()) -> pd.DataFrame | None:
     """:func:`read_table_folder` as pandas (None if there are no parts); the Arrow buffers are
     released column by column as the frame is built, so the table is not held twice."""
-    table = read_table_folder(store, uri, columns, filter, schema)
+    table = read_table_folder(store, uri, columns, filter, schema, dictionary)
     return None if table is None else table.to_pandas(self_destruct=True, split_blocks=True)
 
 
-def _parts_dataset(store: Store, uri: str, parts: list[str], schema: pa.Schema | None) -> ds.FileSystemDataset:
-    """The dataset of ``parts`` (URIs under folder ``uri``), with ``schema`` or the parts' unified one."""
+def _parts_dataset(store: Store, uri: str, parts: list[str], schema: pa.Schema | None,
+                   dictionary: list[str] = ()) -> ds.FileSystemDataset:
+    """The dataset of ``parts`` (URIs under folder ``uri``), with ``schema`` or the parts' unified one,
+    the string columns ``dictionary`` dictionary-encoded."""
     fs, folder = store.fs_and_path(uri)
     arrow_fs = pafs.LocalFileSystem() if isinstance(fs, LocalFileSystem) else pafs.PyFileSystem(pafs.FSSpecHandler(fs))
     base = uri.rstrip("/")
     paths = [f"{folder.rstrip('/')}/{part[len(base) + 1:]}" for part in parts]
-    file_format = ds.ParquetFileFormat()
+    file_format = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=set(dictionary)))
+    fragments = None
     if schema is None:
         fragments = [file_format.make_fragment(p, arrow_fs) for p in paths]
         with ThreadPoolExecutor(max_workers=min(16, len(fragments))) as pool:
             schemas = list(pool.map(lambda f: f.physical_schema, fragments))
         schema = pa.unify_schemas(schemas, promote_options="default")
+    for name in dictionary:
+        i = schema.get_field_index(name)
+        if i >= 0 and pa.types.is_string(schema.field(i).type):
+            schema = schema.set(i, pa.field(name, pa.dictionary(pa.int32(), pa.string())))
+    if fragments is not None:
         return ds.FileSystemDataset(fragments, schema, file_format, arrow_fs)
     return ds.dataset(paths, schema=schema, format=file_format, filesystem=arrow_fs)
 

@@ -28,8 +28,11 @@ def outlier_keys(files: AgreementFiles) -> list[Key]:
     return list(dict.fromkeys(zip(table["participant_id"].astype(str), table["visit"].astype(str))))
 
 
-def agreement_section(files: AgreementFiles, previews: dict, anchor_for: Callable[[Key], str], seed: int = 0) -> str:
-    """The section's HTML; ``previews`` maps a key to its rendered preview (a tuple) or an error."""
+def agreement_section(files: AgreementFiles, previews: dict, anchor_for: Callable[[Key], str], seed: int = 0,
+                      max_rows: int | None = None) -> str:
+    """The section's HTML; ``previews`` maps a key to its rendered preview (a tuple) or an error;
+    ``max_rows``: pairs outside the limits listed at most (the largest |z| first; all are in the
+    agreement's own ``_outside_loa`` table)."""
     summary = files.summary
     overall = summary[summary["stratum"] == "all"]
     parts = [h.paragraph(
@@ -61,14 +64,17 @@ def agreement_section(files: AgreementFiles, previews: dict, anchor_for: Callabl
             numeric=[3, 6, 7, 8])]
     outside = files.outside_loa
     rows = []
-    for r in outside.to_dict("records"):
+    listed = outside if max_rows is None else outside.head(max_rows)
+    for r in listed.to_dict("records"):
         key = (str(r["participant_id"]), str(r["visit"]))
         link = f"#{anchor_for(key)}" if isinstance(previews.get(key), tuple) else None
         rows.append([h.Cell(key[0], link, "outlier"), key[1], r["pair"], _num(r["ours"]), _num(r["reference"]),
                      _num(r["difference"]), _num(r["z"], 2), h.Cell("preview", link) if link else "no preview"])
     parts += [f"<h3>Outside the limits of agreement ({len(outside)})</h3>",
               h.paragraph("Pairs whose difference lies outside the limits of agreement of their pair (all strata "
-                          "together); z = (difference - bias) / SD of the differences, largest |z| first."),
+                          "together); z = (difference - bias) / SD of the differences, largest |z| first."
+                          + (f" The first {len(listed)} are listed; all are in the agreement's _outside_loa table "
+                             "beside its summary." if len(listed) < len(outside) else "")),
               h.table(["participant", "visit", "pair", "ours", "reference", "difference", "z", "preview"], rows,
                       numeric=[3, 4, 5, 6])]
     return h.section(ANCHOR, TITLE, *parts)

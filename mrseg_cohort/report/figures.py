@@ -21,7 +21,7 @@ _HORIZONTAL = ({"orientation": "horizontal"}
 
 
 def distribution_png(values: pd.DataFrame, measure: str, label: str, order: list[str],
-                     colors: dict[str, RGB], outliers: pd.DataFrame | None = None, log_scale: bool = False,
+                     colors: dict[str, RGB], flagged: np.ndarray | None = None, log_scale: bool = False,
                      max_points: int = 2000, seed: int = 0) -> bytes | None:
     """Horizontal box plot per structure of ``values[measure]``, with a strip of the scans' values.
 
@@ -30,51 +30,52 @@ def distribution_png(values: pd.DataFrame, measure: str, label: str, order: list
         measure: the column to plot; ``label`` its axis label (with unit).
         order: structures top to bottom (those without values are left out).
         colors: structure -> RGB of its box (the colour table's colour).
-        outliers: rows (participant_id, visit, structure, measure) drawn in red on top.
+        flagged: per row of ``values``, whether it is an outlier (drawn in red on top).
         log_scale: logarithmic value axis (volumes span 1 to 2000 mL); non-positive values left out.
-        max_points: at most this many points per structure are drawn (a reproducible random subset,
-            outliers always drawn); the boxes use every value.
+        max_points: at most this many points per structure are drawn (a reproducible random subset),
+            and at most this many outliers (those furthest from the structure's median); the boxes
+            use every value.
 
     Returns:
         PNG bytes, or None when no structure has a value.
     """
-    data = values[["participant_id", "visit", "structure", measure]].dropna(subset=[measure])
-    data = data[np.isfinite(data[measure].astype(float))]
-    if log_scale:
-        data = data[data[measure] > 0]
-    by_structure = {name: group for name, group in data.groupby("structure", sort=False)}
+    x_all = pd.to_numeric(values[measure], errors="coerce").to_numpy(dtype=np.float64)
+    keep = np.isfinite(x_all) & (x_all > 0) if log_scale else np.isfinite(x_all)
+    red_all = np.zeros(len(values), dtype=bool) if flagged is None else np.asarray(flagged, dtype=bool)
+    code, names = pd.factorize(values["structure"])
+    kept = np.flatnonzero(keep & (code >= 0))
+    kept = kept[np.argsort(code[kept], kind="stable")]  # grouped by structure, rows in their order
+    bounds = np.searchsorted(code[kept], np.arange(len(names) + 1))
+    by_structure = {str(names[c]): kept[bounds[c]:bounds[c + 1]] for c in range(len(names))
+                    if bounds[c + 1] > bounds[c]}
     shown = [name for name in order if name in by_structure]
     if not shown:
         return None
-    flagged = set()
-    if outliers is not None and len(outliers):
-        hits = outliers[outliers["measure"] == measure]
-        flagged = set(zip(hits["participant_id"], hits["visit"], hits["structure"]))
 
     fig = Figure(figsize=(8.0, 1.2 + 0.26 * len(shown)), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     rng = np.random.default_rng(seed)
     positions = np.arange(len(shown))[::-1]  # first structure at the top
-    series = [by_structure[name][measure].to_numpy(dtype=np.float64) for name in shown]
+    series = [x_all[by_structure[name]] for name in shown]
     boxes = ax.boxplot(series, positions=positions, widths=0.6, patch_artist=True,
                        showfliers=False, medianprops={"color": "black", "linewidth": 1.2}, **_HORIZONTAL)
     for patch, name in zip(boxes["boxes"], shown):
         r, g, b = colors.get(name, (160, 160, 160))
         patch.set_facecolor((r / 255, g / 255, b / 255, 0.75))
         patch.set_edgecolor("#444444")
-    for pos, name in zip(positions, shown):
-        group = by_structure[name]
-        is_outlier = np.array([(p, v, name) in flagged for p, v in zip(group["participant_id"], group["visit"])],
-                              dtype=bool)
-        x = group[measure].to_numpy(dtype=np.float64)
+    for pos, name, x in zip(positions, shown, series):
+        is_outlier = red_all[by_structure[name]]
         normal = np.flatnonzero(~is_outlier)
         if normal.size > max_points:
             normal = rng.choice(normal, max_points, replace=False)
         jitter = rng.uniform(-0.18, 0.18, size=x.size)
         ax.scatter(x[normal], pos + jitter[normal], s=6, color="#333333", alpha=0.45, linewidths=0, zorder=3)
-        if is_outlier.any():
-            ax.scatter(x[is_outlier], pos + jitter[is_outlier], s=22, color=OUTLIER_COLOR, edgecolors="black",
+        red_rows = np.flatnonzero(is_outlier)
+        if red_rows.size > max_points:  # the most extreme
+            red_rows = red_rows[np.argsort(-np.abs(x[red_rows] - np.median(x)), kind="stable")[:max_points]]
+        if red_rows.size:
+            ax.scatter(x[red_rows], pos + jitter[red_rows], s=22, color=OUTLIER_COLOR, edgecolors="black",
                        linewidths=0.5, zorder=4)
     ax.set_yticks(positions, [name.replace("_", " ") for name in shown], fontsize=8)
     ax.set_ylim(-0.7, len(shown) - 0.3)
@@ -83,12 +84,21 @@ def distribution_png(values: pd.DataFrame, measure: str, label: str, order: list
     ax.set_xlabel(label)
     ax.grid(axis="x", color="#dddddd", linewidth=0.6)
     ax.set_axisbelow(True)
-    n_scans = data[["participant_id", "visit"]].drop_duplicates().shape[0]
+    n_scans = _distinct_scans(values, np.concatenate([by_structure[name] for name in shown]))
     ax.set_title(f"{label}: {n_scans} scans (red: outliers, |robust z| > threshold)", fontsize=10)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", metadata={"Software": None})
     return buffer.getvalue()
+
+
+def _distinct_scans(values: pd.DataFrame, rows: np.ndarray) -> int:
+    """Number of distinct (participant_id, visit) among the rows ``rows`` (positions) of ``values``."""
+    if not len(rows):
+        return 0
+    pid, _ = pd.factorize(values["participant_id"])
+    visit, visits = pd.factorize(values["visit"])
+    return int(np.count_nonzero(np.bincount(pid[rows].astype(np.int64) * len(visits) + visit[rows])))
 
 
 SEX_GROUPS = (("female", "#c2185b"), ("male", "#1565c0"), (None, "#9e9e9e"))
@@ -118,15 +128,16 @@ def phenotype_panels_png(table: pd.DataFrame, names: list[str], labels: dict[str
     fig = Figure(figsize=(2.7 * columns, 1.55 * rows + 0.3), dpi=90)
     FigureCanvasAgg(fig)
     rng = np.random.default_rng(seed)
-    sex = table["sex"].to_numpy(dtype=object) if "sex" in table else np.full(len(table), None, dtype=object)
+    sex = table["sex"] if "sex" in table else pd.Series(None, index=table.index, dtype=object)
+    members = {group: (sex == group).to_numpy(dtype=bool) if group else ~sex.isin(["female", "male"]).to_numpy()
+               for group, _ in SEX_GROUPS}
     for k, name in enumerate(shown):
         ax = fig.add_subplot(rows, columns, k + 1)
         x = table[name].to_numpy(dtype=float)
         flagged = outliers.get(name) if outliers else None
         ticks = []
         for group, color in SEX_GROUPS:
-            member = np.array([s == group if group else s not in ("female", "male") for s in sex], dtype=bool)
-            use = member & np.isfinite(x)
+            use = members[group] & np.isfinite(x)
             if not use.any():
                 continue
             pos = -len(ticks)

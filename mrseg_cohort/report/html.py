@@ -97,6 +97,16 @@ def paragraph(text: str, css: str = "note") -> str:
     return f'<p class="{esc(css)}">{esc(text)}</p>'
 
 
+def link(text: str, href: str) -> str:
+    """A link (text and target escaped), e.g. to a file beside the page."""
+    return f'<a href="{esc(href)}">{esc(text)}</a>'
+
+
+def paragraph_with_link(before: str, target: str, after: str = "", css: str = "note") -> str:
+    """A paragraph of text with a link to ``target`` (shown as its name) in it."""
+    return f'<p class="{esc(css)}">{esc(before)}{link(target, target)}{esc(after)}</p>'
+
+
 def pre(text: str) -> str:
     return f"<pre>{esc(text)}</pre>"
 

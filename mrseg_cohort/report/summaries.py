@@ -23,7 +23,6 @@ import pandas as pd
 
 from mrseg_cohort.labels import VESSEL_NAMES
 from mrseg_cohort.redact import redact  # noqa: F401  (re-exported: the report's config section uses it)
-from mrseg_cohort.tables import require_contrast
 from mrseg_cohort.stats import robust_z
 
 Z_THRESHOLD = 3.5
@@ -33,26 +32,6 @@ OUTLIER_MEASURES = {"volume_ml": "volume (mL)", "ff_median_pct": "fat fraction, 
 KEYS = ["participant_id", "visit"]
 
 
-def select(structures: pd.DataFrame, scans: pd.DataFrame, model: str,
-           contrast: str | None) -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
-    """Rows of one model and one segmented contrast (default: the first contrast in sort order).
-
-    Returns:
-        (structures, scans, contrast used); scans are those with status ``ok``.
-
-    Raises:
-        ValueError: ``contrast`` is given and the model has no results for it.
-    """
-    s = structures[structures["model"] == model]
-    c = scans[(scans["model"] == model) & (scans["status"] == "ok")]
-    require_contrast(pd.concat([s[["contrast"]], c[["contrast"]]]), contrast)
-    if contrast is None:
-        found = sorted(set(c["contrast"].dropna()) | set(s["contrast"].dropna()))
-        contrast = found[0] if found else None
-    return (s[s["contrast"] == contrast].reset_index(drop=True), c[c["contrast"] == contrast].reset_index(drop=True),
-            contrast)
-
-
 def find_outliers(structures: pd.DataFrame, threshold: float = Z_THRESHOLD, min_scans: int = 10,
                   measures: Iterable[str] = tuple(OUTLIER_MEASURES)) -> pd.DataFrame:
     """Values with ``|robust z| > threshold`` per structure and measure, largest |z| first.
@@ -60,12 +39,19 @@ def find_outliers(structures: pd.DataFrame, threshold: float = Z_THRESHOLD, min_
     Returns:
         columns participant_id, visit, structure, measure, value, median, z.
     """
+    return outliers_with_rows(structures, threshold, min_scans, measures).drop(columns="row")
+
+
+def outliers_with_rows(structures: pd.DataFrame, threshold: float = Z_THRESHOLD, min_scans: int = 10,
+                       measures: Iterable[str] = tuple(OUTLIER_MEASURES)) -> pd.DataFrame:
+    """:func:`find_outliers` with a column ``row``: the index label of the value's row in ``structures``."""
     present = structures[structures["n_voxels"].fillna(0) > 0]
     found = []
     for measure in measures:
         values = present[KEYS + ["structure", measure]].dropna(subset=[measure])
         values = values[np.isfinite(values[measure].astype(float))]
-        for structure, group in values.groupby("structure", sort=True):
+        groups = values.groupby("structure", observed=True)  # in name order (categories may be in any order):
+        for structure, group in sorted(groups, key=lambda item: str(item[0])):
             if len(group) < min_scans:
                 continue
             x = group[measure].to_numpy(dtype=np.float64)
@@ -76,12 +62,52 @@ def find_outliers(structures: pd.DataFrame, threshold: float = Z_THRESHOLD, min_
                 found.append(pd.DataFrame({"participant_id": rows["participant_id"].to_numpy(),
                                            "visit": rows["visit"].to_numpy(), "structure": structure,
                                            "measure": measure, "value": x[hit], "median": float(np.median(x)),
-                                           "z": z[hit]}))
-    columns = ["participant_id", "visit", "structure", "measure", "value", "median", "z"]
+                                           "z": z[hit], "row": rows.index.to_numpy()}))
+    columns = ["participant_id", "visit", "structure", "measure", "value", "median", "z", "row"]
     if not found:
         return pd.DataFrame(columns=columns)
     out = pd.concat(found, ignore_index=True)
     return out.iloc[np.argsort(-np.abs(out["z"].to_numpy()), kind="stable")].reset_index(drop=True)[columns]
+
+
+def outliers_per_structure(outliers: pd.DataFrame) -> pd.DataFrame:
+    """Per structure and measure with outliers: their number and the largest |z|, most outliers first
+    (ties: structure, measure). ``outliers``: :func:`find_outliers`'s frame."""
+    columns = ["structure", "measure", "outliers", "max_abs_z"]
+    if outliers.empty:
+        return pd.DataFrame(columns=columns)
+    grouped = outliers.assign(abs_z=outliers["z"].abs()).groupby(["structure", "measure"], sort=True)
+    out = grouped.agg(outliers=("z", "size"), max_abs_z=("abs_z", "max")).reset_index()
+    return out.sort_values(["outliers", "structure", "measure"], ascending=[False, True, True],
+                           kind="stable").reset_index(drop=True)[columns]
+
+
+def round_robin(outliers: pd.DataFrame, n: int, by: Iterable[str] = ("structure", "measure")) -> pd.DataFrame:
+    """The first ``n`` rows of ``outliers`` (largest |z| first) taken in turns across the groups
+    ``by``: every group's most extreme value, then every group's second, ...; so a structure with
+    thousands of outliers does not crowd out the others. Returned largest |z| first."""
+    if len(outliers) <= n:
+        return outliers
+    turn = outliers.groupby(list(by), sort=False).cumcount().to_numpy()  # 0 for each group's most extreme
+    order = np.lexsort((-np.abs(outliers["z"].to_numpy(dtype=float)), turn))
+    chosen = np.sort(order[:n])  # back in |z| order
+    return outliers.iloc[chosen]
+
+
+def scans_in_turns(outliers: pd.DataFrame, n: int) -> list[tuple[str, str]]:
+    """Up to ``n`` distinct scans (participant_id, visit) of ``outliers`` in :func:`round_robin`'s
+    turns: the scan of each structure and measure's most extreme value first."""
+    if not len(outliers) or n <= 0:
+        return []
+    turn = outliers.groupby(["structure", "measure"], sort=False).cumcount().to_numpy()
+    order = np.lexsort((-np.abs(outliers["z"].to_numpy(dtype=float)), turn))
+    keys: dict[tuple[str, str], None] = {}
+    pids, visits = outliers["participant_id"].to_numpy(), outliers["visit"].to_numpy()
+    for i in order:
+        keys.setdefault((str(pids[i]), str(visits[i])), None)
+        if len(keys) == n:
+            break
+    return list(keys)
 
 
 SCAN_FLAGS = [
@@ -122,13 +148,13 @@ def structure_flag_counts(structures: pd.DataFrame) -> pd.DataFrame:
     fragmented, missing and lr_plausible == False."""
     s = structures.assign(present=structures["n_voxels"].fillna(0) > 0,
                           lr_implausible=structures["lr_plausible"].eq(False))  # null (unpaired) is not False
-    grouped = s.groupby(["structure_id", "structure"], sort=True)
+    grouped = s.groupby(["structure_id", "structure"], sort=True, observed=True)
     out = grouped.agg(scans=("present", "size"), present=("present", "sum"),
                       touches_border=("touches_border", lambda v: int(v.fillna(False).astype(bool).sum())),
                       fragmented=("fragmented", lambda v: int(v.fillna(False).astype(bool).sum())),
                       missing=("missing", lambda v: int(v.fillna(False).astype(bool).sum())),
                       lr_implausible=("lr_implausible", "sum")).reset_index()
-    return out.astype({"present": int, "lr_implausible": int})
+    return out.astype({"present": int, "lr_implausible": int, "structure": str})
 
 
 def vessel_consistency(structures: pd.DataFrame, vessels: Iterable[str] = VESSEL_NAMES) -> pd.DataFrame:
@@ -143,9 +169,21 @@ def vessel_consistency(structures: pd.DataFrame, vessels: Iterable[str] = VESSEL
     return pd.DataFrame(rows, columns=["vessel", "present", "single_component", "vc"])
 
 
+def scan_keys(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    """(participant_id, visit) of each row of ``frame`` (converted column-wise: quick on millions)."""
+    return list(zip(frame["participant_id"].to_numpy(dtype=object), frame["visit"].to_numpy(dtype=object)))
+
+
+def rows_of_scans(frame: pd.DataFrame, keys: Iterable[tuple[str, str]]) -> pd.DataFrame:
+    """The rows of ``frame`` whose (participant_id, visit) is one of ``keys``."""
+    keys = set(keys)
+    near = frame[frame["participant_id"].isin({k[0] for k in keys})]
+    return near[np.array([k in keys for k in scan_keys(near)], dtype=bool)]
+
+
 def failures_with_status(failures: pd.DataFrame, scans: pd.DataFrame) -> pd.DataFrame:
     """Failure rows, newest first, with ``resolved`` = the scan has been committed since."""
-    done = set(zip(scans["participant_id"], scans["visit"]))
+    done = set(scan_keys(scans))
     out = failures.copy()
     out["resolved"] = [k in done for k in zip(out["participant_id"], out["visit"])]
     if "time" in out and len(out):
@@ -176,7 +214,7 @@ def structure_distributions(structures: pd.DataFrame,
     n, mean, sd, p5, p25, median, p75, p95 (NaN values, e.g. fat fraction without Dixon images, left out)."""
     present = structures[structures["n_voxels"].fillna(0) > 0]
     rows = []
-    for (sid, name), group in present.groupby(["structure_id", "structure"], sort=True):
+    for (sid, name), group in present.groupby(["structure_id", "structure"], sort=True, observed=True):
         for measure in measures:
             values = group[measure].dropna().to_numpy(dtype=float)
             q = np.percentile(values, [5, 25, 50, 75, 95]) if values.size else [np.nan] * 5
