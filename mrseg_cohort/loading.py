@@ -18,7 +18,7 @@ from mrseg_cohort.io.images import read_image
 from mrseg_cohort.io.limits import ReadLimits
 from mrseg_cohort.io.storage import Store
 from mrseg_cohort.manifest import ScanSource
-from mrseg_cohort.stitching import Seam, stitch, target_grid
+from mrseg_cohort.stitching import Seam, scan_grid, stitch
 
 
 @dataclass
@@ -92,10 +92,10 @@ def load_scan(store: Store, source: ScanSource, contrasts: ContrastsConfig, stit
                            "needs the same stations", source.participant_id, "read",
                            source.uris[0] if source.uris else "")
     t1 = time.perf_counter()
-    grid = target_grid([v.grid for vols in stations.values() for v in vols], stitching.inplane_spacing_mm,
-                       stitching.z_spacing_mm)
     images, seams, field_of_view = {}, (), None
     try:
+        grid = scan_grid({c: [v.grid for v in vols] for c, vols in stations.items()}, contrasts.segment[0],
+                         stitching.inplane_spacing_mm, stitching.z_spacing_mm)
         for contrast, volumes in stations.items():
             result = stitch(volumes, grid)
             images[contrast] = result.volume

@@ -5,8 +5,9 @@ Pure: station Volumes in, a Volume and seam QC out.
 - Stations are ordered by their physical position along the target grid's slice axis.
 - Target grid: direction of the most superior station; along each of its axes the finest spacing of
   the stations along that axis (non-square pixels keep their two in-plane spacings), or the spacing
-  given; extent the union of the stations' physical extents. Stations that all share one grid (a
-  single volume per contrast) keep it: nothing is resampled. :func:`target_grid` over *all* contrasts of a participant gives the
+  given; extent the union of the stations' physical extents. Stations that all share one grid keep
+  it; a contrast to segment that is a single volume gives the scan its grid (:func:`scan_grid`):
+  nothing of it is resampled. :func:`target_grid` over *all* contrasts of a participant gives the
   one grid they all share, so labels of one contrast apply voxel for voxel to the others.
 - Each station is resampled linearly onto its part of the target grid (a plain copy when its voxels
   already lie on the target grid), together with its field-of-view mask (1 where the station has
@@ -32,6 +33,8 @@ from mrseg_cohort.errors import StitchError
 from mrseg_cohort.geometry import Grid, Volume
 
 DIRECTION_TOLERANCE = 1e-3
+GAP_TOLERANCE_MM = 1e-3
+"""Stations closer than this along z abut (floating-point error is no gap)."""
 
 
 @dataclass(frozen=True)
@@ -87,8 +90,7 @@ def target_grid(stations: list[Grid], inplane_spacing_mm: float | None = None,
     that axis (``inplane_spacing_mm`` sets both in-plane axes, ``z_spacing_mm`` the slice axis).
 
     Raises:
-        StitchError: no stations, or stations stacked along an in-plane axis of their arrays
-            (coronal or sagittal stations), which this module does not blend.
+        StitchError: no stations.
     """
     if not stations:
         raise StitchError("no stations to stitch")
@@ -96,7 +98,6 @@ def target_grid(stations: list[Grid], inplane_spacing_mm: float | None = None,
         return stations[0]
     reference = max(stations, key=lambda g: _z_extent(g, np.array([0.0, 0.0, 1.0]))[1])
     rotation = reference.direction_matrix  # columns: world direction of x, y, z index axes
-    _check_stacked_along_slices(stations, rotation)
     spacing_xyz = np.array([_finest_spacing_along(stations, rotation[:, k]) for k in range(3)])
     if inplane_spacing_mm:
         spacing_xyz[:2] = inplane_spacing_mm
@@ -121,8 +122,33 @@ def _finest_spacing_along(stations: list[Grid], world_axis: np.ndarray) -> float
     return float(min(out))
 
 
-def _check_stacked_along_slices(stations: list[Grid], rotation: np.ndarray) -> None:
-    """Refuse stations that follow each other along an in-plane axis (see :func:`target_grid`)."""
+def scan_grid(stations: dict[str, list[Grid]], segmented: str, inplane_spacing_mm: float | None = None,
+              z_spacing_mm: float | None = None) -> Grid:
+    """The one grid of a scan's contrasts (``stations``: contrast -> its stations' grids).
+
+    When the contrast to segment is a single volume, its own grid: it reaches the network as it is,
+    and the other contrasts are resampled onto it. Otherwise :func:`target_grid` over every station
+    of every contrast, once each contrast's stations are known to follow each other along their
+    slice axis.
+
+    Raises:
+        StitchError: stations of one contrast follow each other along an in-plane axis of their
+            arrays (coronal or sagittal stations), which this module does not blend.
+    """
+    own = stations[segmented]
+    if len(own) == 1:
+        return own[0]
+    for grids in stations.values():
+        if len(grids) > 1:
+            _check_stacked_along_slices(grids)
+    return target_grid([g for grids in stations.values() for g in grids], inplane_spacing_mm, z_spacing_mm)
+
+
+def _check_stacked_along_slices(stations: list[Grid]) -> None:
+    """Refuse the stations of one contrast that follow each other along an in-plane axis of the
+    most superior one (see :func:`scan_grid`)."""
+    reference = max(stations, key=lambda g: _z_extent(g, np.array([0.0, 0.0, 1.0]))[1])
+    rotation = reference.direction_matrix
     centres = np.array([g.corners_world().mean(axis=0) @ rotation for g in stations])
     spread = centres.max(axis=0) - centres.min(axis=0)  # along the reference's x, y, z index axes
     if spread[2] >= max(spread[0], spread[1]):
@@ -231,7 +257,7 @@ def _seam(stations: list[Volume], lower: int, upper: int, extents, per_station) 
     # physical extents reach half a slice beyond the outermost voxel centres
     half_slices = (stations[lower].grid.spacing_mm[0] + stations[upper].grid.spacing_mm[0]) / 2
     overlap = extents[lower][1] - extents[upper][0] + half_slices
-    gap = max(0.0, -overlap)
+    gap = -overlap if overlap < -GAP_TOLERANCE_MM else 0.0  # stations that abut are not apart
     cost = float("nan")
     if overlap > 0 and lower in per_station and upper in per_station:
         (a0, a1), va, ma = per_station[lower]

@@ -75,3 +75,15 @@ def write_job_yaml(path: Path, input_uri: str, output_uri: str, **sections) -> P
         job[key] = {**job.get(key, {}), **value} if isinstance(value, dict) else value
     path.write_text(yaml.safe_dump(job))
     return path
+
+
+def publish_rows(outputs, batch_id: str, rows: dict, failures: list | None = None) -> None:
+    """Publish finished units' rows into ``outputs`` as a run does: holding the output's lease."""
+    from mrseg_cohort.ledger.lease import OutputLease
+
+    lease = OutputLease(outputs.store, outputs.root, batch_id.rsplit("-", 1)[0])
+    lease.acquire()
+    try:
+        outputs.publish(batch_id, rows, failures or [], lease.fence, set())
+    finally:
+        lease.release()

@@ -29,7 +29,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import DEMO_BODY_COMP_MODEL, DEMO_MODEL, write_job_yaml
+from conftest import DEMO_BODY_COMP_MODEL, DEMO_MODEL, publish_rows, write_job_yaml
 from mrseg_cohort.agreement.compare import SUMMARY_COLUMNS, agreement_tables
 from mrseg_cohort.agreement.files import read_agreement, table_uris
 from mrseg_cohort.agreement.mapping import identity_mapping, load_mapping
@@ -94,10 +94,10 @@ def cohort(tmp_path_factory):
             cut[liver & (np.arange(cut.shape[0])[:, None, None] > np.percentile(z, 40))] = 0
             rows_c[unit.key] = stages.finish(contexts["c"], unit, loaded,
                                              {"in": Segmentation({**labels, "base": cut}, {}, {})})
-    contexts["a"].outputs().publish("20260101T000000Z-a-00001", rows_a, [])
+    publish_rows(contexts["a"].outputs(), "20260101T000000Z-a-00001", rows_a)
     context_b = stages.RunContext(load_config(configs["b"]), specs, "20260101T000000Z-b", software_versions(), "cpu")
-    context_b.outputs().publish("20260101T000000Z-b-00001", rows_a, [])
-    contexts["c"].outputs().publish("20260101T000000Z-c-00001", rows_c, [])
+    publish_rows(context_b.outputs(), "20260101T000000Z-b-00001", rows_a)
+    publish_rows(contexts["c"].outputs(), "20260101T000000Z-c-00001", rows_c)
     return {"root": root, "configs": configs, "truth": truth, "out": {n: root / f"out-{n}" for n in "abc"}}
 
 

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 
+import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -39,16 +40,16 @@ class Ages:
         return self.age
 
 
-def _rows(pid: str, model: str = "base") -> dict[str, pa.Table]:
+def _rows(pid: str, model: str = "base", run_id: str = "") -> dict[str, pa.Table]:
     keys = {"participant_id": pid, "visit": "0", "contrast": "in", "model": model}
     return {"structures": to_table("structures", [{**keys, "structure_id": 1, "structure": "spleen"}]),
             "intensities": to_table("intensities", [{**keys, "structure_id": 1, "structure": "spleen"}]),
-            "scans": to_table("scans", [{**keys, "status": "ok"}])}
+            "scans": to_table("scans", [{**keys, "status": "ok", "run_id": run_id}])}
 
 
 def _publish(outputs: Outputs, lease: OutputLease, pid: str, batch: str) -> int | None:
     key = (pid, "0", "base")
-    outputs.stage(key, _rows(pid))
+    outputs.stage(key, _rows(pid, run_id=lease.run_id))
     return outputs.publish(batch, {key: outputs.read_staged(key)}, [], lease.fence, set())[0]
 
 
@@ -282,3 +283,113 @@ def test_an_s3fs_without_exclusive_writes_is_named(tmp_path, monkeypatch):
     with pytest.raises(ExclusiveCreateUnsupported, match="install s3fs 2024.12 or newer"):
         Store().create_bytes("memory://bucket/x", b"1")
     assert not Store().honours_exclusive_create("memory://bucket")
+
+
+def test_a_fenced_run_stays_fenced_at_its_next_publication(root):
+    """Found in review: catch_up moved past the fencing entry, so the run's second try (its final
+    flush) published; its own-scope check passed when the takeover was by another scope."""
+    store, uri = root
+    outputs = Outputs(store, uri)
+    whole = OutputLease(store, uri, "run-whole", age_of=Ages(0))
+    whole.acquire()
+    shard = OutputLease(store, uri, "run-shard", scope=shard_scope(0, 2), age_of=Ages(1e6))
+    shard.acquire()  # the whole-output run looked gone
+    for attempt in (1, 2):
+        with pytest.raises(LeaseLost, match="to run run-shard"):
+            _publish(outputs, whole, f"p{attempt}", f"run-whole-0000{attempt}")
+    assert not [e for e in outputs.log.all_entries() if e.get("run_id") == "run-whole" and e["kind"] == "batch"]
+
+
+def test_runs_of_overlapping_scopes_that_start_together_the_earlier_stops_at_its_next_heartbeat(root):
+    """Found in review: an unsharded run and a shard run starting together both took the output (their
+    generation files live in different folders); the earlier learnt it only at its first publication."""
+    store, uri = root
+    whole = OutputLease(store, uri, "run-whole")
+    whole.acquire()
+    shard = OutputLease(store, uri, "run-shard", scope=shard_scope(1, 3))
+    shard.holders = lambda: []  # it looked before the other's lease was there
+    shard.acquire()
+    with pytest.raises(LeaseLost, match="to run run-shard"):
+        whole.heartbeat()
+    shard.heartbeat()  # the later one holds
+
+
+def test_a_restart_fences_the_runs_before_it_and_their_late_staged_rows_are_not_published(tmp_path):
+    """Found in review: --restart deleted the commit log with the restarting run's own lease entry, so a
+    suspended shard run woke unfenced and published rows of the old configuration into the new output."""
+    from mrseg_cohort.config import ModelConfig
+    from mrseg_cohort.pipeline.run import restart_output
+
+    uri = str(tmp_path / "out")
+    store = Store()
+    outputs = Outputs(store, uri)
+    old = OutputLease(store, uri, "run-old", scope=shard_scope(0, 2), age_of=Ages(0))
+    old.acquire()
+    assert _publish(outputs, old, "p1", "run-old-00001")
+    restarting = OutputLease(store, uri, "run-restart", age_of=Ages(1e6))
+    restarting.acquire()
+
+    class Job:  # what restart_output reads of a job
+        models = (ModelConfig(weights="w"),)
+        contrasts = type("C", (), {"available": ("in",)})
+        stitching = type("S", (), {"save_stitched": False})
+
+    restart_output(outputs, Job, restarting)
+    assert not (tmp_path / "out" / "tables" / "scans").exists() or \
+        not list((tmp_path / "out" / "tables" / "scans").glob("*.parquet"))
+    with pytest.raises(LeaseLost):  # the old run wakes: fenced
+        _publish(outputs, old, "p2", "run-old-00002")
+    outputs.stage(("p3", "0", "base"), _rows("p3", run_id="run-old"))  # what it finished after the restart
+    restarting.release()
+    report = Outputs(store, uri).recover(live_runs=set())
+    assert report.unpublished == [] and not outputs.staged_keys()  # the old run's late rows: discarded
+
+
+def test_a_run_of_the_earlier_version_is_seen_and_fenced(tmp_path):
+    """Found in review: lease files of the earlier version (_work/lease/<generation>.json) were ignored:
+    a new run took the output from a live old run, which went on publishing unfenced."""
+    store, uri = Store(), str(tmp_path / "out")
+    legacy = join_uri(uri, "_work", "lease", f"{3:012d}.json")
+    store.write_bytes(legacy, json.dumps({"run_id": "run-old-version", "host": "elsewhere", "pid": 7,
+                                          "started": 1.0, "heartbeat": 2.0, "generation": 3}).encode())
+    with pytest.raises(LeaseHeldError, match="in use by run run-old-version"):
+        OutputLease(store, uri, "run-new").acquire()
+    new = OutputLease(store, uri, "run-new", age_of=Ages(1e6))
+    new.acquire()  # gone: taken over, and a higher generation where the old version looks
+    above = json.loads(store.read_bytes(join_uri(uri, "_work", "lease", f"{4:012d}.json")))
+    assert above["run_id"] == "run-new" and above["generation"] == 4
+
+
+def test_a_damaged_log_entry_is_named_with_what_to_do(tmp_path):
+    from mrseg_cohort.errors import StorageError
+
+    store, uri = Store(), str(tmp_path / "out")
+    outputs = Outputs(store, uri)
+    store.write_bytes(outputs.log.uri(1), b"")  # created, never written: its writer died
+    with pytest.raises(StorageError, match=r"commit log entry 1 is empty or damaged .* delete that file") as caught:
+        outputs.log.read(1, wait_damaged_s=0.1)
+    assert outputs.log.uri(1) in str(caught.value)
+
+
+def test_recovery_leaves_a_live_runs_batch_to_it_and_finishing_twice_is_harmless(tmp_path):
+    """Found in review: a starting shard's recovery finished a live shard's batch beside it; the one that
+    came second rebuilt a part from staged rows the other had deleted (FileNotFoundError)."""
+    store, uri = Store(), str(tmp_path / "out")
+    outputs = Outputs(store, uri)
+    live = OutputLease(store, uri, "run-live", scope=shard_scope(0, 2))
+    live.acquire()
+    key = ("p1", "0", "base")
+    outputs.stage(key, _rows("p1"))
+    calls = []
+    original = Outputs._finish
+    Outputs._finish = lambda self, *args, **kw: calls.append(args)  # the live run stops right after its commit point
+    try:
+        seq, _ = outputs.publish("run-live-00001", {key: outputs.read_staged(key)}, [], live.fence, set())
+    finally:
+        Outputs._finish = original
+    other = Outputs(store, uri)
+    other.recover(live_runs={"run-live", "run-other"})
+    assert not other.store.exists(other.log.uri(seq, ".done"))  # left to the live run
+    outputs._finish(*calls[0])  # the live run finishes
+    other._finish(*calls[0])  # and a second finish (a recovery that looked before) changes nothing
+    assert len(pd.read_parquet(tmp_path / "out" / "tables" / "scans")) == 1

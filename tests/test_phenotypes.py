@@ -12,7 +12,7 @@ import pytest
 from scipy import ndimage
 from typer.testing import CliRunner
 
-from conftest import DEMO_BODY_COMP_MODEL, DEMO_MODEL, write_job_yaml
+from conftest import DEMO_BODY_COMP_MODEL, DEMO_MODEL, publish_rows, write_job_yaml
 from mrseg_cohort.cli import app
 from mrseg_cohort.config import load_config
 from mrseg_cohort.io.nifti import read_labels
@@ -91,7 +91,7 @@ def output(tmp_path_factory):
                   for m, f in (("base", "labels.nii.gz"), ("body_comp", "body_comp.nii.gz"))}
         unit = ScanUnit(source, ("base", "body_comp"))
         rows[unit.key] = stages.finish(ctx, unit, loaded, {"in": Segmentation(labels, {}, {})})
-    ctx.outputs().publish(f"{ctx.run_id}-00001", rows, [])
+    publish_rows(ctx.outputs(), f"{ctx.run_id}-00001", rows)
     return {"root": root, "config": config, "truth": truth, "out": root / "output", "keys": sorted(k[:2] for k in rows),
             "images": images}
 

@@ -8,8 +8,8 @@ the outermost layer), and the flag is raised when that distance is ``<= border_m
 
 Where the stations of a stitched scan do not cover the whole array (a narrower station, a gap
 between stations: ``field_of_view``), the edge of the field of view is wherever covered voxels end:
-a voxel is within the margin when a voxel no station covers, or the array's edge, lies at most
-``border_margin_voxels`` voxels from it along any axis.
+a voxel is within the margin when a voxel no station covers, or the array's edge, lies in the cube
+of ``2 * border_margin_voxels + 1`` voxels around it.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ def touches_border(box: Box | None, shape: tuple[int, ...], border_margin_voxels
 
 
 def near_field_of_view_edge(field_of_view: np.ndarray, border_margin_voxels: int) -> np.ndarray:
-    """bool (Z, Y, X): voxels within ``border_margin_voxels`` (along any axis) of a voxel outside
-    ``field_of_view`` or of the array's edge (see module docstring)."""
+    """bool (Z, Y, X): voxels whose cube of ``2 * border_margin_voxels + 1`` voxels reaches outside
+    ``field_of_view`` or the array (see module docstring)."""
     from scipy.ndimage import minimum_filter1d
 
     inside = field_of_view.astype(np.uint8)

@@ -258,9 +258,10 @@ class Store:
         def _list() -> list[str]:
             if not fs.exists(path):
                 return []
-            found = fs.find(path) if recursive else [p for p in fs.ls(path, detail=False)
-                                                     if fs.isfile(p)]
-            return found
+            if recursive:
+                return fs.find(path)
+            # one listing with the entries' types (not a HEAD request per entry on object stores)
+            return [e["name"] for e in fs.ls(path, detail=True) if e.get("type") == "file"]
 
         found = self.retry("list", uri, _list)
         base = path.rstrip("/")
@@ -581,7 +582,7 @@ class RetryingReader(io.RawIOBase):
 def _replace_local(path: str, data: bytes) -> None:
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
+    tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")  # short: a name that fits fits with it
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -600,7 +601,7 @@ def _create_local(path: str, data: bytes) -> None:
     (callers read such files again; :mod:`mrseg_cohort.ledger` does)."""
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
+    tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")  # short: a name that fits fits with it
     try:
         with open(tmp, "wb") as f:
             f.write(data)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from mrseg_cohort.config import JobConfig
     from mrseg_cohort.segmentation.segmenter import ModelSpec
 
-from mrseg_cohort.versions import defining_versions
+from mrseg_cohort.versions import defining_versions, major_version
 
 FORMAT = 2
 
@@ -71,8 +71,7 @@ def upgrade(stored: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
         out.setdefault(key, value)
     out["base_model"] = recorded_base_model(stored) or current["base_model"]
     stored_majors = stored.get("software", {})
-    same_majors = all(current["software"].get(k, "").split(".")[0] == str(v).split(".")[0]
-                      for k, v in stored_majors.items())
+    same_majors = all(major_version(current["software"].get(k, "")) == str(v) for k, v in stored_majors.items())
     out["software"] = current["software"] if same_majors else stored_majors
     return out
 

@@ -37,12 +37,13 @@ from typing import Callable
 from mrseg_cohort.errors import ConfigError
 from mrseg_cohort.io.storage import Store, join_uri
 from mrseg_cohort.ledger.log import ALL, CommitLog, Fence, LeaseLost, describe_scope, is_scope, overlaps
+from mrseg_cohort.threads import leave_signals_to_the_main_thread
 
 log = logging.getLogger(__name__)
 
 LEASE_FOLDER = "_work/lease"
 
-__all__ = ["LEASE_FOLDER", "LeaseHeldError", "LeaseHolder", "LeaseLost", "OutputLease", "live_holders"]
+__all__ = ["LEASE_FOLDER", "LeaseHeldError", "LeaseHolder", "LeaseLost", "OutputLease"]
 
 
 class LeaseHeldError(ConfigError):
@@ -62,6 +63,8 @@ class LeaseHolder:
     generation: int
     scope: str = ALL
     released: bool = False
+    legacy: bool = False
+    """Written by an earlier version (``_work/lease/<generation>.json``), as scope ``all``."""
 
     def describe(self) -> str:
         since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.started))
@@ -147,14 +150,16 @@ class OutputLease:
             return False
         if holder.host == self.host and not _process_alive(holder.pid):
             return False
+        uri = self._legacy_uri(holder.generation) if holder.legacy else self._uri(holder.generation, holder.scope)
         try:
-            age = self.age_of(self._uri(holder.generation, holder.scope))
+            age = self.age_of(uri)
         except FileNotFoundError:
             return False
         return age <= self.timeout_s
 
     def holders(self) -> list[LeaseHolder]:
-        """The latest lease of every scope there is (released ones included)."""
+        """The latest lease of every scope there is (released ones included), and the lease of a run
+        of an earlier version (``_work/lease/<generation>.json``: scope ``all``)."""
         out = []
         for scope in self._scopes():
             generations = self._generations(scope)
@@ -162,7 +167,39 @@ class OutputLease:
                 holder = self._read(generations[-1], scope)
                 if holder is not None:
                     out.append(holder)
+        legacy = self._legacy_generations()
+        if legacy:
+            holder = self._read_legacy(legacy[-1])
+            if holder is not None:
+                out.append(holder)
         return out
+
+    def _legacy_uri(self, generation: int) -> str:
+        return join_uri(self.root, LEASE_FOLDER, f"{generation:012d}.json")
+
+    def _legacy_generations(self) -> list[int]:
+        names = [u.rsplit("/", 1)[-1] for u in self.store.list_files(join_uri(self.root, LEASE_FOLDER), suffix=".json",
+                                                                       recursive=False)]
+        return sorted(int(n[:-5]) for n in names if n[:-5].isdigit())
+
+    def _read_legacy(self, generation: int) -> LeaseHolder | None:
+        try:
+            data = json.loads(self.store.read_bytes(self._legacy_uri(generation)))
+            return LeaseHolder(**{**data, "scope": ALL, "legacy": True})
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError):
+            return LeaseHolder("unknown", "unknown", -1, 0.0, 0.0, generation, ALL, legacy=True)
+
+    def _fence_legacy(self) -> None:
+        """A run of an earlier version holds its lease as ``_work/lease/<generation>.json`` and takes
+        a higher generation there for a takeover: one is written, so that such a run (gone, or
+        asleep) stops publishing when it looks."""
+        legacy = self._legacy_generations()
+        if legacy:
+            record = {"run_id": self.run_id, "host": self.host, "pid": self.pid, "started": self.started,
+                      "heartbeat": self.clock(), "generation": legacy[-1] + 1}
+            self.store.write_bytes(self._legacy_uri(legacy[-1] + 1), json.dumps(record).encode())
 
     def current(self) -> LeaseHolder | None:
         """The live holder of this run's scope, or None."""
@@ -192,7 +229,7 @@ class OutputLease:
         self._store_now = None
         generations = self._generations()  # one listing decides both who holds this scope and the next number
         own = self._read(generations[-1]) if generations else None
-        others = [h for h in self.holders() if h.scope != self.scope and overlaps(h.scope, self.scope)]
+        others = [h for h in self.holders() if h.legacy or (h.scope != self.scope and overlaps(h.scope, self.scope))]
         for holder in [h for h in (own, *others) if h is not None]:
             if self.is_live(holder):
                 raise LeaseHeldError(self._held_message(holder))
@@ -207,6 +244,7 @@ class OutputLease:
             raise LeaseHeldError(f"{describe_scope(self.scope)} at {self.root} was just taken by {shown}") from None
         for old in generations:  # earlier generations are history now; the new one keeps the number
             self.store.remove(self._uri(old))
+        self._fence_legacy()
         self.fence.begin(self.host, self.generation)
         if previous is not None:
             log.warning("took over %s from %s: it is gone (no heartbeat for %.0f s by the store's clock)",
@@ -245,14 +283,17 @@ class OutputLease:
                 "nothing more, and what it finished stays staged for the run that holds the output")
 
     def heartbeat(self) -> None:
-        """Rewrite the lease file (after :meth:`check`)."""
+        """Rewrite the lease file (after :meth:`check`, and after reading the log for a run of an
+        overlapping scope that took over: a run fenced so stops within a heartbeat)."""
         self.check()
+        self.fence.check()
         self.store.write_bytes(self._uri(self.generation), self._record())  # type: ignore[arg-type]
 
     def start_heartbeats(self, on_lost: Callable[[], None] = lambda: None) -> None:
         """Renew the lease every ``heartbeat_s`` in a daemon thread; a lost lease sets :attr:`lost`
         and calls ``on_lost`` (to stop the run)."""
         def beat() -> None:
+            leave_signals_to_the_main_thread()
             while not self._stop.wait(self.heartbeat_s):
                 try:
                     self.heartbeat()
@@ -287,12 +328,6 @@ class OutputLease:
 
     def __exit__(self, *exc) -> None:
         self.release()
-
-
-def live_holders(store: Store, root: str, timeout_s: float) -> list[LeaseHolder]:
-    """The live holders of every scope of the output at ``root`` (for ``status`` and ``--restart``)."""
-    reader = OutputLease(store, root, "reader", timeout_s)
-    return [h for h in reader.holders() if reader.is_live(h)]
 
 
 def _process_alive(pid: int) -> bool:

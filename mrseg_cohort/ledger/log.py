@@ -15,16 +15,22 @@ epoch and the number it creates: :meth:`Fence.catch_up` reads the entries it has
 pause, SIGSTOP) and taken over therefore cannot publish when it wakes: the run that took over wrote
 its lease entry first.
 
-``_work/log/<seq>.done`` marks a batch whose parts are all in ``tables/`` (see :mod:`.outputs`).
+A *reset* entry (``run --restart``) fences every run whose epoch came before it, whatever its
+scope; entries before the latest reset are history (:attr:`CommitLog.floor`).
+
+``_work/log/<seq>.done`` marks a batch whose parts are all in ``tables/`` (see :mod:`.outputs`);
+``_work/log/<seq>.reset`` marks a reset entry, so that one listing finds the latest.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from mrseg_cohort.errors import ConfigError
+from mrseg_cohort.errors import ConfigError, StorageError
 from mrseg_cohort.io.storage import Store, join_uri
 
 LOG_FOLDER = "_work/log"
@@ -83,34 +89,88 @@ class CommitLog:
         return join_uri(self.root, LOG_FOLDER, f"{seq:012d}{suffix}")
 
     def listing(self) -> tuple[list[int], set[int]]:
-        """(numbers of every entry, sorted; numbers of batches marked done), from one listing."""
+        """(numbers of every entry after the latest reset, sorted; numbers of batches marked done),
+        from one listing."""
         names = [u.rsplit("/", 1)[-1] for u in self.store.list_files(join_uri(self.root, LOG_FOLDER),
                                                                        recursive=False)]
-        entries = sorted(int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit())
+        floor = max((int(n[:-6]) for n in names if n.endswith(".reset") and n[:-6].isdigit()), default=0)
+        entries = sorted(n for n in (int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit())
+                         if n >= floor)
         done = {int(n[:-5]) for n in names if n.endswith(".done") and n[:-5].isdigit()}
         return entries, done
 
-    def last(self) -> int:
-        entries, _ = self.listing()
-        return entries[-1] if entries else 0
+    def fenced_by_reset(self) -> set[str]:
+        """Ids of the runs that held the output before its latest reset (``run --restart``), but the
+        run that reset it: whatever they staged belongs to the results that were deleted."""
+        names = [u.rsplit("/", 1)[-1] for u in self.store.list_files(join_uri(self.root, LOG_FOLDER),
+                                                                       recursive=False)]
+        floor = max((int(n[:-6]) for n in names if n.endswith(".reset") and n[:-6].isdigit()), default=0)
+        if not floor:
+            return set()
+        resetter = self.read(floor).get("run_id")
+        history = self.read_many([n for n in self.numbers() if n < floor])
+        return {e.get("run_id") for e in history if e.get("kind") == "lease"} - {resetter}
 
-    def read(self, seq: int, wait_s: float = 5.0) -> dict:
-        """Entry ``seq``. A store may list an object before a read finds it, and a file system
-        without hard links shows a created file before it is complete: read again for ``wait_s``."""
-        deadline = time.monotonic() + wait_s
+    def numbers(self) -> list[int]:
+        """Every entry's number, resets' history included."""
+        names = [u.rsplit("/", 1)[-1] for u in self.store.list_files(join_uri(self.root, LOG_FOLDER),
+                                                                       recursive=False)]
+        return sorted(int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit())
+
+    def last(self) -> int:
+        numbers = self.numbers()
+        return numbers[-1] if numbers else 0
+
+    def read(self, seq: int, wait_missing_s: float = 5.0, wait_damaged_s: float = 5.0) -> dict:
+        """Entry ``seq``. A store may list an object before a read finds it (read again for
+        ``wait_missing_s``), and a file system without hard links shows a created file before it is
+        complete (read again for ``wait_damaged_s``).
+
+        Raises:
+            FileNotFoundError: there is no entry ``seq``.
+            StorageError: the entry stays incomplete or damaged (names the file and what to do).
+        """
+        start = time.monotonic()
         while True:
             try:
                 entry = json.loads(self.store.read_bytes(self.uri(seq)))
+                if not isinstance(entry, dict):
+                    raise ValueError("not a JSON object")
                 return {**entry, "seq": seq}
-            except (FileNotFoundError, ValueError):
-                if time.monotonic() >= deadline:
+            except FileNotFoundError:
+                if time.monotonic() - start >= wait_missing_s:
                     raise
-                time.sleep(0.2)
+            except ValueError as err:
+                if time.monotonic() - start >= wait_damaged_s:
+                    raise StorageError(f"commit log entry {seq} is empty or damaged ({err}): a run died while "
+                                       "creating it (on a file system without hard links); if no run uses the output "
+                                       "now, delete that file and run again", self.uri(seq)) from None
+            time.sleep(0.2)
+
+    def read_many(self, numbers: list[int]) -> list[dict]:
+        """Entries ``numbers``, read side by side (an object store answers each read in tens of ms)."""
+        if len(numbers) <= 2:
+            return [self.read(n) for n in numbers]
+        with ThreadPoolExecutor(max_workers=min(16, len(numbers))) as pool:
+            return list(pool.map(self.read, numbers))
 
     def entries(self, after: int = 0) -> list[dict]:
-        """Every entry numbered above ``after``, in order."""
+        """Every entry numbered above ``after``, in order: read one by one until the next is not there
+        (no listing: each costs one read, and an object store listing newer entries first cannot
+        make one be skipped)."""
+        out = []
+        seq = after + 1
+        while True:
+            try:
+                out.append(self.read(seq, wait_missing_s=0))
+            except FileNotFoundError:
+                return out
+            seq += 1
+
+    def all_entries(self) -> list[dict]:
+        """Every entry, from one listing and reads side by side (recovery, ``--restart``)."""
         numbers, _ = self.listing()
-        return [self.read(n) for n in numbers if n > after]
+        return self.read_many(numbers)
 
     def try_create(self, seq: int, body: dict) -> bool:
         """Create entry ``seq``; False when another writer has it."""
@@ -123,11 +183,14 @@ class CommitLog:
     def mark_done(self, seq: int) -> None:
         self.store.write_bytes(self.uri(seq, ".done"), b"")
 
+    def mark_reset(self, seq: int) -> None:
+        self.store.write_bytes(self.uri(seq, ".reset"), b"")
+
 
 @dataclass
 class Fence:
     """A run's position in the log: its scope, run id and epoch (its lease entry's number), and the
-    last entry it has read."""
+    last entry it has read. Thread-safe (the heartbeat thread catches up too)."""
 
     log: CommitLog
     scope: str
@@ -135,21 +198,44 @@ class Fence:
     epoch: int = 0
     seen: int = 0
     lost_to: dict | None = field(default=None)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def catch_up(self) -> list[dict]:
         """The entries written since the last call, in order.
 
         Raises:
-            LeaseLost: another run's lease entry of an overlapping scope came after this run's epoch.
+            LeaseLost: another run's lease entry of an overlapping scope, or a reset by another run,
+                came after this run's epoch (also at every later call: a fenced run stays fenced).
         """
-        new = self.log.entries(after=self.seen)
-        for entry in new:
-            self.seen = entry["seq"]
-            if entry.get("kind") == "lease" and entry.get("run_id") != self.run_id and \
-                    overlaps(entry.get("scope", ALL), self.scope) and entry["seq"] > self.epoch:
-                self.lost_to = entry
+        with self._lock:
+            if self.lost_to is not None:
                 raise LeaseLost(self.lost_message())
-        return new
+            new = self.log.entries(after=self.seen)
+            for entry in new:
+                if self.fences(entry):
+                    self.lost_to = entry
+                    raise LeaseLost(self.lost_message())
+                self.seen = entry["seq"]
+            return new
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLost` when an entry after the last one read fences this run; reads
+        without moving on (the publisher, not the heartbeat, consumes the entries)."""
+        with self._lock:
+            if self.lost_to is not None:
+                raise LeaseLost(self.lost_message())
+            for entry in self.log.entries(after=self.seen):
+                if self.fences(entry):
+                    self.lost_to = entry
+                    raise LeaseLost(self.lost_message())
+
+    def fences(self, entry: dict) -> bool:
+        """Whether ``entry`` ends this run's hold: another run's lease of an overlapping scope, or
+        another run's ``--restart``, after this run's epoch."""
+        if entry["seq"] <= self.epoch or entry.get("run_id") == self.run_id:
+            return False
+        kind = entry.get("kind")
+        return kind == "reset" or (kind == "lease" and overlaps(entry.get("scope", ALL), self.scope))
 
     def lost_message(self) -> str:
         entry = self.lost_to or {}
@@ -162,22 +248,32 @@ class Fence:
     def begin(self, host: str, generation: int) -> int:
         """Write this run's lease entry after the last entry there is (not fenced: a run taking the
         output follows whatever came before it); sets and returns the epoch."""
-        self.seen = self.log.last()
-        while not self.log.try_create(self.seen + 1, {"kind": "lease", "scope": self.scope, "run_id": self.run_id,
-                                                      "host": host, "generation": generation,
-                                                      "written_at": time.time()}):
-            self.seen = max(self.seen + 1, self.log.last())
-        self.seen = self.epoch = self.seen + 1
-        return self.epoch
+        with self._lock:
+            self.seen = self.log.last()
+            body = {"kind": "lease", "scope": self.scope, "run_id": self.run_id, "host": host,
+                    "generation": generation}
+            while not self.log.try_create(self.seen + 1, {**body, "written_at": time.time()}):
+                self.seen = max(self.seen + 1, self.log.last())
+            self.seen = self.epoch = self.seen + 1
+            self.lost_to = None
+            return self.epoch
 
     def try_append(self, body: dict) -> int | None:
         """Create ``body`` as the entry after the last one read (call :meth:`catch_up` first);
-        None when another writer has that number (catch up and try again)."""
-        seq = self.seen + 1
-        if self.log.try_create(seq, {**body, "scope": self.scope, "run_id": self.run_id, "written_at": time.time()}):
-            self.seen = seq
-            return seq
-        return None
+        None when another writer has that number (catch up and try again).
+
+        Raises:
+            LeaseLost: this run was fenced (at any earlier :meth:`catch_up`).
+        """
+        with self._lock:
+            if self.lost_to is not None:
+                raise LeaseLost(self.lost_message())
+            seq = self.seen + 1
+            if self.log.try_create(seq, {**body, "scope": self.scope, "run_id": self.run_id,
+                                         "written_at": time.time()}):
+                self.seen = seq
+                return seq
+            return None
 
     def append(self, body: dict) -> int:
         """Create ``body`` as the next entry after everything read (catching up as often as another

@@ -1,8 +1,10 @@
 """File names of keys: ``(participant_id, visit[, models])`` -> one file name, and back.
 
 Each part is percent-encoded (UTF-8) with every character but letters, digits, ``-``, ``.`` and
-``~`` escaped, ``_`` included, and the parts are joined by ``__``; as no encoded part can hold
-``__``, every key round-trips, whatever its ids hold (``A__B``, ``sub_01_`` with visit ``_2``).
+``~`` escaped, ``_`` included (and a leading ``.``: a name never starts with one, so that no staged
+file is hidden from listings), and the parts are joined by ``__``; as no encoded part can hold
+``__``, every key round-trips, whatever its ids hold (``A__B``, ``sub_01_`` with visit ``_2``,
+``.hidden``).
 Names written by earlier versions (``_`` left as it is) are still read (:func:`legacy_key_name`).
 """
 
@@ -14,7 +16,8 @@ SEPARATOR = "__"
 
 
 def _encode(part: str) -> str:
-    return urllib.parse.quote(part, safe="").replace("_", "%5F")
+    encoded = urllib.parse.quote(part, safe="").replace("_", "%5F")
+    return "%2E" + encoded[1:] if encoded.startswith(".") else encoded  # never a hidden file
 
 
 def key_name(key: tuple[str, ...]) -> str:

@@ -7,7 +7,8 @@ Layout under the output URI::
     tables/<table>/part-<batch>.parquet                        what readers read (pd.read_parquet)
     _work/staged/<table>/<unit key>.parquet                    rows of units done, not yet published
     _work/parts/<batch>/<table>.parquet                        a batch's table parts before they move
-    _work/log/<seq>.json, <seq>.done                           the commit log (:mod:`.log`)
+    _work/log/<seq>.json, <seq>.done, <seq>.reset              the commit log (:mod:`.log`)
+    _work/shards.json                                          how many shards the output is split into
     _work/runs/<run id>.json                                   run metadata
     _work/fingerprint.json                                     what defines the results (:mod:`.fingerprint`)
     _work/lease/<scope>/<generation>.json                      who holds the output (:mod:`.lease`)
@@ -282,17 +283,23 @@ class Outputs:
     def _finish(self, seq: int, batch_id: str, tables: list[str], units: list[LoggedUnit],
                 failures: list[dict] | None = None) -> None:
         """Move a logged batch's parts into ``tables/`` (``scans`` last), mark it done, delete its
-        staged rows and its parts folder. Idempotent: a part already moved is left, a part lost
-        from ``_work/parts`` is written again from the staged rows."""
+        staged rows and its parts folder. Idempotent, also beside another process finishing the same
+        batch: a part already moved is left, a part lost from ``_work/parts`` is written again from
+        the staged rows (unless the other process finished the batch meanwhile)."""
         for table in PUBLISH_ORDER:
             if table not in tables:
                 continue
             source, target = self.part_uri(batch_id, table), self.published_part_uri(batch_id, table)
-            if self.store.exists(source) or not self.store.exists(target):
-                if self.store.exists(source):
-                    self.store.move(source, target)
-                else:
-                    self.store.write_bytes(target, table_bytes(self._part_from_staged(table, units, failures)))
+            if self.store.exists(source):
+                self.store.move(source, target)
+            elif not self.store.exists(target):
+                try:
+                    part = self._part_from_staged(table, units, failures)
+                except FileNotFoundError:
+                    if self.store.exists(target) or self.store.exists(self.log.uri(seq, ".done")):
+                        continue  # finished by the other process in between
+                    raise
+                self.store.write_bytes(target, table_bytes(part))
         self.log.mark_done(seq)
         self._discard_units(u.staged_key for u in units)
         self._remove_parts(batch_id)
@@ -334,24 +341,22 @@ class Outputs:
         """Finish interrupted batches; return the staged units no batch holds (module doc, step 3).
 
         Args:
-            live_runs: ids of runs holding a lease now (their unlogged parts are theirs, not left over).
+            live_runs: ids of runs holding a lease now (their unfinished batches and unlogged parts
+                are theirs to finish, not left over).
             mine: which scans this run may publish (its shard's); others' staged units stay.
         """
         rolled = self._finish_legacy_batches()
         numbers, done = self.log.listing()
-        for seq in numbers:
-            if seq in done:
-                continue
-            entry = self.log.read(seq)
-            if entry.get("kind") != "batch":
+        for entry in self.log.read_many([n for n in numbers if n not in done]):
+            if entry.get("kind") != "batch" or entry.get("run_id") in live_runs:
                 continue
             units = [LoggedUnit.of(u) for u in entry.get("units", [])]
-            self._finish(seq, entry["batch"], entry.get("tables", []), units, entry.get("failures"))
+            self._finish(entry["seq"], entry["batch"], entry.get("tables", []), units, entry.get("failures"))
             rolled.append(entry["batch"])
             log.info("completed interrupted batch %s (%d scans)", entry["batch"], len(units))
         staged = self.staged_keys()
         leftovers = self.store.list_dirs(self._work("parts"))
-        entries = self.log.entries() if (staged or leftovers) else []
+        entries = self.log.all_entries() if (staged or leftovers) else []
         in_batches = {LoggedUnit.of(u).staged_key for e in entries if e.get("kind") == "batch"
                       for u in e.get("units", [])}
         if staged:
@@ -367,6 +372,16 @@ class Outputs:
             self.discard_staged(key)
             cleaned += 1
         unpublished = sorted(k for k in staged - in_batches if mine((k[0], k[1])))
+        stale = self.log.fenced_by_reset() if unpublished else set()
+        if stale:
+            for key in list(unpublished):
+                runs = set(read_table_file(self.store, self._existing_staged("scans", key), columns=["run_id"])
+                           .column("run_id").to_pylist())
+                if runs & stale:  # staged by a run the output's --restart fenced: results of the old output
+                    log.warning("%s/%s (%s): staged by run %s before the output was restarted; discarded",
+                                key[0], key[1], key[2], ", ".join(sorted(runs & stale)))
+                    self.discard_staged(key)
+                    unpublished.remove(key)
         return RecoveryReport(rolled, unpublished, cleaned)
 
     def _finish_legacy_batches(self) -> list[str]:
@@ -476,13 +491,11 @@ class Outputs:
         done, manifests = self.batches()
         objects = list(manifests.values()) + [self._work("batches", f"{b}.done") for b in done]
         batch_ids = set(manifests) | done
-        numbers, log_done = self.log.listing()
-        for seq in numbers:
-            objects.append(self.log.uri(seq))
-            entry = self.log.read(seq)
+        # the commit log stays (its numbers keep counting, and runs that held the output before the
+        # restart are fenced by the reset entry the restarting run writes): only its batches go
+        for entry in self.log.read_many(self.log.numbers()):
             if entry.get("kind") == "batch":
                 batch_ids.add(entry["batch"])
-        objects += [self.log.uri(seq, ".done") for seq in log_done]
         for batch_id in batch_ids:
             for table in PUBLISH_ORDER:
                 objects += [self.published_part_uri(batch_id, table), self.part_uri(batch_id, table)]
@@ -508,7 +521,7 @@ class Outputs:
             objects += list(color_table_uris(join_uri(self.root, "labels"), model).values())
         objects += self.store.list_files(self._work("runs"), suffix=".json", recursive=False)
         objects += self.store.list_files(join_uri(self.root, "agreement"), suffix=".parquet", recursive=False)
-        objects.append(join_uri(self.root, FINGERPRINT))  # the lease is not listed: the running job holds it
+        objects += [join_uri(self.root, FINGERPRINT), self._work("shards.json")]  # not the lease: the run holds it
         contains = self.store.within(self.root)
         inside = [u for u in set(objects) if contains(u)]
         outside = len(set(objects)) - len(inside)
@@ -527,5 +540,6 @@ class Outputs:
             if self.store.exists(uri):
                 self.store.remove(uri)
                 deleted += 1
-        self.store.remove_empty_dirs(self.root)
+        for folder in OWN_FOLDERS:  # the folders this tool made, emptied; a user's own empty folder elsewhere stays
+            self.store.remove_empty_dirs(join_uri(self.root, folder))
         return deleted

@@ -96,7 +96,7 @@ def run_job(job: JobConfig, restart: bool = False, progress: ProgressFn | None =
     try:
         lease.start_heartbeats(on_lost=lambda: stop.set("lost the output's lease"))
         if restart:
-            restart_output(outputs, job)
+            restart_output(outputs, job, lease)
         fingerprint = settle_fingerprint(outputs, job_fingerprint(job, models, versions))
         if shard is not None:
             record_shard_count(outputs, shard)
@@ -143,8 +143,10 @@ def record_shard_count(outputs: Outputs, shard: Shard) -> None:
         outputs.store.write_bytes(uri, json.dumps({"count": shard.count}).encode())
 
 
-def restart_output(outputs: Outputs, job: JobConfig) -> None:
-    """``--restart``: delete what this tool wrote here (and nothing else)."""
+def restart_output(outputs: Outputs, job: JobConfig, lease: OutputLease) -> None:
+    """``--restart``: a reset entry in the commit log first (every run that held the output before is
+    fenced from then on, whatever its scope), then delete what this tool wrote here (and nothing else)."""
+    outputs.log.mark_reset(lease.fence.append({"kind": "reset"}))
     deleted = outputs.reset([m.name for m in job.models],
                             list(job.contrasts.available) if job.stitching.save_stitched else [])
     log.info("--restart: deleted %d objects this tool had written under %s", deleted, outputs.root)
@@ -201,28 +203,41 @@ def segment_on_ray(job: JobConfig, models: list[ModelSpec], run_id: str, version
                    plan: WorkPlan, publisher: BatchPublisher, outputs: Outputs, summary: RunSummary,
                    progress: ProgressFn | None, stop: StopRequest, t0: float) -> None:
     """Ray's part: actors requested and waited for, then the scheduler over the plan."""
+    from mrseg_cohort.pipeline.session import RayStartStopped, ray_session
+
+    res = job.resources
+    try:
+        with ray_session(res) as session:
+            _segment_in(session, job, models, run_id, versions, base_model, plan, publisher, outputs, summary,
+                        progress, stop, t0)
+    except RayStartStopped:
+        log.warning("stopping (%s) while Ray started", stop.reason)
+
+
+def _segment_in(session, job: JobConfig, models: list[ModelSpec], run_id: str, versions: dict, base_model: str,
+                plan: WorkPlan, publisher: BatchPublisher, outputs: Outputs, summary: RunSummary,
+                progress: ProgressFn | None, stop: StopRequest, t0: float) -> None:
+    """The actors and the scheduler, in a Ray session."""
     import ray
 
     from mrseg_cohort.pipeline.actor_pool import ActorPool
-    from mrseg_cohort.pipeline.session import ray_session
     from mrseg_cohort.pipeline.tasks import remote_tasks
 
     res = job.resources
-    with ray_session(res) as session:
-        device = choose_device(job.model.device, session.gpus(), session.on_cluster, res.gpus)
-        summary.device = device
-        write_run_record(outputs, job, models, run_id, versions, device, session.resources(), plan, t0)
-        pool = ActorPool(session, device, models, res, versions, job.limits.max_model_voxels)
-        pool.start(stop)  # every actor loads its models before any scan is read: a broken one stops the job here
-        ctx_ref = ray.put(stages.RunContext(job, tuple(models), run_id, versions, device, base_model))
-        tasks = remote_tasks(res.max_retries, task_memory(res.memory_gb_per_scan, session))
-        reserved = 0 if device == "cuda" else res.cpu_segmenters
+    device = choose_device(job.model.device, session.gpus(), session.on_cluster, res.gpus)
+    summary.device = device
+    write_run_record(outputs, job, models, run_id, versions, device, session.resources(), plan, t0)
+    pool = ActorPool(session, device, models, res, versions, job.limits.max_model_voxels)
+    pool.start(stop)  # every actor loads its models before any scan is read: a broken one stops the job here
+    ctx_ref = ray.put(stages.RunContext(job, tuple(models), run_id, versions, device, base_model))
+    tasks = remote_tasks(res.max_retries, task_memory(res.memory_gb_per_scan, session))
+    reserved = 0 if device == "cuda" else res.cpu_segmenters
 
-        def cpu_workers() -> int:
-            return res.cpu_workers or max(1, int(session.resources().get("CPU", 1)) - reserved)
+    def cpu_workers() -> int:
+        return res.cpu_workers or max(1, int(session.resources().get("CPU", 1)) - reserved)
 
-        failures = FailureLog(run_id, publisher, summary, outputs.failed_attempts())
-        Scheduler(ctx_ref, tasks, pool, publisher, failures, summary, cpu_workers, stop, progress).run(plan.todo)
+    failures = FailureLog(run_id, publisher, summary, outputs.failed_attempts())
+    Scheduler(ctx_ref, tasks, pool, publisher, failures, summary, cpu_workers, stop, progress).run(plan.todo)
 
 
 def write_run_record(outputs: Outputs, job: JobConfig, models: list[ModelSpec], run_id: str, versions: dict,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -50,6 +51,10 @@ class RaySession:
         return any(node["NodeID"] == me and node["Alive"] for node in ray.nodes())
 
 
+class RayStartStopped(Exception):
+    """A signal stopped the run while Ray started (Ray was shut down again)."""
+
+
 @contextlib.contextmanager
 def ray_session(resources: ResourcesConfig) -> Iterator[RaySession]:
     """Start or join Ray for one run; shut down only what this call started."""
@@ -67,6 +72,13 @@ def ray_session(resources: ResourcesConfig) -> Iterator[RaySession]:
             else:
                 ray.init(num_cpus=usable_cpus(), include_dashboard=False, logging_level=logging.WARNING,
                          log_to_driver=False)
+        except SystemExit as err:  # Ray's own SIGTERM handler (sys.exit(15)) ran while Ray started
+            if err.code not in (signal.SIGINT, signal.SIGTERM):
+                raise
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            signals.deliver(int(err.code))  # to this run's handler: the run stops as for any signal
+            raise RayStartStopped(signal.Signals(int(err.code)).name) from None
         except Exception as err:  # noqa: BLE001 - Ray raises bare Exceptions (a node that timed out starting)
             with contextlib.suppress(Exception):
                 ray.shutdown()

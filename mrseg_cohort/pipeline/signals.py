@@ -5,9 +5,12 @@ termination), a terminal with SIGINT. The first signal asks the run to stop; a s
 the process at once (the next run recovers what it had staged).
 
 ``ray.init`` installs its own handlers (its C++ core aborts the process on SIGTERM, exit -6, or
-exits 15 without a word while it starts): :func:`held_while` keeps SIGINT/SIGTERM pending while
-Ray starts, then puts ours back, so a signal at any moment stops the run through our handler (exit
-130/143, the final line, Ray shut down).
+its Python handler exits 15 without a word while it starts): :func:`held_while` keeps
+SIGINT/SIGTERM pending in the main thread while Ray starts and then puts ours back. A signal that
+another thread (a progress bar's, an I/O loop's) took meanwhile reaches Ray's handler, which raises
+``SystemExit(15)`` inside ``ray.init``; the session catches it and hands the signal to ours
+(:func:`deliver`). Either way the run stops through our handler (exit 130/143, the final line, Ray
+shut down).
 """
 
 from __future__ import annotations
@@ -76,6 +79,12 @@ def held_while() -> Iterator[None]:
     finally:
         reassert()
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def deliver(signum: int) -> None:
+    """Hand ``signum`` to the innermost :func:`stop_on_signals` handler, as if it had arrived there."""
+    if _active:
+        _active[-1](signum, None)
 
 
 def reassert() -> None:

@@ -123,7 +123,7 @@ def finish(ctx: RunContext, unit: ScanUnit, loaded: LoadedScan,
         tables = _write_and_measure(ctx, loaded, segmentations, specs, outputs, shared, written)
         with writing_outputs(source):
             outputs.stage(unit.key, tables)
-    except BaseException:  # a scan that fails leaves no label file that no table names
+    except Exception:  # a scan that fails leaves no label file that no table names (only those it created)
         for uri in written:
             with contextlib.suppress(OSError):
                 outputs.store.remove(uri)
@@ -133,7 +133,8 @@ def finish(ctx: RunContext, unit: ScanUnit, loaded: LoadedScan,
 
 def _write_and_measure(ctx: RunContext, loaded: LoadedScan, segmentations: dict[str, Segmentation],
                        specs: list[ModelSpec], outputs: Outputs, shared: dict, written: list[str]) -> dict[str, pa.Table]:
-    """The label files of a unit's models (their locations appended to ``written``) and its rows."""
+    """The label files of a unit's models (the locations of those it created appended to
+    ``written``) and its rows."""
     job, source, key, contrasts = ctx.job, loaded.source, loaded.source.key, ctx.job.contrasts
     structures, intensities, scans = [], [], []
     for contrast, seg in segmentations.items():
@@ -150,7 +151,8 @@ def _write_and_measure(ctx: RunContext, loaded: LoadedScan, segmentations: dict[
             uri = join_uri(outputs.root, path)
             volume = Volume(labels, loaded.grid)
             with writing_outputs(source):
-                written.append(uri)
+                if not outputs.store.exists(uri):  # one there already (an earlier attempt's) is not ours to remove
+                    written.append(uri)
                 write_volume(outputs.store, uri, volume, np.uint8)
             t_write = time.perf_counter() - t
             measures = measure_scan(volume, spec.label_map, loaded.images, _present(contrasts.fat, loaded),

@@ -209,9 +209,10 @@ class Segmenter:
 
 
 def _is_out_of_memory(err: BaseException) -> bool:
+    """Out of device memory, by type (torch raises ``torch.OutOfMemoryError``), never by words."""
     import torch
 
-    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
+    return isinstance(err, torch.OutOfMemoryError)
 
 
 def _free_gpu_memory() -> None:
