@@ -31,13 +31,20 @@ def run(
 
     Re-running the same command resumes: scans already committed are skipped, failed ones retried.
     """
+    from mrseg_cohort.pipeline.signals import StopRequest, stop_on_signals
+
+    with stop_on_signals(StopRequest()) as stop:  # before the heavy imports (torch, nnU-Net: seconds)
+        _run(config, restart, output, first_n, progress, shard, address, stop)
+
+
+def _run(config: Path, restart: bool, output: str | None, first_n: int | None, progress: bool, shard: str | None,
+         address: str | None, stop) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
 
     from mrseg_cohort.config import load_config
     from mrseg_cohort.pipeline.run import run_job
-    from mrseg_cohort.pipeline.signals import StopRequest, stop_on_signals
     from mrseg_cohort.sharding import Shard, shard_from_environment
 
     overrides: dict = {}
@@ -48,8 +55,7 @@ def run(
     if address is not None:
         overrides["resources.address"] = address
     console = Console(stderr=True, soft_wrap=True)
-    # a signal from here on stops the run through its own path (exit 130/143, the final line)
-    with one_line_errors(), stop_on_signals(StopRequest()) as stop:
+    with one_line_errors():
         part = Shard.parse(shard) if shard is not None else shard_from_environment(os.environ)
         job = load_config(config, overrides)
         columns = (TextColumn("[bold]scans"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
