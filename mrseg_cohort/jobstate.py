@@ -6,6 +6,7 @@ Read-only: nothing here writes to the output (safe while a job runs).
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -48,17 +49,26 @@ def job_state(job: JobConfig, with_sizes: bool = False, shard: Shard | None = No
               with_costs: bool = False) -> tuple[JobState, list[ScanSource]]:
     """Manifest (or its ``shard``) anti-joined with the output: done (every configured model
     committed), staged (finished, not yet published), failed (not done, with a failure recorded),
-    pending (the rest). Only the columns these need are read; ``with_costs`` also reads the
-    per-stage seconds of ``scans`` (``JobState.costs``, for plan's estimate)."""
+    pending (the rest). Only the columns these need are read, while the input is listed;
+    ``with_costs`` also reads the per-stage seconds of ``scans`` (``JobState.costs``, for plan's
+    estimate)."""
     in_store = Store.from_config(job.input.storage)
     outputs = Outputs.for_job(job)
-    sources = select(discover(job, in_store), shard)
-    keys = {s.key for s in sources}
-    plan = plan_work(sources, tuple(m.name for m in job.models), outputs.committed_units(), [])
+    with ThreadPoolExecutor(max_workers=4) as pool:  # the output is read while the input is listed
+        committed = pool.submit(outputs.committed_units)
+        staged_units = pool.submit(outputs.staged_keys)
+        failures_read = pool.submit(read_table_folder, outputs.store, outputs.table_uri("failures"),
+                                    columns=FAILURE_COLUMNS, schema=SCHEMAS["failures"])
+        costs_read = pool.submit(read_table_folder, outputs.store, outputs.table_uri("scans"), columns=COST_COLUMNS,
+                                 schema=SCHEMAS["scans"]) if with_costs else None
+        sources = select(discover(job, in_store), shard)
+        keys = {s.key for s in sources}
+        plan = plan_work(sources, tuple(m.name for m in job.models), committed.result(), [])
+        staged_keys = staged_units.result()
+        failures_table = failures_read.result()
+        scans = costs_read.result() if costs_read is not None else None
     done = keys - {u.source.key for u in plan.todo}  # every configured model committed
-    staged = ({(k[0], k[1]) for k in outputs.staged_keys()} & keys) - done
-    failures_table = read_table_folder(outputs.store, outputs.table_uri("failures"), columns=FAILURE_COLUMNS,
-                                       schema=SCHEMAS["failures"])
+    staged = ({(k[0], k[1]) for k in staged_keys} & keys) - done
     failures = failures_table.to_pandas() if failures_table is not None else pd.DataFrame(columns=FAILURE_COLUMNS)
     if shard is not None:  # this shard's failures only
         ours = [shard.holds(p, v) for p, v in zip(failures["participant_id"], failures["visit"])]
@@ -68,11 +78,7 @@ def job_state(job: JobConfig, with_sizes: bool = False, shard: Shard | None = No
     n_bytes = None
     if with_sizes:
         n_bytes = sum(in_store.size(u) for s in sources for u in s.uris)
-    costs = None
-    if with_costs:
-        scans = read_table_folder(outputs.store, outputs.table_uri("scans"), columns=COST_COLUMNS,
-                                  schema=SCHEMAS["scans"])
-        costs = scans.to_pandas() if scans is not None else None
+    costs = scans.to_pandas() if scans is not None else None
     state = JobState(len(sources), len({s.participant_id for s in sources}), len(done), len(staged),
                      len(failed), len(keys) - len(done) - len(staged) - len(failed), n_bytes,
                      failures.sort_values("time", ascending=False) if len(failures) else failures, costs)

@@ -44,7 +44,8 @@ def wide(
         job, outputs = _output(config, output)
         chosen = tuple(m.strip() for m in measures.split(",") if m.strip())
         structures = read_table_frame(outputs.store, outputs.table_uri("structures"),
-                                      columns=[*KEY_COLUMNS, "structure", *chosen])
+                                      columns=[*KEY_COLUMNS, "structure", *chosen], schema=SCHEMAS["structures"],
+                                      dictionary=[*KEY_COLUMNS, "structure"])
         if structures is None:
             fail(f"no published results under {outputs.table_uri('structures')} yet")
         unknown = [m for m in chosen if m not in structures.columns]

@@ -42,27 +42,59 @@ def read_table_file(store: Store, uri: str, columns: list[str] | None = None) ->
 def read_table_folder(store: Store, uri: str, columns: list[str] | None = None,
                       filter: pc.Expression | None = None, schema: pa.Schema | None = None,
                       dictionary: list[str] = ()) -> pa.Table | None:
-    """All ``*.parquet`` parts under folder ``uri`` as one table (None if there are none).
+    """All ``*.parquet`` parts under folder ``uri`` (hidden names left out) as one table (None if
+    there are none).
 
-    Read as one ``pyarrow.dataset`` over the store's file system: only ``columns`` are read
-    (projection; names no part has are left out) and only the rows matching ``filter`` (a
-    ``pyarrow.compute`` expression, also used to skip row groups by their statistics) are kept, the
-    parts read in parallel. Parts written by different versions (a column added later) combine:
-    ``schema`` (default: the parts' schemas unified) is the table's, and a part's missing columns
-    are nulls. String columns named in ``dictionary`` are read dictionary-encoded (pandas:
-    categorical; a few bytes a row for ids and structure names repeated millions of times). A
-    transient storage error retries the whole read.
+    Read as one ``pyarrow.dataset``: only ``columns`` are read (projection; names no part has are
+    left out) and only the rows matching ``filter`` (a ``pyarrow.compute`` expression, also used to
+    skip row groups by their statistics) are kept, the parts read in parallel. Parts written by
+    different versions (a column added later) combine: ``schema`` (default: the parts' schemas
+    unified) is the table's, and a part's missing columns are nulls. String columns named in
+    ``dictionary`` are read dictionary-encoded (pandas: categorical; a few bytes a row for ids and
+    structure names repeated millions of times). Local folders and S3 are read by Arrow's own file
+    systems (:func:`arrow_filesystem`), other stores through fsspec. A transient storage error
+    retries the whole read.
     """
-    parts = store.list_files(uri, suffix=".parquet", recursive=False)
-    if not parts:
+    files = _part_files(store, uri)
+    if not files:
         return None
+    arrow_fs = arrow_filesystem(store, uri)[0]
+    if not isinstance(arrow_fs, pafs.LocalFileSystem) and (schema is not None or filter is None):
+        return _read_whole_parts(store, uri, arrow_fs, files, columns, filter,
+                                 None if schema is None else _with_dictionary(schema, dictionary), dictionary)
 
     def read() -> pa.Table:
-        dataset = _parts_dataset(store, uri, parts, schema, dictionary)
+        dataset = _parts_dataset(arrow_fs, files, schema, dictionary)
         wanted = None if columns is None else [c for c in columns if c in dataset.schema.names]
         return dataset.to_table(columns=wanted, filter=filter)
 
     return store.retry("read", uri, read)
+
+
+def _read_whole_parts(store: Store, uri: str, arrow_fs: pafs.FileSystem, files: list[tuple[str, int]],
+                      columns: list[str] | None, filter: pc.Expression | None, schema: pa.Schema | None,
+                      dictionary: list[str]) -> pa.Table:
+    """The parts of an object store each fetched whole with one request (a Parquet reader asks for
+    the footer and then the columns: two or three requests a part) and read from memory, in
+    parallel, each retried on its own; only the projected rows are kept. Without ``schema`` (and
+    then without ``filter``) each part is read with its own and the parts' tables are unified."""
+    file_format = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=set(dictionary)))
+    base, folder = uri.rstrip("/"), store.fs_and_path(uri)[1].rstrip("/")
+
+    def part(path: str) -> pa.Table:
+        def fetch() -> bytes:
+            with arrow_fs.open_input_stream(path) as f:
+                return f.read()
+
+        fragment = file_format.make_fragment(pa.BufferReader(store.retry("read", f"{base}/{path[len(folder) + 1:]}",
+                                                                          fetch)))
+        own = schema or _with_dictionary(fragment.physical_schema, dictionary)
+        wanted = None if columns is None else [c for c in columns if c in own.names]
+        return fragment.to_table(schema=own, columns=wanted, filter=filter)
+
+    with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
+        table = pa.concat_tables(list(pool.map(part, [path for path, _ in files])), promote_options="default")
+    return table if columns is None else table.select([c for c in columns if c in table.column_names])
 
 
 def read_table_frame(store: Store, uri: str, columns: list[str] | None = None,
@@ -74,28 +106,92 @@ def read_table_frame(store: Store, uri: str, columns: list[str] | None = None,
     return None if table is None else table.to_pandas(self_destruct=True, split_blocks=True)
 
 
-def _parts_dataset(store: Store, uri: str, parts: list[str], schema: pa.Schema | None,
-                   dictionary: list[str] = ()) -> ds.FileSystemDataset:
-    """The dataset of ``parts`` (URIs under folder ``uri``), with ``schema`` or the parts' unified one,
-    the string columns ``dictionary`` dictionary-encoded."""
+def arrow_filesystem(store: Store, uri: str) -> tuple[pafs.FileSystem, str]:
+    """An Arrow file system for ``uri`` of ``store`` and the path in it: Arrow's own for local disk
+    and for S3 when the store's options say all it needs (endpoint, key and secret or the AWS chain,
+    region, anonymous access, attempts, timeouts: C++ requests in parallel, several times quicker
+    than Python ones for hundreds of part files), else the store's fsspec file system (a named
+    AWS profile, other protocols)."""
+    fs, path = store.fs_and_path(uri)
+    if isinstance(fs, LocalFileSystem):
+        return pafs.LocalFileSystem(), path
+    protocol = uri.split("://", 1)[0]
+    native = _arrow_s3(store.options) if protocol in ("s3", "s3a") else None
+    return (native if native is not None else pafs.PyFileSystem(pafs.FSSpecHandler(fs))), path
+
+
+_S3_OPTIONS = {"endpoint_url", "key", "secret", "token", "anon", "client_kwargs", "config_kwargs"}
+
+
+def _arrow_s3(options: dict) -> pafs.S3FileSystem | None:
+    """Arrow's S3 file system with the fsspec/s3fs ``options`` of a store, or None where they hold
+    something it cannot take (a profile, unknown keys, an endpoint with a path) or lack a region
+    for AWS itself."""
+    client = options.get("client_kwargs") or {}
+    config = options.get("config_kwargs") or {}
+    if set(options) - _S3_OPTIONS or set(client) - {"region_name"} or \
+            set(config) - {"retries", "connect_timeout", "read_timeout"}:
+        return None
+    kwargs: dict = {"region": client.get("region_name")}
+    endpoint = options.get("endpoint_url")
+    if endpoint:
+        scheme, _, rest = endpoint.partition("://")
+        if not rest or "/" in rest.rstrip("/") or "@" in rest or scheme not in ("http", "https"):
+            return None
+        kwargs.update(endpoint_override=rest.rstrip("/"), scheme=scheme, region=kwargs["region"] or "us-east-1")
+    elif kwargs["region"] is None:
+        return None
+    if options.get("anon"):
+        kwargs["anonymous"] = True
+    elif options.get("key") and options.get("secret"):
+        kwargs.update(access_key=options["key"], secret_key=options["secret"], session_token=options.get("token"))
+    attempts = (config.get("retries") or {}).get("max_attempts")
+    if attempts:
+        kwargs["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=int(attempts))
+    if config.get("connect_timeout"):
+        kwargs["connect_timeout"] = float(config["connect_timeout"])
+    if config.get("read_timeout"):
+        kwargs["request_timeout"] = float(config["read_timeout"])
+    return pafs.S3FileSystem(**kwargs)
+
+
+def _part_files(store: Store, uri: str) -> list[tuple[str, int]]:
+    """(path, size in bytes) of the part files of folder ``uri``, sorted: one listing through the
+    store's file system (its retries and its errors for refused credentials or a store that does
+    not answer), whose sizes spare a request per file later."""
     fs, folder = store.fs_and_path(uri)
-    arrow_fs = pafs.LocalFileSystem() if isinstance(fs, LocalFileSystem) else pafs.PyFileSystem(pafs.FSSpecHandler(fs))
-    base = uri.rstrip("/")
-    paths = [f"{folder.rstrip('/')}/{part[len(base) + 1:]}" for part in parts]
+
+    def listing() -> list[dict]:
+        try:
+            return fs.ls(folder.rstrip("/"), detail=True)
+        except FileNotFoundError:  # no parts yet
+            return []
+
+    entries = store.retry("list", uri, listing)
+    return sorted((e["name"], int(e["size"])) for e in entries if e.get("type") == "file"
+                  and e["name"].endswith(".parquet") and not e["name"].rstrip("/").rsplit("/", 1)[-1].startswith("."))
+
+
+def _parts_dataset(arrow_fs: pafs.FileSystem, files: list[tuple[str, int]], schema: pa.Schema | None,
+                   dictionary: list[str] = ()) -> ds.FileSystemDataset:
+    """The dataset of ``files`` (path, size), with ``schema`` or the parts' unified one, the string
+    columns ``dictionary`` dictionary-encoded."""
     file_format = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=set(dictionary)))
-    fragments = None
+    fragments = [file_format.make_fragment(path, arrow_fs, file_size=size) for path, size in files]
     if schema is None:
-        fragments = [file_format.make_fragment(p, arrow_fs) for p in paths]
         with ThreadPoolExecutor(max_workers=min(16, len(fragments))) as pool:
             schemas = list(pool.map(lambda f: f.physical_schema, fragments))
         schema = pa.unify_schemas(schemas, promote_options="default")
+    return ds.FileSystemDataset(fragments, _with_dictionary(schema, dictionary), file_format, arrow_fs)
+
+
+def _with_dictionary(schema: pa.Schema, dictionary: list[str]) -> pa.Schema:
+    """``schema`` with its string columns named in ``dictionary`` dictionary-encoded."""
     for name in dictionary:
         i = schema.get_field_index(name)
         if i >= 0 and pa.types.is_string(schema.field(i).type):
             schema = schema.set(i, pa.field(name, pa.dictionary(pa.int32(), pa.string())))
-    if fragments is not None:
-        return ds.FileSystemDataset(fragments, schema, file_format, arrow_fs)
-    return ds.dataset(paths, schema=schema, format=file_format, filesystem=arrow_fs)
+    return schema
 
 
 def read_frame(store: Store, uri: str) -> pd.DataFrame:
