@@ -131,12 +131,53 @@ def test_read_table_folder_projects_filters_and_combines_older_parts(root):
     assert read_table_folder(store, join_uri(uri, "tables", "nothing")) is None
 
 
-def test_read_table_folder_names_an_unreadable_part(tmp_path):
-    folder = tmp_path / "tables" / "scans"
-    folder.mkdir(parents=True)
-    (folder / "part-1.parquet").write_bytes(b"garbage, not parquet")
-    with pytest.raises(Exception, match="part-1.parquet"):
-        read_table_folder(Store(), str(folder))
+def test_s3_parts_read_alike_through_arrow_and_through_fsspec(s3_root, monkeypatch):
+    """Arrow's own S3 client (quick) and the store's fsspec one (the fallback) give the same table."""
+    from mrseg_cohort.io import tables as io_tables
+
+    store, uri = s3_root
+    tables = random_tables(5, participants=6)
+    publish_random(store, uri, tables, [])
+    folder = join_uri(uri, "tables", "structures")
+    assert isinstance(io_tables.arrow_filesystem(store, folder)[0], io_tables.pafs.S3FileSystem)
+    reads = [read_table_folder(store, folder, columns=["participant_id", "structure", "volume_ml"],
+                               filter=pc.field("model") == "base", schema=SCHEMAS["structures"]),
+             read_table_folder(store, folder, columns=["participant_id", "structure", "volume_ml"])]
+    monkeypatch.setattr(io_tables, "_arrow_s3", lambda options: None)
+    assert isinstance(io_tables.arrow_filesystem(store, folder)[0], io_tables.pafs.PyFileSystem)
+    reads += [read_table_folder(store, folder, columns=["participant_id", "structure", "volume_ml"],
+                                filter=pc.field("model") == "base", schema=SCHEMAS["structures"]),
+              read_table_folder(store, folder, columns=["participant_id", "structure", "volume_ml"])]
+    base = tables["structures"][tables["structures"]["model"] == "base"]
+    for got in reads[::2]:
+        assert sorted(zip(got.column("participant_id").to_pylist(), got.column("structure").to_pylist())) == \
+            sorted(zip(base["participant_id"], base["structure"]))
+    assert reads[0].sort_by([("participant_id", "ascending"), ("structure", "ascending")]).equals(
+        reads[2].sort_by([("participant_id", "ascending"), ("structure", "ascending")]))
+    assert reads[1].num_rows == reads[3].num_rows == len(tables["structures"])
+
+
+def test_arrow_s3_takes_only_the_options_it_understands():
+    from mrseg_cohort.io.tables import _arrow_s3
+
+    timeouts = {"retries": {"max_attempts": 3, "mode": "standard"}, "connect_timeout": 60.0, "read_timeout": 60.0}
+    assert _arrow_s3({"endpoint_url": "http://127.0.0.1:9000", "key": "k", "secret": "s",
+                      "config_kwargs": timeouts}) is not None
+    assert _arrow_s3({"client_kwargs": {"region_name": "eu-west-2"}, "config_kwargs": timeouts}) is not None
+    assert _arrow_s3({"anon": True, "client_kwargs": {"region_name": "us-east-1"}}) is not None
+    assert _arrow_s3({"profile": "ukbb", "client_kwargs": {"region_name": "eu-west-2"}}) is None  # fsspec's
+    assert _arrow_s3({"config_kwargs": timeouts}) is None  # AWS without a region: fsspec finds the bucket's
+    assert _arrow_s3({"endpoint_url": "https://host/path", "key": "k", "secret": "s"}) is None
+    assert _arrow_s3({"endpoint_url": "http://user:pw@host:9000"}) is None
+
+
+def test_read_table_folder_names_an_unreadable_part(root):
+    store, uri = root
+    folder = join_uri(uri, "tables", "scans")
+    store.write_bytes(join_uri(folder, "part-1.parquet"), b"garbage, not parquet")
+    for schema in (None, SCHEMAS["scans"]):
+        with pytest.raises(ValueError, match="part-1.parquet"):
+            read_table_folder(store, folder, schema=schema)
 
 
 # -- the wide view and phenotypes against the references -------------------------------------------

@@ -86,11 +86,14 @@ def _read_whole_parts(store: Store, uri: str, arrow_fs: pafs.FileSystem, files: 
             with arrow_fs.open_input_stream(path) as f:
                 return f.read()
 
-        fragment = file_format.make_fragment(pa.BufferReader(store.retry("read", f"{base}/{path[len(folder) + 1:]}",
-                                                                          fetch)))
-        own = schema or _with_dictionary(fragment.physical_schema, dictionary)
-        wanted = None if columns is None else [c for c in columns if c in own.names]
-        return fragment.to_table(schema=own, columns=wanted, filter=filter)
+        part_uri = f"{base}/{path[len(folder) + 1:]}"
+        fragment = file_format.make_fragment(pa.BufferReader(store.retry("read", part_uri, fetch)))
+        try:
+            own = schema or _with_dictionary(fragment.physical_schema, dictionary)
+            wanted = None if columns is None else [c for c in columns if c in own.names]
+            return fragment.to_table(schema=own, columns=wanted, filter=filter)
+        except pa.ArrowInvalid as err:
+            raise ValueError(f"{part_uri}: not a readable Parquet part: {err}") from err
 
     with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
         table = pa.concat_tables(list(pool.map(part, [path for path, _ in files])), promote_options="default")
