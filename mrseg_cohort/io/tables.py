@@ -87,17 +87,35 @@ def _read_whole_parts(store: Store, uri: str, arrow_fs: pafs.FileSystem, files: 
                 return f.read()
 
         part_uri = f"{base}/{path[len(folder) + 1:]}"
-        fragment = file_format.make_fragment(pa.BufferReader(store.retry("read", part_uri, fetch)))
+        data = pa.BufferReader(store.retry("read", part_uri, fetch))
         try:
-            own = schema or _with_dictionary(fragment.physical_schema, dictionary)
-            wanted = None if columns is None else [c for c in columns if c in own.names]
-            return fragment.to_table(schema=own, columns=wanted, filter=filter)
+            if filter is None:  # the plain Parquet reader: half the work of a dataset scan for a small part
+                return _projected(pq.ParquetFile(data, read_dictionary=list(dictionary)), columns, schema)
+            return file_format.make_fragment(data).to_table(schema=schema, columns=_present(columns, schema),
+                                                            filter=filter)
         except pa.ArrowInvalid as err:
             raise ValueError(f"{part_uri}: not a readable Parquet part: {err}") from err
 
     with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
         table = pa.concat_tables(list(pool.map(part, [path for path, _ in files])), promote_options="default")
     return table if columns is None else table.select([c for c in columns if c in table.column_names])
+
+
+def _present(columns: list[str] | None, schema: pa.Schema) -> list[str] | None:
+    return None if columns is None else [c for c in columns if c in schema.names]
+
+
+def _projected(part: pq.ParquetFile, columns: list[str] | None, schema: pa.Schema | None) -> pa.Table:
+    """``columns`` of one part, as a dataset scan with ``schema`` gives them: columns the part lacks
+    are nulls, the others cast to the schema's types (without ``schema``: the part's own)."""
+    own = part.schema_arrow
+    names = list((schema or own).names) if columns is None else _present(columns, schema or own)
+    table = part.read(columns=[c for c in names if c in own.names])
+    if schema is None:
+        return table
+    fields = [schema.field(c) for c in names]
+    return pa.table([table.column(f.name).cast(f.type) if f.name in own.names else pa.nulls(len(table), f.type)
+                     for f in fields], schema=pa.schema(fields))
 
 
 def read_table_frame(store: Store, uri: str, columns: list[str] | None = None,
