@@ -19,6 +19,7 @@ from mrseg_cohort.pipeline import stages
 from mrseg_cohort.pipeline.run import run_job
 from mrseg_cohort.segmentation.segmenter import Segmenter, check_model
 from mrseg_cohort.ledger.work_units import ScanUnit
+from mrseg_cohort.versions import software_versions
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def test_one_pass_reads_every_file_once_and_measures_both_models(mrseg_root, pha
     job = load_config(write_job_yaml(tmp_path / "job.yaml", str(phantom_cohort), str(tmp_path / "out"),
                                      model=None, models=_models(mrseg_root)))
     specs = tuple(check_model(m) for m in job.models)
-    ctx = stages.RunContext(job, specs, "test", {}, "cpu")
+    ctx = stages.RunContext(job, specs, "test", software_versions(), "cpu")
     reads: list[str] = []
     original = Store.read_bytes
     monkeypatch.setattr(Store, "read_bytes", lambda self, uri: reads.append(uri) or original(self, uri))

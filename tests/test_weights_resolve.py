@@ -77,6 +77,8 @@ def test_mrsegmentator_1x_package_folder_found_without_importing_it(tmp_path, mo
     (package / "__init__.py").write_text("raise RuntimeError('mrsegmentator was imported')\n")
     folder = _model_folder(package / "weights")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    for name in [m for m in sys.modules if m == "mrsegmentator" or m.startswith("mrsegmentator.")]:
+        monkeypatch.delitem(sys.modules, name)  # an earlier test (the agreement matrix) may have imported the real one
     found = resolve("base", {})
     assert (found.path, found.source) == (folder, "package") and "mrsegmentator" not in sys.modules
     with pytest.raises(ConfigError, match="body_comp model not found"):

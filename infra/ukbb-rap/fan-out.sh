@@ -3,7 +3,7 @@
 # Knife app, job I running `mrseg-cohort run CONFIG --shard I/N` on a GPU instance.
 #
 #   infra/ukbb-rap/fan-out.sh --shards 8 --config "/mrseg/ukbb rap.yaml" \
-#       --image-file /mrseg/mrseg-cohort-0.1.0.tar.gz --destination /mrseg/results \
+#       --image-file /mrseg/mrseg-cohort-0.2.0.tar.gz --destination /mrseg/results \
 #       --instance-type mem2_ssd1_gpu1_x8 [--only 3,5] [--priority normal] [--dry-run]
 #
 # Each job reads the bulk files through the project's read-only dxfuse mount (/mnt/project/Bulk/...: the
@@ -15,7 +15,7 @@
 # A shard's job that failed (or was terminated) uploaded nothing: run the script again with --only I.
 #
 # Needs the dx command (dx-toolkit), logged in with the project selected (`dx select`), and the Docker image
-# of infra/Dockerfile saved into the project (`docker save mrseg-cohort:0.1.0 | gzip > ...; dx upload ...`).
+# of infra/Dockerfile saved into the project (`docker save mrseg-cohort:0.2.0 | gzip > ...; dx upload ...`).
 set -euo pipefail
 
 usage() {
@@ -25,7 +25,7 @@ usage() {
 die() { echo "error: $*" >&2; exit 2; }
 
 shards="" config="" image_file="" destination="" instance_type="" only="" priority="normal" dry_run=0
-image="mrseg-cohort:0.1.0" shm="16g"
+image="mrseg-cohort:0.2.0" shm="16g"
 while [[ $# -gt 0 ]]; do
   case $1 in
     --shards) shards=${2:-}; shift 2 ;;
