@@ -126,6 +126,7 @@ def configs(config: Path, work: Path, output_uri: str, storage: dict | None, zip
 
 def timed(command: list[str], cwd: Path, env: dict | None = None) -> dict:
     """Run ``command`` under /usr/bin/time: wall s, peak RSS MB, CPU s, exit status, last output."""
+    load = os.getloadavg()[0]  # other agents share this machine: the 1-minute load beside each figure
     with tempfile.NamedTemporaryFile("r", suffix=".time") as stats:
         t = time.perf_counter()
         done = subprocess.run(["/usr/bin/time", "-f", "%e %M %U %S", "-o", stats.name, *command], cwd=cwd,
@@ -136,7 +137,7 @@ def timed(command: list[str], cwd: Path, env: dict | None = None) -> dict:
     return {"wall_s": round(elapsed, 2), "peak_rss_mb": round(rss_kb / 1024), "cpu_s": round(user + system, 2),
             "exit": done.returncode, "stdout": done.stdout.strip().split("\n")[0][:300],
             "stderr": done.stderr.strip()[-400:],
-            "outer_wall_s": round(wall, 2)}
+            "outer_wall_s": round(wall, 2), "load_1min_before": round(load, 2)}
 
 
 def chromium_seconds(html: Path, work: Path, timeout_s: int = 180) -> float | None:
