@@ -193,6 +193,10 @@ def _no_scans_found(cfg: JobConfig, store: Store, n_listed: int, n_own_output: i
             f"files{own} is {expected}")
 
 
+_UNUSABLE_IN_ID = re.compile(r"[/\\\x00-\x1f\x7f]")
+"""Characters an id may not hold: path separators and control characters."""
+
+
 def id_problem(value: str, what: str) -> str:
     """Why ``value`` cannot be a participant or visit id, or "" when it can: ids become single path
     components of the output (``labels/<participant_id>/<visit>/``), so they may not be empty, ``.``
@@ -200,7 +204,7 @@ def id_problem(value: str, what: str) -> str:
     :data:`MAX_ID_BYTES` (UTF-8)."""
     if value in ("", ".", ".."):
         return f"{what} {value!r} is not a usable id (it would be a path of its own)"
-    bad = sorted({c for c in value if c in "/\\" or ord(c) < 32 or ord(c) == 127})
+    bad = sorted(set(_UNUSABLE_IN_ID.findall(value)))
     if bad:
         return f"{what} {value!r} holds {', '.join(repr(c) for c in bad)}: ids may not hold path separators or control characters"
     size = len(value.encode("utf-8"))
@@ -222,6 +226,9 @@ def output_file_name(source: ScanSource, models: tuple[str, ...]) -> str:
 def output_name_problem(source: ScanSource, models: tuple[str, ...]) -> str:
     """Why the output cannot hold ``source``'s files, or "": :func:`output_file_name` must fit
     :data:`NAME_MAX_BYTES`, else the scan would fail after its label files were written."""
+    parts = (source.participant_id, source.visit, "+".join(models))
+    if sum(3 * len(p.encode("utf-8")) for p in parts) + 2 * len(parts) + len(".parquet") <= NAME_MAX_BYTES:
+        return ""  # fits even if every byte were percent-encoded (the names' worst case): no need to build it
     size = len(output_file_name(source, models).encode("utf-8"))
     if size <= NAME_MAX_BYTES:
         return ""

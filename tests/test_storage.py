@@ -396,3 +396,45 @@ def test_url_credentials_are_masked_in_reasons():
     reason = store._reason(err)
     assert "s3cr3tpw" not in reason and "http://***@127.0.0.1:1/b" in reason
     assert "Wr0ngSecret" not in store._reason(OSError("bad secret Wr0ngSecret"))
+
+
+def _linked_tree(tmp_path) -> tuple[str, str]:
+    """A local input folder with plain files, a hidden one, nested folders, a link to a file, a link
+    to a folder outside it, a link cycle and a broken link; and a sibling 'out' folder."""
+    import os
+
+    data, out = tmp_path / "in", tmp_path / "out"
+    (data / "a" / "b").mkdir(parents=True)
+    (data / ".hidden").mkdir()
+    out.mkdir()
+    for path in (data / "x.zip", data / "a" / "y.zip", data / "a" / "b" / "z.nii.gz", data / ".hidden" / "h.zip",
+                 data / ".dot.zip", out / "label.nii.gz"):
+        path.write_bytes(b"1")
+    os.symlink(out / "label.nii.gz", data / "link_to_output.nii.gz")
+    os.symlink(out, data / "outdir")
+    os.symlink(data / "a", data / "a" / "b" / "cycle")
+    os.symlink(tmp_path / "missing", data / "broken.zip")
+    return str(data), str(out)
+
+
+def test_local_listing_follows_links_once_and_skips_broken_ones(tmp_path):
+    """Links to files and folders are followed (a cohort folder of links to the bulk data is common on
+    clusters; fsspec's find would list a linked folder as one file), each real folder once (the cycle
+    ends), broken links and hidden entries left out."""
+    data, _ = _linked_tree(tmp_path)
+    store = Store()
+    assert {u[len(data) + 1:] for u in store.list_files(data)} == {
+        "x.zip", "a/y.zip", "a/b/z.nii.gz", "link_to_output.nii.gz", "outdir/label.nii.gz"}
+    assert store.list_files(data, recursive=False) == [f"{data}/link_to_output.nii.gz", f"{data}/x.zip"]
+    assert store.list_files(data, suffix=".zip") == [f"{data}/a/y.zip", f"{data}/x.zip"]
+    assert store.list_files(str(tmp_path / "nothing")) == [] and store.list_files(f"{data}/x.zip") == []
+
+
+def test_within_judges_links_by_where_they_lead(tmp_path):
+    data, out = _linked_tree(tmp_path)
+    inside = Store().within(out)
+    judged = {u[len(data) + 1:]: inside(u) for u in Store().list_files(data)}
+    assert judged == {"x.zip": False, "a/y.zip": False, "a/b/z.nii.gz": False, "link_to_output.nii.gz": True,
+                      "outdir/label.nii.gz": True}
+    assert inside(out) and inside(f"file://{out}/label.nii.gz") and not inside(f"{out}-other/x")
+    assert not inside("s3://bucket/out/label.nii.gz")
