@@ -205,9 +205,11 @@ class Unchanged:
 
 
 def run_soak(scans: int, kills: int, fault_rate: float, kinds: tuple[str, ...], seed: int, max_delay_s: float,
-             work: Path, per_step: int = 2, acts: tuple[str, ...] = ACTS, act_rate: float = 0.3) -> dict:
+             work: Path, per_step: int = 2, acts: tuple[str, ...] = ACTS, act_rate: float = 0.3,
+             acts_once: bool = False) -> dict:
     """Steps until ``kills`` SIGKILLs were made; a share ``act_rate`` of the steps is an operator act
-    among ``acts`` instead (each act at least once when there are steps enough)."""
+    among ``acts`` instead (each act at least once when there are steps enough; with ``acts_once``
+    each exactly once, the short soak of the test tier)."""
     import yaml
 
     from fault_proxy import FaultProxy
@@ -254,8 +256,9 @@ def run_soak(scans: int, kills: int, fault_rate: float, kinds: tuple[str, ...], 
     t0 = time.monotonic()
     try:
         while sum(killed.values()) < kills:
-            if len(results["steps"]) >= 6 * kills:  # runs that end before their kill, again and again
-                results["violations"].append(f"{len(results['steps'])} steps for {sum(killed.values())} kills: "
+            kill_steps = sum(1 for step in results["steps"] if step.get("act") == "kill")
+            if kill_steps >= 6 * kills:  # runs that end before their kill, again and again (acts not counted)
+                results["violations"].append(f"{kill_steps} kill steps for {sum(killed.values())} kills: "
                                              "the runs make no progress")
                 break
             if committed == scans:  # the cohort is done before the last kill: go on into a fresh output
@@ -265,6 +268,8 @@ def run_soak(scans: int, kills: int, fault_rate: float, kinds: tuple[str, ...], 
             first_n = min(scans, committed + per_step)
             possible = [a for a in acts if a != "restart-copy" or committed]  # a copy of something
             missing = [a for a in possible if not acted[a]]
+            if acts_once:
+                possible = missing
             act = (missing[0] if missing else rng.choice(possible)) if possible and rng.random() < act_rate \
                 else "kill"
             if act == "kill":

@@ -18,7 +18,7 @@ from procs import command_line, descendants
 
 
 class StartsSlowly:
-    def __init__(self, models, device, threads):
+    def __init__(self, models, device, threads, versions=None, max_model_voxels=None):  # SegmentationActor's
         time.sleep(300)
 
     def ready(self):
