@@ -13,8 +13,9 @@ fault-injecting TCP proxy (tests/fault_proxy.py: connection resets, stalls past 
   than the lease timeout, runs a second run that takes the output over and finishes, then SIGCONTs
   the first: it must publish nothing more (it stops with exit 2, or ends having had nothing to
   publish);
-- ``full``: the object store answers every write of a batch's parts ``507 Insufficient Storage``
-  (a full disk) while the run publishes: the run stops with one line, nothing of the batch visible;
+- ``full``: every write of a batch's parts fails with ENOSPC, "No space left on device" (a full
+  disk; s3fs's write patched in the run's processes) while the run publishes: the run stops with
+  one line, nothing of the batch visible;
 - ``skew``: while the run works, a second run whose clock is 150 s ahead (libfaketime) is started:
   it must be refused (exit 2), not take over;
 - ``restart-copy``: the output is copied to a new prefix and ``run --restart`` is run on the copy:
@@ -261,15 +262,16 @@ def run_soak(scans: int, kills: int, fault_rate: float, kinds: tuple[str, ...], 
                 results["violations"].append(f"{kill_steps} kill steps for {sum(killed.values())} kills: "
                                              "the runs make no progress")
                 break
-            if committed == scans:  # the cohort is done before the last kill: go on into a fresh output
+            copy_pending = acts_once and "restart-copy" in acts and not acted["restart-copy"]
+            if committed == scans and not copy_pending:  # the cohort is done before the last kill: a fresh output
                 outputs += 1
                 out = f"{prefix}/out-{outputs}"
                 config, checker, committed = config_for(out), Checker(direct, out, lagged), 0
             first_n = min(scans, committed + per_step)
             possible = [a for a in acts if a != "restart-copy" or committed]  # a copy of something
             missing = [a for a in possible if not acted[a]]
-            if acts_once:
-                possible = missing
+            if acts_once:  # each act once; a copy as soon as there is something to copy
+                possible = missing = sorted(missing, key=lambda a: a != "restart-copy")
             act = (missing[0] if missing else rng.choice(possible)) if possible and rng.random() < act_rate \
                 else "kill"
             if act == "kill":
@@ -284,7 +286,8 @@ def run_soak(scans: int, kills: int, fault_rate: float, kinds: tuple[str, ...], 
                 step = _shards_one_killed(config, rng, max_delay_s, kill_matching, first_n)
             else:
                 step = _restart_copy(direct, config_for, out, outputs, kill_matching, lagged)
-            acted[act] += act != "kill"
+            if act != "kill":
+                acted[act] += 1
             problems, committed = checker.check()
             problems += outside.changes() + step.pop("problems", [])
             step.update(act=act, output=outputs, committed=committed, violations=problems)
