@@ -211,6 +211,8 @@ def run_soak(scans: int, kills: int, fault_rate: float, kinds: tuple[str, ...], 
     """Steps until ``kills`` SIGKILLs were made; a share ``act_rate`` of the steps is an operator act
     among ``acts`` instead (each act at least once when there are steps enough; with ``acts_once``
     each exactly once, the short soak of the test tier)."""
+    if act_rate >= 1 and not acts_once:
+        raise ValueError("an act rate of 1 never kills: give acts_once, or a rate below 1")
     import yaml
 
     from fault_proxy import FaultProxy

@@ -2,13 +2,16 @@
 
 The same real scan stored as shipped, as RAS and with x/y swapped is one image in world space: the
 network must see one array (MRSegmentator's weights were trained without mirroring), and each copy's
-labels must come back on that copy's own grid. Checked against SimpleITK here; against
-MRSegmentator's own ``infer()`` in every layout by tests/test_mrsegmentator_matrix.py (slow tier).
+labels must come back on that copy's own grid. Checked against SimpleITK and against
+MRSegmentator's own ``infer()`` (PyPI ``mrsegmentator``, skipped where it is not installed).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,7 @@ import pytest
 import SimpleITK as sitk
 from scipy.spatial.transform import Rotation
 
-from conftest import shared_file
+from conftest import REPO, shared_file
 from mrseg_cohort.config import ModelConfig
 from mrseg_cohort.geometry import Grid, Volume
 from mrseg_cohort.io.nifti import read_labels, read_volume
@@ -130,3 +133,31 @@ def test_labels_are_written_on_each_inputs_own_grid(tmp_path, demo_model, ray_lo
         assert labels.grid.is_close(image.grid, atol_mm=1e-4), path.name
         canonical.append(_canonical(labels))
     assert all(np.array_equal(c, canonical[0]) for c in canonical[1:])
+
+
+MRSEGMENTATOR = importlib.util.find_spec("mrsegmentator") is not None
+
+
+@pytest.mark.skipif(not MRSEGMENTATOR, reason="MRSegmentator (PyPI mrsegmentator) is not installed")
+def test_labels_equal_mrsegmentators_own_infer(demo_model, demo_segmenter, tmp_path):
+    """MRSegmentator's infer() (its reader reorients to LPS, nnU-Net predicts with mirroring, labels
+    written back in the input's orientation) and ours, with the same weights, on the real MRI and
+    CT, stored as shipped and reoriented."""
+    paths = []
+    for name in ("mr.nii.gz", "ct.nii.gz"):
+        paths += _write_layouts(shared_file(name), tmp_path / "in")
+    done = subprocess.run([sys.executable, str(REPO / "tests" / "mrsegmentator_driver.py"), str(demo_model),
+                           str(tmp_path / "out"), "0", *map(str, paths)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for path in paths:
+        image = read_volume(Store(), str(path))
+        reference = read_labels(Store(), str(tmp_path / "out" / path.name.replace(".nii.gz", "_seg.nii.gz")))
+        assert reference.grid.is_close(image.grid, atol_mm=1e-4)
+        modality = "CT" if "ct" in path.name else "MRI"
+        ours = demo_segmenter(image, modality, "in").labels["base"]
+        present = np.union1d(np.unique(ours), np.unique(reference.array))
+        assert present.size > 5
+        for value in present:
+            a, b = ours == value, reference.array == value
+            assert 2 * (a & b).sum() / (a.sum() + b.sum()) >= 0.999, (path.name, int(value))
+        assert (ours != reference.array).sum() == 0, path.name

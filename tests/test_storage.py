@@ -417,24 +417,67 @@ def _linked_tree(tmp_path) -> tuple[str, str]:
     return str(data), str(out)
 
 
-def test_local_listing_follows_links_once_and_skips_broken_ones(tmp_path):
-    """Links to files and folders are followed (a cohort folder of links to the bulk data is common on
-    clusters; fsspec's find would list a linked folder as one file), each real folder once (the cycle
-    ends), broken links and hidden entries left out."""
+def test_local_listing_lists_what_fsspecs_find_lists(tmp_path):
+    """The local listing (one scandir per folder) against fsspec's own find over a tree with links
+    to files and folders, a link cycle and a broken link: the same entries (links to folders are not
+    entered: a cycle ends), hidden ones left out by both."""
+    from fsspec.implementations.local import LocalFileSystem
+
     data, _ = _linked_tree(tmp_path)
     store = Store()
+
+    def reference(recursive: bool) -> list[str]:
+        found = LocalFileSystem().find(data) if recursive else \
+            [e["name"] for e in LocalFileSystem().ls(data, detail=True) if e["type"] != "directory"]
+        return sorted(f"{data}/{p[len(data) + 1:]}" for p in found
+                      if not any(part.startswith(".") for part in p[len(data) + 1:].split("/")))
+
+    assert store.list_files(data) == reference(True)
     assert {u[len(data) + 1:] for u in store.list_files(data)} == {
-        "x.zip", "a/y.zip", "a/b/z.nii.gz", "link_to_output.nii.gz", "outdir/label.nii.gz"}
-    assert store.list_files(data, recursive=False) == [f"{data}/link_to_output.nii.gz", f"{data}/x.zip"]
-    assert store.list_files(data, suffix=".zip") == [f"{data}/a/y.zip", f"{data}/x.zip"]
+        "x.zip", "a/y.zip", "a/b/z.nii.gz", "a/b/cycle", "link_to_output.nii.gz", "outdir", "broken.zip"}
+    assert store.list_files(data, suffix=".zip") == [f"{data}/a/y.zip", f"{data}/broken.zip", f"{data}/x.zip"]
     assert store.list_files(str(tmp_path / "nothing")) == [] and store.list_files(f"{data}/x.zip") == []
+
+
+def test_an_unreadable_sub_folder_is_skipped_with_a_line_naming_it(tmp_path, monkeypatch, caplog):
+    import os
+
+    data, _ = _linked_tree(tmp_path)
+    real_scandir = os.scandir
+
+    def scandir(folder):
+        if str(folder).endswith("/a/b"):
+            raise PermissionError(13, "Permission denied", folder)
+        return real_scandir(folder)
+
+    monkeypatch.setattr(storage.os, "scandir", scandir)
+    with caplog.at_level(logging.WARNING):
+        listed = Store().list_files(data)
+    assert f"{data}/a/y.zip" in listed and not any("/a/b/" in u for u in listed)
+    assert f"cannot list {data}/a/b (permission denied)" in caplog.text
+
+
+def test_within_follows_a_linked_folder_before_its_dotdot(tmp_path):
+    """`out/labels/atlas -> elsewhere`: `out/labels/atlas/../victim` is elsewhere/../victim, not
+    out/labels/victim (a hostile review found --restart deleting it)."""
+    import os
+
+    out, shared = tmp_path / "out", tmp_path / "shared"
+    (out / "labels").mkdir(parents=True)
+    (shared / "atlas").mkdir(parents=True)
+    (shared / "victim.nii.gz").write_bytes(b"1")
+    os.symlink(shared / "atlas", out / "labels" / "atlas")
+    inside = Store().within(str(out))
+    assert not inside(f"{out}/labels/atlas/../victim.nii.gz")
+    assert not Store().contains(str(out), f"{out}/labels/atlas/../victim.nii.gz")
+    assert inside(f"{out}/labels/../labels/x.nii.gz")
 
 
 def test_within_judges_links_by_where_they_lead(tmp_path):
     data, out = _linked_tree(tmp_path)
     inside = Store().within(out)
     judged = {u[len(data) + 1:]: inside(u) for u in Store().list_files(data)}
-    assert judged == {"x.zip": False, "a/y.zip": False, "a/b/z.nii.gz": False, "link_to_output.nii.gz": True,
-                      "outdir/label.nii.gz": True}
+    assert judged == {"x.zip": False, "a/y.zip": False, "a/b/z.nii.gz": False, "a/b/cycle": False,
+                      "link_to_output.nii.gz": True, "outdir": True, "broken.zip": False}
     assert inside(out) and inside(f"file://{out}/label.nii.gz") and not inside(f"{out}-other/x")
     assert not inside("s3://bucket/out/label.nii.gz")
