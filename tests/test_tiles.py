@@ -200,3 +200,26 @@ def test_skipping_never_changes_the_labels_of_the_body(tile_runners, phantom_for
     b = skipping(image, spacing)
     body = (phantom_for_properties.labels > 0) & (image > 0)
     assert np.array_equal(a[body], b[body]), int((a[body] != b[body]).sum())
+
+
+def test_skipping_keeps_the_labels_of_a_ct_within_reach_of_the_body(demo_model):
+    """CT (air about -1000 HU, no MRI noise floor): the real CT with 40 cm of air above and below;
+    tiles in the air alone are skipped, labels within reach of the body equal the full window's."""
+    from conftest import shared_file
+    from mrseg_cohort.io.nifti import read_volume
+    from mrseg_cohort.io.storage import Store
+
+    ct = read_volume(Store(), str(shared_file("ct.nii.gz")))
+    rng = np.random.default_rng(3)
+    pad = int(400 / ct.grid.spacing_mm[0])
+    air = rng.normal(-1000, 20, (pad, *ct.array.shape[1:]))
+    padded = np.concatenate([air, ct.array, air]).astype(np.float32)
+    folder = open_model_folder(demo_model, (0,))
+    full, skipping = ModelRunner(folder, "cpu"), ModelRunner(folder, "cpu", skip_empty_tiles=True)
+    counts = {s: TileCounts() for s in (False, True)}
+    a = full(padded, ct.grid.spacing_mm, tiles=counts[False])
+    b = skipping(padded, ct.grid.spacing_mm, tiles=counts[True])
+    reach = _within_reach(skipping, Volume(padded, Grid(padded.shape, ct.grid.spacing_mm)),
+                          slice(pad, pad + len(ct.array)))
+    assert np.array_equal(a[reach], b[reach]) and len(np.unique(a[reach])) > 5
+    assert counts[True].run < counts[True].total == counts[False].run
