@@ -469,6 +469,7 @@ def test_within_follows_a_linked_folder_before_its_dotdot(tmp_path):
     os.symlink(shared / "atlas", out / "labels" / "atlas")
     inside = Store().within(str(out))
     assert not inside(f"{out}/labels/atlas/../victim.nii.gz")
+    assert not inside(f"{out}/labels/atlas/") and not inside(f"{out}/labels/atlas")  # the link itself leads out
     assert not Store().contains(str(out), f"{out}/labels/atlas/../victim.nii.gz")
     assert inside(f"{out}/labels/../labels/x.nii.gz")
 

@@ -415,7 +415,7 @@ class Store:
             def inside(uri: str) -> bool:
                 if not _is_local(uri):
                     return False
-                raw = _local_path(uri)
+                raw = _local_path(uri).rstrip(os.sep) or os.sep  # `link/` is the link: judged by where it leads
                 if ".." in raw.split(os.sep) or os.path.islink(raw):
                     path = os.path.realpath(raw)  # `..` after a linked folder leads where the link leads
                 else:  # its folder resolved once for all its files (100,000 files of one folder: one realpath)
