@@ -144,9 +144,10 @@ def discover(cfg: JobConfig, store: Store) -> list[ScanSource]:
     elif layout != "ukbb-dicom-zip":  # pragma: no cover - the config validates the layout
         raise ConfigError(f"cohort.layout: unknown layout {layout!r}")
     check_input(cfg, store)
-    listed = store.list_files(root)
-    own_output = store.within(cfg.output.uri) if cfg.output.uri else (lambda uri: False)
-    files = [u for u in listed if not own_output(u)]  # never our own output (paths resolved: links too)
+    if cfg.output.uri:  # never our own output (paths resolved: links too)
+        files, n_own_output = store.list_files_outside(root, cfg.output.uri)
+    else:
+        files, n_own_output = store.list_files(root), 0
     rel = [(u, u[len(root.rstrip("/")) + 1:]) for u in files]
     if layout in ("phantom", "nako-nifti"):
         sources = _by_pattern(cfg, rel, pattern)
@@ -155,7 +156,7 @@ def discover(cfg: JobConfig, store: Store) -> list[ScanSource]:
     else:
         sources = _ukbb_zips(cfg, rel)
     if not sources:
-        raise ConfigError(_no_scans_found(cfg, store, len(listed), len(listed) - len(files)))
+        raise ConfigError(_no_scans_found(cfg, store, len(files) + n_own_output, n_own_output))
     models = tuple(m.name for m in cfg.models)
     sources = [_with_checked_ids(s, models) for s in sources]
     if cfg.input.participants_file:
@@ -204,8 +205,8 @@ def id_problem(value: str, what: str) -> str:
     :data:`MAX_ID_BYTES` (UTF-8)."""
     if value in ("", ".", ".."):
         return f"{what} {value!r} is not a usable id (it would be a path of its own)"
-    bad = sorted(set(_UNUSABLE_IN_ID.findall(value)))
-    if bad:
+    if _UNUSABLE_IN_ID.search(value):
+        bad = sorted(set(_UNUSABLE_IN_ID.findall(value)))
         return f"{what} {value!r} holds {', '.join(repr(c) for c in bad)}: ids may not hold path separators or control characters"
     size = len(value.encode("utf-8"))
     if size > MAX_ID_BYTES:

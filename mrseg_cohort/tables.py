@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 
 from mrseg_cohort.biomarkers.body_composition import BODY_COMPOSITION_COLUMNS
-from mrseg_cohort.biomarkers.scan import INTENSITY_COLUMNS, SCAN_COLUMNS, STRUCTURE_COLUMNS
+from mrseg_cohort.biomarkers.columns import INTENSITY_COLUMNS, SCAN_COLUMNS, STRUCTURE_COLUMNS
 
 KEYS = [("participant_id", pa.string()), ("visit", pa.string()), ("contrast", pa.string()),
         ("model", pa.string())]

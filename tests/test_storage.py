@@ -482,3 +482,32 @@ def test_within_judges_links_by_where_they_lead(tmp_path):
                       "link_to_output.nii.gz": True, "outdir": True, "broken.zip": False}
     assert inside(out) and inside(f"file://{out}/label.nii.gz") and not inside(f"{out}-other/x")
     assert not inside("s3://bucket/out/label.nii.gz")
+
+
+@pytest.mark.parametrize("where", ["sibling", "output_inside_input", "input_inside_output", "input_through_a_link",
+                                   "file_uris"])
+def test_listing_outside_the_output_equals_judging_each_file(tmp_path, where):
+    """list_files_outside (plain files judged by their listed folder, links one by one) against
+    within() asked of every listed file, with the output beside the input, inside it, around it, the
+    input named through a linked folder, and file:// URIs."""
+    import os
+
+    data, out = _linked_tree(tmp_path)
+    if where == "output_inside_input":
+        out = f"{data}/a"  # a/y.zip, a/b/z.nii.gz and the cycle link lie in it
+    elif where == "input_inside_output":
+        out = str(tmp_path)
+    elif where == "input_through_a_link":
+        os.symlink(data, tmp_path / "alias")
+        data, out = str(tmp_path / "alias"), f"{data}/a"
+    elif where == "file_uris":
+        data, out = f"file://{data}", f"file://{data}/a"
+    store = Store()
+    listed = store.list_files(data)
+    inside = store.within(out)
+    expected = [u for u in listed if not inside(u)]
+    kept, left_out = store.list_files_outside(data, out)
+    assert kept == expected and left_out == len(listed) - len(expected)
+    if where != "sibling":
+        assert left_out > 0
+    assert store.list_files_outside(str(tmp_path / "nothing"), out) == ([], 0)

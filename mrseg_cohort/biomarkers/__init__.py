@@ -2,21 +2,37 @@
 
 One module per measure (volumes, fat_fraction, connectivity, intensity, qc); :func:`measure_scan`
 runs them all on one scan. Conventions and columns: docs/measures.md.
+
+The names below are imported on first use (PEP 562), so that reading the record columns
+(:mod:`mrseg_cohort.biomarkers.columns`) does not import scipy and the measures.
 """
 
-from mrseg_cohort.biomarkers.connectivity import component_sizes, structure_components
-from mrseg_cohort.biomarkers.fat_fraction import (erode_inplane, fat_fraction_pct, ff_summary,
-                                                  structure_fat_fractions)
-from mrseg_cohort.biomarkers.intensity import intensity_summary, structure_intensities
-from mrseg_cohort.biomarkers.qc import (EXPECTED_WHEN, centroid_world_mm, lr_plausibility,
-                                        missing_structures, swap_check)
-from mrseg_cohort.biomarkers.scan import (INTENSITY_COLUMNS, SCAN_COLUMNS, STRUCTURE_COLUMNS, ScanMeasures,
-                                          measure_scan)
-from mrseg_cohort.biomarkers.volumes import structure_volumes, touches_border
+from __future__ import annotations
 
-__all__ = [
-    "EXPECTED_WHEN", "INTENSITY_COLUMNS", "SCAN_COLUMNS", "STRUCTURE_COLUMNS", "ScanMeasures",
-    "centroid_world_mm", "component_sizes", "erode_inplane", "fat_fraction_pct", "ff_summary",
-    "intensity_summary", "lr_plausibility", "measure_scan", "missing_structures", "structure_components",
-    "structure_fat_fractions", "structure_intensities", "structure_volumes", "swap_check", "touches_border",
-]
+import importlib
+
+_WHERE = {
+    "component_sizes": "connectivity", "structure_components": "connectivity",
+    "erode_inplane": "fat_fraction", "fat_fraction_pct": "fat_fraction", "ff_summary": "fat_fraction",
+    "structure_fat_fractions": "fat_fraction",
+    "intensity_summary": "intensity", "structure_intensities": "intensity",
+    "EXPECTED_WHEN": "qc", "centroid_world_mm": "qc", "lr_plausibility": "qc", "missing_structures": "qc",
+    "swap_check": "qc",
+    "INTENSITY_COLUMNS": "columns", "SCAN_COLUMNS": "columns", "STRUCTURE_COLUMNS": "columns",
+    "ScanMeasures": "scan", "measure_scan": "scan",
+    "structure_volumes": "volumes", "touches_border": "volumes",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

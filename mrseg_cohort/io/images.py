@@ -6,15 +6,19 @@ and evaluation all ask here.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from mrseg_cohort.geometry import Volume
 from mrseg_cohort.io.limits import ReadLimits
-from mrseg_cohort.io.nifti import read_volume as read_nifti_volume
-from mrseg_cohort.io.sitk_image import SITK_SUFFIXES, read_sitk_volume
-from mrseg_cohort.io.storage import Store
+
+if TYPE_CHECKING:
+    from mrseg_cohort.geometry import Volume
+    from mrseg_cohort.io.storage import Store
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+SITK_SUFFIXES = (".mha", ".nrrd")
+"""Read through SimpleITK (:mod:`mrseg_cohort.io.sitk_image`)."""
 IMAGE_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES
 """Every image file ending read as a scan (``.nii.gz``, ``.nii``, ``.mha``, ``.nrrd``)."""
 
@@ -33,6 +37,9 @@ def image_stem(name: str) -> str:
 
 def read_image(store: Store, uri: str, limits: ReadLimits = ReadLimits(), dtype: type = np.float32) -> Volume:
     """Any supported image as a (z, y, x) Volume; an integer ``dtype`` reads a label map."""
+    from mrseg_cohort.io.nifti import read_volume as read_nifti_volume  # here: listing files needs neither reader
+    from mrseg_cohort.io.sitk_image import read_sitk_volume
+
     if image_suffix(uri) in SITK_SUFFIXES:
         return read_sitk_volume(store, uri, limits, dtype)
     return read_nifti_volume(store, uri, limits, dtype)

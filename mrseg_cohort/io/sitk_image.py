@@ -16,10 +16,10 @@ import SimpleITK as sitk
 
 from mrseg_cohort.errors import BadScanError
 from mrseg_cohort.geometry import Grid, Volume
+from mrseg_cohort.io.images import SITK_SUFFIXES
 from mrseg_cohort.io.limits import ReadLimits, check_decoded_size, check_file_size, check_image_shape, checked_voxels
 from mrseg_cohort.io.storage import Store
 
-SITK_SUFFIXES = (".mha", ".nrrd")
 """Single-file formats read through SimpleITK (header and voxels in one object)."""
 
 

@@ -23,6 +23,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import fsspec
@@ -253,26 +254,62 @@ class Store:
 
         Hidden entries (names starting with ``.``) are left out.
         """
+        return [u for u, _ in self._listing(uri, suffix, recursive)]
+
+    def list_files_outside(self, uri: str, folder: str) -> tuple[list[str], int]:
+        """:meth:`list_files` of ``uri`` (recursive) without the files that lie under ``folder``, judged
+        as :meth:`contains` judges them (a link by where it leads), and how many were left out.
+
+        On local disk no plain file is resolved one by one: the listing enters no link to a folder, so
+        a file that is not a link lies at the resolved ``uri`` plus its relative path; only links are
+        resolved (101,000 zips of one folder: 0.85 s -> 0.3 s here)."""
+        listing = self._listing(uri, "", True)
+        if not (_is_local(uri) and _is_local(folder)):
+            inside = self.within(folder)
+            kept = [u for u, _ in listing if not inside(u)]
+            return kept, len(listing) - len(kept)
+        base = os.path.realpath(_local_path(folder))
+        prefix = base.rstrip(os.sep) + os.sep
+        root = os.path.realpath(_local_path(uri)).rstrip(os.sep)
+        overlap = root == base.rstrip(os.sep) or (root + os.sep).startswith(prefix) or base.startswith(root + os.sep)
+        n_root = len(uri.rstrip("/"))  # a listed URI is uri + "/" + its path under uri
+        kept = []
+        for u, is_link in listing:
+            if is_link:
+                real = os.path.realpath(_local_path(u))
+            elif not overlap:  # neither folder holds the other: no plain file of uri lies in folder
+                kept.append(u)
+                continue
+            else:
+                real = root + u[n_root:]
+            if real != base and not real.startswith(prefix):
+                kept.append(u)
+        return kept, len(listing) - len(kept)
+
+    def _listing(self, uri: str, suffix: str, recursive: bool) -> list[tuple[str, bool | None]]:
+        """(URI, is a symbolic link) of the files :meth:`list_files` lists, sorted by URI; whether an
+        entry is a link is known on local disk only (None elsewhere)."""
         fs, path = self.fs_and_path(uri)
 
-        def _list() -> list[str]:
+        def _list() -> list[tuple[str, bool | None]]:
             if isinstance(fs, LocalFileSystem):
                 return _local_files(path, recursive)
             if not fs.exists(path):
                 return []
             if recursive:
-                return fs.find(path)
+                return [(p, None) for p in fs.find(path)]
             # one listing with the entries' types (not a HEAD request per entry on object stores)
-            return [e["name"] for e in fs.ls(path, detail=True) if e.get("type") == "file"]
+            return [(e["name"], None) for e in fs.ls(path, detail=True) if e.get("type") == "file"]
 
         found = self.retry("list", uri, _list)
         base = path.rstrip("/")
         out = []
-        for p in found:
-            rel = p[len(base):].lstrip("/") if p.startswith(base) else os.path.basename(p)
-            if rel and not any(part.startswith(".") for part in rel.split("/")) and p.endswith(suffix):
-                out.append(join_uri(uri, rel))
-        return sorted(out)
+        for p, is_link in found:
+            rel = p[len(base):].strip("/") if p.startswith(base) else os.path.basename(p)
+            if rel and "/." not in f"/{rel}" and p.endswith(suffix):  # no part of it hidden
+                out.append((join_uri(uri, rel), is_link))
+        out.sort(key=itemgetter(0))
+        return out
 
     def list_dirs(self, uri: str) -> list[str]:
         """Names (not URIs) of the immediate sub-folders of ``uri``, sorted; [] if missing."""
@@ -680,14 +717,15 @@ def _missing(uri: str, err: BaseException) -> str:
     return "it does not exist"
 
 
-def _local_files(path: str, recursive: bool) -> list[str]:
-    """What fsspec's ``find`` (``recursive``) or ``ls`` lists as files under local folder ``path``:
+def _local_files(path: str, recursive: bool) -> list[tuple[str, bool]]:
+    """(path, is a symbolic link) of what fsspec's ``find`` (``recursive``) or ``ls`` lists as files
+    under local folder ``path``:
     every entry that is not a folder (links of any kind included, so a broken one fails as its
     scan, naming it), folders entered but links to folders not, hidden entries (``.name``) left out;
     [] when ``path`` is missing or a file. A sub-folder that cannot be read is skipped with a warning
     naming it; ``path`` itself raises. One ``scandir`` per folder and no ``stat`` per entry (fsspec's
     listing stats every entry: 100,000 zips of one folder 1.9 s -> 0.4 s)."""
-    files: list[str] = []
+    files: list[tuple[str, bool]] = []
     top = path.rstrip("/") or "/"
 
     def walk(folder: str) -> None:
@@ -709,7 +747,11 @@ def _local_files(path: str, recursive: bool) -> list[str]:
             except OSError:
                 is_folder = False
             if not is_folder:
-                files.append(entry.path)
+                try:
+                    is_link = entry.is_symlink()
+                except OSError:
+                    is_link = True  # judged by where it leads (resolved on its own)
+                files.append((entry.path, is_link))
             elif recursive:
                 walk(entry.path)
 
