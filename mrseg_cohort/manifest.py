@@ -228,7 +228,8 @@ def output_name_problem(source: ScanSource, models: tuple[str, ...]) -> str:
     """Why the output cannot hold ``source``'s files, or "": :func:`output_file_name` must fit
     :data:`NAME_MAX_BYTES`, else the scan would fail after its label files were written."""
     parts = (source.participant_id, source.visit, "+".join(models))
-    if sum(3 * len(p.encode("utf-8")) for p in parts) + 2 * len(parts) + len(".parquet") <= NAME_MAX_BYTES:
+    n_bytes = sum(len(p) if p.isascii() else len(p.encode("utf-8")) for p in parts)
+    if 3 * n_bytes + 2 * len(parts) + len(".parquet") <= NAME_MAX_BYTES:
         return ""  # fits even if every byte were percent-encoded (the names' worst case): no need to build it
     size = len(output_file_name(source, models).encode("utf-8"))
     if size <= NAME_MAX_BYTES:

@@ -59,10 +59,13 @@ def plan_work(sources: list[ScanSource], models: tuple[str, ...], committed: set
         staged_models.setdefault((key[0], key[1]), set()).update(unit_models(key))
     todo, complete = [], 0
     for source in sources:
-        have = {m for m in models if (*source.key, m) in committed} | staged_models.get(source.key, set())
+        pid, visit = source.participant_id, source.visit
+        done = [m for m in models if (pid, visit, m) in committed]
+        if len(done) == len(models):
+            complete += 1
+            continue
+        have = set(done) | staged_models.get((pid, visit), set())
         missing = tuple(m for m in models if m not in have)
         if missing:
             todo.append(ScanUnit(source, missing))
-        elif all((*source.key, m) in committed for m in models):
-            complete += 1
     return WorkPlan(todo, complete, list(staged))
