@@ -11,6 +11,8 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import shared_file
 from mrseg_cohort.config import ContrastsConfig, StitchingConfig
@@ -231,6 +233,9 @@ def _encoded_slices(bits: int, stored_bits: int, signed: bool, syntax: str, resc
 
 @pytest.mark.parametrize("bits,stored_bits,signed,syntax,rescale,lut,photometric", [
     (16, 12, False, "1.2.840.10008.1.2.1", None, False, "MONOCHROME2"),  # UK Biobank's Siemens slices
+    (16, 12, False, "1.2.840.10008.1.2.1", ("1", "0"), False, "MONOCHROME2"),  # integer rescale: float32 exact
+    (16, 16, True, "1.2.840.10008.1.2.1", ("3", "-2048"), False, "MONOCHROME2"),  # still below 2**24: float32
+    (32, 32, False, "1.2.840.10008.1.2.1", ("1", "0"), False, "MONOCHROME2"),  # above 2**24: float64
     (16, 12, False, "1.2.840.10008.1.2.1", ("2.5", "-100"), False, "MONOCHROME2"),
     (16, 12, True, "1.2.840.10008.1.2.1", ("1", "-1024"), False, "MONOCHROME2"),  # signed: sign extension
     (16, 16, True, "1.2.840.10008.1.2", ("0.1", "3.3"), False, "MONOCHROME1"),  # implicit VR
@@ -243,13 +248,13 @@ def test_voxel_values_equal_pydicoms_decoding(bits, stored_bits, signed, syntax,
                                               tmp_path):
     from pydicom.pixels import apply_modality_lut
 
-    from mrseg_cohort.io.dicom import _stored_values
+    from mrseg_cohort.io.dicom import _plain_header
 
     members = _encoded_slices(bits, stored_bits, signed, syntax, rescale, lut, photometric)
     expected = []
     for _, data in members:
         ds = pydicom.dcmread(io.BytesIO(data))
-        shorter_path = _stored_values(ds, 6, 7)[0] is not None
+        shorter_path = _plain_header(ds) is not None
         assert shorter_path == (syntax != "1.2.840.10008.1.2.2" and not lut)  # the case tested is the one meant
         expected.append(np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float32))
     uri = str(tmp_path / "pixels.zip")
@@ -257,6 +262,41 @@ def test_voxel_values_equal_pydicoms_decoding(bits, stored_bits, signed, syntax,
     [series] = read_zip_series(Store(), uri)
     assert series.volume.array.dtype == np.float32
     assert np.array_equal(series.volume.array.view(np.int32), np.stack(expected).view(np.int32))  # every bit
+
+
+_DECIMAL = st.one_of(
+    st.floats(-1e4, 1e4, allow_nan=False).map(lambda v: repr(round(v, 6))[:16]),
+    st.sampled_from(["0", "-0", "+1.5", " 2.25", "3.125 ", "1e2", "-1.5E-3", ".5", "7.", "", " ", "1.5x",
+                     "nan", "1_0", "\x001"]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(position=st.lists(_DECIMAL, min_size=3, max_size=3), spacing=st.lists(_DECIMAL, min_size=2, max_size=2),
+       pad=st.sampled_from(["", " ", "\x00"]), implicit=st.booleans())
+def test_header_numbers_read_from_bytes_equal_pydicoms(position, spacing, pad, implicit):
+    """The decimal strings of a slice's geometry read from their raw bytes give pydicom's values
+    (float of each DSfloat), or the slice goes to pydicom (None) when a part is empty or malformed."""
+    from pydicom.dataelem import RawDataElement
+
+    from mrseg_cohort.io.dicom import _plain_header
+
+    syntax = "1.2.840.10008.1.2" if implicit else "1.2.840.10008.1.2.1"
+    [(_, data)] = _encoded_slices(16, 12, False, syntax, None, False, "MONOCHROME2", n_slices=1)
+    ours, reference = pydicom.dcmread(io.BytesIO(data)), pydicom.dcmread(io.BytesIO(data))
+    for tag, parts in ((0x00200032, position), (0x00280030, spacing)):
+        encoded = "\\".join(parts).encode("latin-1") + pad.encode("latin-1")
+        raw = RawDataElement(pydicom.tag.Tag(tag), None if implicit else "DS", len(encoded), encoded, 0, implicit, True)
+        ours._dict[raw.tag] = reference._dict[raw.tag] = raw
+    header = _plain_header(ours)
+    try:
+        expected = ([float(v) for v in reference.ImagePositionPatient], [float(v) for v in reference.PixelSpacing])
+    except (TypeError, ValueError):
+        expected = None  # pydicom's values are not all numbers: only pydicom's path may answer
+    if header is None:
+        return  # pydicom decides, as before
+    assert expected is not None
+    assert list(map(repr, header.position.tolist())) == list(map(repr, expected[0]))  # NaN for NaN too
+    assert list(map(repr, header.spacing)) == list(map(repr, expected[1]))
 
 
 # -- broken files -------------------------------------------------------------------------------------

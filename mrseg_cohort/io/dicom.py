@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -191,20 +192,23 @@ def _read_slice(archive: zipfile.ZipFile, info: zipfile.ZipInfo, uri: str,
     if missing or "PixelData" not in ds:
         raise BadScanError(f"zip member {name} lacks {missing or ['PixelData']}; a station slice needs "
                            "position, orientation, spacing and pixels", stage="read", uri=uri)
-    rows, cols = int(ds.Rows), int(ds.Columns)
+    header = _plain_header(ds)
+    rows, cols = (header.rows, header.cols) if header is not None else (int(ds.Rows), int(ds.Columns))
     if max(rows, cols) > limits.max_dim:
         raise ScanTooLargeError(f"zip member {name} is {rows} x {cols} pixels, above the limit of "
                                 f"{limits.max_dim} (limits.max_dim)", stage="read", uri=uri)
     try:
-        values, rescale = _stored_values(ds, rows, cols)
-        if values is None:  # not the plain case: pydicom decodes and rescales
+        values = _stored_values(ds, header) if header is not None else None
+        if values is not None:  # the plain case, its numbers read from their bytes
+            rescale, position, orientation, spacing = header.rescale, header.position, header.orientation, header.spacing
+        else:  # anything else (or too few pixel bytes, which pydicom words): pydicom decodes, converts, rescales
             pixels = ds.pixel_array
             if pixels.shape != (rows, cols):
                 raise ValueError(f"pixel array of shape {pixels.shape}, expected ({rows}, {cols}) (one frame)")
-            values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
-        position = np.array([float(v) for v in ds.ImagePositionPatient], dtype=np.float64)
-        orientation = np.array([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64)
-        spacing = tuple(float(v) for v in ds.PixelSpacing)
+            values, rescale = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32), None
+            position = np.array([float(v) for v in ds.ImagePositionPatient], dtype=np.float64)
+            orientation = np.array([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64)
+            spacing = tuple(float(v) for v in ds.PixelSpacing)
         if position.shape != (3,) or orientation.shape != (6,) or len(spacing) != 2:
             raise ValueError("ImagePositionPatient needs 3 values, ImageOrientationPatient 6, PixelSpacing 2")
     except Exception as err:  # pydicom/numpy raise many types for malformed pixel data or geometry
@@ -216,34 +220,106 @@ def _read_slice(archive: zipfile.ZipFile, info: zipfile.ZipInfo, uri: str,
                                              str(ds.get("SeriesDescription", "")))
 
 
-def _stored_values(ds: pydicom.Dataset, rows: int, cols: int) -> tuple[np.ndarray | None, tuple[float, float] | None]:
-    """The stored integers of an uncompressed little-endian single-frame grey slice as pydicom's
-    ``pixel_array`` gives them, and its (RescaleSlope, RescaleIntercept) when both are present (what
-    ``apply_modality_lut`` applies), without pydicom's per-slice decoder set-up; (None, None) for
-    any other slice (the caller asks pydicom).
+@dataclass(frozen=True)
+class _PlainHeader:
+    """The numbers of an uncompressed little-endian single-frame grey slice (see :func:`_plain_header`)."""
+
+    rows: int
+    cols: int
+    bits: int                     # BitsAllocated: 8, 16 or 32
+    stored: int                   # BitsStored, 0 < stored <= bits
+    signed: bool                  # PixelRepresentation 1
+    position: np.ndarray          # ImagePositionPatient (3)
+    orientation: np.ndarray       # ImageOrientationPatient (6)
+    spacing: tuple[float, ...]    # PixelSpacing
+    rescale: tuple[float, float] | None  # (RescaleSlope, RescaleIntercept) when both are present
+
+
+_DS = {"ImagePositionPatient": 0x00200032, "ImageOrientationPatient": 0x00200037, "PixelSpacing": 0x00280030,
+       "RescaleSlope": 0x00281053, "RescaleIntercept": 0x00281052}
+_US = {"Rows": 0x00280010, "Columns": 0x00280011, "SamplesPerPixel": 0x00280002, "BitsAllocated": 0x00280100,
+       "BitsStored": 0x00280101, "PixelRepresentation": 0x00280103}
+_ABSENT = object()
+
+
+def _plain_header(ds: pydicom.Dataset) -> _PlainHeader | None:
+    """The header numbers of a slice that :func:`_stored_values` can decode, read from the elements'
+    raw bytes as pydicom converts them (a decimal string's values are ``float`` of each of its
+    backslash-separated parts, as ``DSfloat``; an unsigned short the two little-endian bytes), at a
+    fraction of pydicom's per-element cost; None for any other slice, or any element not plainly
+    encoded (another VR, an empty or odd value, one already converted): the caller then asks pydicom
+    for everything, so both paths give the same values wherever this one answers.
+
+    The plain case is pydicom's native decoder's: Explicit or Implicit VR Little Endian, one frame,
+    one sample per pixel, MONOCHROME1/2, 8, 16 or 32 bits allocated, no Modality LUT Sequence."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax not in _NATIVE_SYNTAXES or "NumberOfFrames" in ds or "ModalityLUTSequence" in ds \
+            or ds.get("PhotometricInterpretation") not in ("MONOCHROME1", "MONOCHROME2"):
+        return None
+    us = {k: _raw_number(ds, tag, "US") for k, tag in _US.items()}
+    ds_values = {k: _raw_number(ds, tag, "DS") for k, tag in _DS.items()}
+    if any(v is None for v in (*us.values(), *ds_values.values())):
+        return None
+    samples = us["SamplesPerPixel"]
+    bits, representation = us["BitsAllocated"], us["PixelRepresentation"]
+    stored = us["BitsStored"] if us["BitsStored"] is not _ABSENT else bits
+    if any(us[k] is _ABSENT for k in ("Rows", "Columns", "BitsAllocated", "PixelRepresentation")) \
+            or samples not in (_ABSENT, 1) or bits not in (8, 16, 32) or representation not in (0, 1) \
+            or not 0 < stored <= bits or any(ds_values[k] is _ABSENT for k in list(_DS)[:3]):
+        return None
+    slope, intercept = ds_values["RescaleSlope"], ds_values["RescaleIntercept"]
+    rescale = None
+    if slope is not _ABSENT and intercept is not _ABSENT:
+        if len(slope) != 1 or len(intercept) != 1:
+            return None
+        rescale = (slope[0], intercept[0])
+    return _PlainHeader(us["Rows"], us["Columns"], bits, stored, bool(representation),
+                        np.array(ds_values["ImagePositionPatient"], dtype=np.float64),
+                        np.array(ds_values["ImageOrientationPatient"], dtype=np.float64),
+                        tuple(ds_values["PixelSpacing"]), rescale)
+
+
+def _raw_number(ds: pydicom.Dataset, tag: int, vr: str):
+    """Element ``tag``'s value from its raw bytes: an int (US, one value) or a list of floats (DS);
+    ``_ABSENT`` when the slice lacks it; None when it is not plainly encoded (see :func:`_plain_header`)."""
+    try:
+        raw = ds.get_item(tag)
+    except KeyError:
+        raw = None
+    if raw is None:
+        return _ABSENT
+    if not isinstance(raw, RawDataElement) or raw.VR not in (None, vr) or not raw.is_little_endian \
+            or not raw.value:
+        return None
+    if vr == "US":
+        return int.from_bytes(raw.value, "little") if len(raw.value) == 2 else None
+    values = []
+    for part in raw.value.decode("latin-1").rstrip(" \x00").split("\\"):
+        try:
+            values.append(float(part))  # DSfloat's value: float() of the part, spaces around it ignored
+        except ValueError:  # an empty or malformed part: pydicom's conversion decides
+            return None
+    return values
+
+
+def _stored_values(ds: pydicom.Dataset, header: _PlainHeader) -> np.ndarray | None:
+    """The stored integers of a plain slice (:func:`_plain_header`) as pydicom's ``pixel_array``
+    gives them, without pydicom's per-slice decoder set-up (its rescale, ``header.rescale``, is
+    applied per series); None when PixelData holds too few bytes (pydicom words the error).
 
     pydicom's native decoder reads ``rows * cols`` values of BitsAllocated bits (little-endian,
     signed per PixelRepresentation) and, when BitsStored < BitsAllocated, shifts each value left and
     back right by the unused bits (clearing them, or extending the sign): done here alike."""
-    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    bits = int(ds.get("BitsAllocated", 0) or 0)
-    representation = ds.get("PixelRepresentation")
-    if (syntax not in _NATIVE_SYNTAXES or bits not in (8, 16, 32) or representation not in (0, 1)
-            or int(ds.get("SamplesPerPixel", 1) or 1) != 1 or int(ds.get("NumberOfFrames", 1) or 1) != 1
-            or "ModalityLUTSequence" in ds or ds.get("PhotometricInterpretation") not in ("MONOCHROME1", "MONOCHROME2")):
-        return None, None
-    stored = int(ds.get("BitsStored", bits) or bits)
-    dtype = np.dtype(f"<{'i' if representation else 'u'}{bits // 8}")
+    dtype = np.dtype(f"<{'i' if header.signed else 'u'}{header.bits // 8}")
     raw = ds.PixelData
-    if len(raw) < rows * cols * dtype.itemsize or not 0 < stored <= bits:
-        return None, None  # pydicom words the error
-    values = np.frombuffer(raw, dtype=dtype, count=rows * cols).reshape(rows, cols)
-    if stored < bits:
-        values = np.right_shift(np.left_shift(values, bits - stored), bits - stored)
-    rescale = None
-    if "RescaleSlope" in ds and "RescaleIntercept" in ds:
-        rescale = (float(ds.RescaleSlope), float(ds.RescaleIntercept))
-    return values, rescale
+    n = header.rows * header.cols
+    if len(raw) < n * dtype.itemsize:
+        return None
+    values = np.frombuffer(raw, dtype=dtype, count=n).reshape(header.rows, header.cols)
+    if header.stored < header.bits:
+        shift = header.bits - header.stored
+        values = np.right_shift(np.left_shift(values, shift), shift)
+    return values
 
 
 def _acquired(ds: pydicom.Dataset) -> tuple[str, float]:
@@ -331,7 +407,17 @@ def _modality_values(slices: list[_Slice], what: str, uri: str) -> np.ndarray:
     rows, cols = slices[0].pixels.shape
     array = np.empty((len(slices), rows, cols), dtype=np.float32)
     rescales = {s.rescale for s in slices}
-    if len(rescales) == 1 and None not in rescales:
+    dtypes = {s.pixels.dtype for s in slices}
+    if len(rescales) == 1 and None not in rescales and len(dtypes) == 1 \
+            and _exact_in_float32(dtypes.pop(), *next(iter(rescales))):
+        (slope, intercept), = rescales  # every value an integer below 2**24: float32 arithmetic is exact
+        for k, s in enumerate(slices):
+            array[k] = s.pixels
+        if slope != 1:
+            array *= np.float32(slope)
+        if intercept != 0:
+            array += np.float32(intercept)
+    elif len(rescales) == 1 and None not in rescales:
         (slope, intercept), = rescales
         scaled = np.stack([s.pixels for s in slices]).astype(np.float64) * slope
         scaled += intercept
@@ -349,6 +435,17 @@ def _modality_values(slices: list[_Slice], what: str, uri: str) -> np.ndarray:
         raise BadScanError(f"{what}: zip member {slices[int(np.argmin(finite))].member} has NaN or infinite voxels",
                            stage="read", uri=uri)
     return array
+
+
+def _exact_in_float32(dtype: np.dtype, slope: float, intercept: float) -> bool:
+    """Whether ``stored * slope + intercept`` is an integer of magnitude at most 2**24 for every
+    value of integer ``dtype``: then float32 holds each step exactly, and the float32 result equals
+    pydicom's float64 one cast to float32 (UK Biobank's slope 1, intercept 0 on 12 bits)."""
+    if dtype.kind not in "iu" or not (float(slope).is_integer() and float(intercept).is_integer()):
+        return False
+    info = np.iinfo(dtype)
+    largest = max(abs(int(info.min)), int(info.max))
+    return largest * abs(slope) + abs(intercept) <= 2 ** 24 and largest * abs(slope) <= 2 ** 24
 
 
 # -- UK Biobank stations ----------------------------------------------------------------------------
