@@ -211,18 +211,22 @@ def _station_on_target(station: Volume, target: Grid, z_range: tuple[int, int]) 
 
 
 def stitch(stations: list[Volume], grid: Grid) -> Stitched:
-    """Resample and blend ``stations`` onto ``grid`` (from :func:`target_grid`)."""
+    """Resample and blend ``stations`` onto ``grid`` (from :func:`target_grid`).
+
+    Each voxel is the feathered mean of the stations that cover it (weights: distance in mm to the
+    station's nearer z edge plus half a slice), a voxel one station covers is that station's value,
+    and one no station covers is 0. Only the target slices that two or more stations reach are
+    blended; the others are copied from their one station (the same values, without whole-volume
+    passes)."""
     axis = _slice_axis_world(grid)
     origin_along = float(np.asarray(grid.origin_mm) @ axis)
     extents = [_z_extent(s.grid, axis) for s in stations]
     order = sorted(range(len(stations)), key=lambda i: extents[i][0])
     half = grid.spacing_mm[0] / 2
     z_pos = origin_along + grid.spacing_mm[0] * np.arange(grid.shape[0])
-    acc = np.zeros(grid.shape, dtype=np.float32)
-    wsum = np.zeros(grid.shape, dtype=np.float32)
-    covered = np.zeros(grid.shape, dtype=np.uint8)  # stations covering each voxel
-    single = np.zeros(grid.shape, dtype=np.float32)  # where one station covers a voxel: its own value
     per_station: dict[int, tuple[tuple[int, int], np.ndarray, np.ndarray]] = {}
+    ramps: dict[int, np.ndarray] = {}
+    reach = np.zeros(grid.shape[0], dtype=np.int32)  # stations reaching each target slice
     for i in order:
         lo, hi = extents[i]
         slices = np.flatnonzero((z_pos >= lo - half - 1e-6) & (z_pos <= hi + half + 1e-6))
@@ -232,19 +236,56 @@ def stitch(stations: list[Volume], grid: Grid) -> Stitched:
         values, inside = _station_on_target(stations[i], grid, z_range)
         # feathering weight: distance (mm) to the station's nearer z edge, plus half a slice
         zz = z_pos[z_range[0]:z_range[1]]
-        ramp = np.clip(np.minimum(zz - lo, hi - zz) + half, 1e-6, None).astype(np.float32)[:, None, None]
+        ramps[i] = np.clip(np.minimum(zz - lo, hi - zz) + half, 1e-6, None).astype(np.float32)[:, None, None]
         per_station[i] = (z_range, values, inside)
-        acc[z_range[0]:z_range[1]] += values * ramp
-        wsum[z_range[0]:z_range[1]] += inside * ramp
-        covered[z_range[0]:z_range[1]] += inside
-        np.copyto(single[z_range[0]:z_range[1]], values, where=inside)
+        reach[z_range[0]:z_range[1]] += 1
+    out = np.zeros(grid.shape, dtype=np.float32)
+    field_of_view = np.zeros(grid.shape, dtype=bool)
+    for i, ((z0, z1), values, inside) in per_station.items():
+        field_of_view[z0:z1] |= inside
+        for a, b in _runs(reach[z0:z1] == 1):  # slices this station alone reaches
+            mine, ramp = values[a:b], ramps[i][a:b]
+            alone = mine * ramp  # where it does not cover a voxel: what blending gives there (0 + value x weight)
+            alone += np.float32(0)
+            np.copyto(alone, mine, where=inside[a:b])
+            out[z0 + a:z0 + b] = alone
+    for a, b in _runs(reach >= 2):
+        out[a:b] = _blend(order, per_station, ramps, a, b)
+    seams = tuple(_seam(stations, order[k], order[k + 1], extents, per_station)
+                  for k in range(len(order) - 1))
+    return Stitched(Volume(out, grid), seams, tuple(order), None if field_of_view.all() else field_of_view)
+
+
+def _blend(order: list[int], per_station: dict, ramps: dict[int, np.ndarray], a: int, b: int) -> np.ndarray:
+    """Target slices ``a:b`` blended from every station reaching them, in ``order``: the
+    weighted mean where several cover a voxel, the one station's value where one does."""
+    shape = (b - a, *next(iter(per_station.values()))[1].shape[1:])
+    acc = np.zeros(shape, dtype=np.float32)
+    wsum = np.zeros(shape, dtype=np.float32)
+    covered = np.zeros(shape, dtype=np.uint8)
+    single = np.zeros(shape, dtype=np.float32)
+    for i in order:
+        if i not in per_station:
+            continue
+        (z0, z1), values, inside = per_station[i]
+        lo, hi = max(a, z0), min(b, z1)
+        if hi <= lo:
+            continue
+        mine, there, ramp = values[lo - z0:hi - z0], inside[lo - z0:hi - z0], ramps[i][lo - z0:hi - z0]
+        acc[lo - a:hi - a] += mine * ramp
+        wsum[lo - a:hi - a] += there * ramp
+        covered[lo - a:hi - a] += there
+        np.copyto(single[lo - a:hi - a], mine, where=there)
     np.divide(acc, wsum, out=acc, where=wsum > 0)
     alone = covered == 1  # the weighted mean of one value can differ from it in the last bit
     acc[alone] = single[alone]
-    seams = tuple(_seam(stations, order[k], order[k + 1], extents, per_station)
-                  for k in range(len(order) - 1))
-    field_of_view = covered > 0
-    return Stitched(Volume(acc, grid), seams, tuple(order), None if field_of_view.all() else field_of_view)
+    return acc
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) of each run of True in 1-D ``mask``."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], mask, [False])).astype(np.int8)))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
 
 
 def _seam(stations: list[Volume], lower: int, upper: int, extents, per_station) -> Seam:

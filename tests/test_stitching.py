@@ -225,3 +225,65 @@ def test_stations_that_abut_have_no_gap():
         stations = [Volume(np.ones(g.shape, np.float32), g) for g in (lower, upper)]
         result = stitch(stations, target_grid([lower, upper]))
         assert result.seams[0].gap_mm == 0.0 and result.field_of_view is None
+
+
+def _blended_over_the_whole_volume(stations: list[Volume], grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """The blending rule applied to whole-volume arrays (how stitch computed it before it blended
+    only the slices two stations reach): the reference for the faster path, and the field of view."""
+    from mrseg_cohort.stitching import _slice_axis_world, _station_on_target, _z_extent
+
+    axis = _slice_axis_world(grid)
+    extents = [_z_extent(s.grid, axis) for s in stations]
+    half = grid.spacing_mm[0] / 2
+    z_pos = float(np.asarray(grid.origin_mm) @ axis) + grid.spacing_mm[0] * np.arange(grid.shape[0])
+    acc, wsum, single = (np.zeros(grid.shape, np.float32) for _ in range(3))
+    covered = np.zeros(grid.shape, np.uint8)
+    for i in sorted(range(len(stations)), key=lambda i: extents[i][0]):
+        lo, hi = extents[i]
+        slices = np.flatnonzero((z_pos >= lo - half - 1e-6) & (z_pos <= hi + half + 1e-6))
+        if slices.size == 0:
+            continue
+        z0, z1 = int(slices[0]), int(slices[-1]) + 1
+        values, inside = _station_on_target(stations[i], grid, (z0, z1))
+        zz = z_pos[z0:z1]
+        ramp = np.clip(np.minimum(zz - lo, hi - zz) + half, 1e-6, None).astype(np.float32)[:, None, None]
+        acc[z0:z1] += values * ramp
+        wsum[z0:z1] += inside * ramp
+        covered[z0:z1] += inside
+        np.copyto(single[z0:z1], values, where=inside)
+    np.divide(acc, wsum, out=acc, where=wsum > 0)
+    acc[covered == 1] = single[covered == 1]
+    return acc, covered > 0
+
+
+@pytest.mark.parametrize("case", ["aligned", "off_grid", "gap", "three_reach_one_slice", "negative_and_signed_zero"])
+def test_stitching_equals_blending_the_whole_volume_bit_for_bit(body, case):
+    """Blending only the slices two or more stations reach gives every voxel the bits the
+    whole-volume rule gives (the one-station slices copied, not blended), and the same field of view."""
+    rng = np.random.default_rng(11)
+    if case == "aligned":
+        stations = _stations(body.in_phase, body.grid, station_slices(station_layout("ukbb", 2.0)))
+    else:
+        stations = [Volume(rng.uniform(50, 150, s.grid.shape).astype(np.float32), s.grid)
+                    for s in _unequal_stations(0.0, off_grid=case != "gap")]
+    if case == "gap":  # the fourth station 20 mm further up: a gap below it
+        moved = stations[3].grid
+        stations[3] = Volume(stations[3].array, Grid(moved.shape, moved.spacing_mm,
+                                                     (*moved.origin_mm[:2], moved.origin_mm[2] + 150.0)))
+        stations = stations[:4]
+    if case == "three_reach_one_slice":  # a short station inside the overlap of two others
+        g = stations[1].grid
+        short = Grid((6, g.shape[1], g.shape[2]), g.spacing_mm, (*g.origin_mm[:2], g.origin_mm[2] + 110.0))
+        stations.append(Volume(rng.uniform(50, 150, short.shape).astype(np.float32), short))
+    if case == "negative_and_signed_zero":
+        for s in stations:
+            s.array[::7] *= -1
+            s.array[1::5, ::3] = -0.0
+    grid = target_grid([s.grid for s in stations])
+    result = stitch(stations, grid)
+    expected, field_of_view = _blended_over_the_whole_volume(stations, grid)
+    assert np.array_equal(result.volume.array.view(np.int32), expected.view(np.int32))
+    assert np.array_equal(result.field_of_view if result.field_of_view is not None else np.ones(grid.shape, bool),
+                          field_of_view)
+    if case == "gap":
+        assert result.max_gap_mm > 0 and not field_of_view.all()
