@@ -236,6 +236,8 @@ def _encoded_slices(bits: int, stored_bits: int, signed: bool, syntax: str, resc
     (16, 12, False, "1.2.840.10008.1.2.1", ("1", "0"), False, "MONOCHROME2"),  # integer rescale: float32 exact
     (16, 16, True, "1.2.840.10008.1.2.1", ("3", "-2048"), False, "MONOCHROME2"),  # still below 2**24: float32
     (32, 32, False, "1.2.840.10008.1.2.1", ("1", "0"), False, "MONOCHROME2"),  # above 2**24: float64
+    (16, 16, True, "1.2.840.10008.1.2.1", ("0", "0"), False, "MONOCHROME2"),  # negative x 0: +0.0, as pydicom
+    (16, 16, True, "1.2.840.10008.1.2.1", ("-1", "0"), False, "MONOCHROME2"),
     (16, 12, False, "1.2.840.10008.1.2.1", ("2.5", "-100"), False, "MONOCHROME2"),
     (16, 12, True, "1.2.840.10008.1.2.1", ("1", "-1024"), False, "MONOCHROME2"),  # signed: sign extension
     (16, 16, True, "1.2.840.10008.1.2", ("0.1", "3.3"), False, "MONOCHROME1"),  # implicit VR
@@ -262,6 +264,21 @@ def test_voxel_values_equal_pydicoms_decoding(bits, stored_bits, signed, syntax,
     [series] = read_zip_series(Store(), uri)
     assert series.volume.array.dtype == np.float32
     assert np.array_equal(series.volume.array.view(np.int32), np.stack(expected).view(np.int32))  # every bit
+
+
+@pytest.mark.parametrize("keyword,value", [("SamplesPerPixel", 0), ("BitsStored", 0)])
+def test_a_zero_samples_or_stored_bits_is_read_as_before(keyword, value):
+    """0 samples per pixel reads as 1 and 0 bits stored as BitsAllocated, as the path before the
+    header numbers were read from their bytes (pydicom itself refuses such a slice)."""
+    from mrseg_cohort.io.dicom import _plain_header
+
+    [(_, data)] = _encoded_slices(16, 16, False, "1.2.840.10008.1.2.1", None, False, "MONOCHROME2", n_slices=1)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    setattr(ds, keyword, value)
+    sink = io.BytesIO()
+    ds.save_as(sink, enforce_file_format=True)
+    header = _plain_header(pydicom.dcmread(io.BytesIO(sink.getvalue())))
+    assert header is not None and header.stored == 16
 
 
 _DECIMAL = st.one_of(

@@ -260,9 +260,9 @@ def _plain_header(ds: pydicom.Dataset) -> _PlainHeader | None:
     ds_values = {k: _raw_number(ds, tag, "DS") for k, tag in _DS.items()}
     if any(v is None for v in (*us.values(), *ds_values.values())):
         return None
-    samples = us["SamplesPerPixel"]
+    samples = us["SamplesPerPixel"] or 1  # absent or 0: one sample, as the path before read it
     bits, representation = us["BitsAllocated"], us["PixelRepresentation"]
-    stored = us["BitsStored"] if us["BitsStored"] is not _ABSENT else bits
+    stored = us["BitsStored"] if us["BitsStored"] not in (_ABSENT, 0) else bits  # absent or 0: BitsAllocated
     if any(us[k] is _ABSENT for k in ("Rows", "Columns", "BitsAllocated", "PixelRepresentation")) \
             or samples not in (_ABSENT, 1) or bits not in (8, 16, 32) or representation not in (0, 1) \
             or not 0 < stored <= bits or any(ds_values[k] is _ABSENT for k in list(_DS)[:3]):
@@ -415,8 +415,7 @@ def _modality_values(slices: list[_Slice], what: str, uri: str) -> np.ndarray:
             array[k] = s.pixels
         if slope != 1:
             array *= np.float32(slope)
-        if intercept != 0:
-            array += np.float32(intercept)
+        array += np.float32(intercept)  # always, as pydicom: -0.0 (a zero times a negative slope) + 0 is +0.0
     elif len(rescales) == 1 and None not in rescales:
         (slope, intercept), = rescales
         scaled = np.stack([s.pixels for s in slices]).astype(np.float64) * slope

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 SITK_SUFFIXES = (".mha", ".nrrd")
-"""Read through SimpleITK (:mod:`mrseg_cohort.io.sitk_image`)."""
+"""Single-file formats read through SimpleITK (:mod:`mrseg_cohort.io.sitk_image`; header and voxels in one object)."""
 IMAGE_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES
 """Every image file ending read as a scan (``.nii.gz``, ``.nii``, ``.mha``, ``.nrrd``)."""
 

@@ -20,8 +20,6 @@ from mrseg_cohort.io.images import SITK_SUFFIXES
 from mrseg_cohort.io.limits import ReadLimits, check_decoded_size, check_file_size, check_image_shape, checked_voxels
 from mrseg_cohort.io.storage import Store
 
-"""Single-file formats read through SimpleITK (header and voxels in one object)."""
-
 
 def read_sitk_volume(store: Store, uri: str, limits: ReadLimits = ReadLimits(), dtype: type = np.float32) -> Volume:
     """Read a 3-D ``.mha`` or ``.nrrd`` image from any URI as a (z, y, x) Volume.
