@@ -339,3 +339,46 @@ def test_rows_of_scans_of_an_empty_frame_keep_their_columns():
     frame = pd.DataFrame({"participant_id": pd.Categorical(["1", "1", "2"]), "visit": ["2", "3", "2"], "z": [1, 2, 3]})
     assert scan_keys(frame) == [("1", "2"), ("1", "3"), ("2", "2")]
     assert rows_of_scans(frame, [("1", "3"), ("2", "2"), ("9", "2")])["z"].tolist() == [2, 3]
+
+
+def test_an_arrow_s3_503_while_reading_a_part_is_retried(tmp_path, monkeypatch):
+    """Arrow's S3 client states a 503 only in its message ("AWS Error UNKNOWN (HTTP status 503)
+    during HeadObject"): it was not judged transient, so one 503 on a part's HEAD stopped a run
+    (found by the chaos soak). Now it is retried like botocore's 503; a 403 is not."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+
+    from mrseg_cohort.errors import StorageError
+    from mrseg_cohort.io import storage, tables
+    from mrseg_cohort.io.storage import Store, is_transient
+    from mrseg_cohort.io.tables import arrow_s3_errors, write_table
+
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
+    store = Store()
+    folder = str(tmp_path / "scans")
+    write_table(store, f"{folder}/part-1.parquet", pa.table({"participant_id": ["1", "2"]}))
+
+    def arrow_words(status: int) -> OSError:
+        return OSError(f"When reading information for key 'x/scans/part-1.parquet' in bucket 'b': AWS Error "
+                       f"UNKNOWN (HTTP status {status}) during HeadObject operation: No response body.")
+
+    class Flaky:  # Arrow's local file system, whose first two opens fail as Arrow's S3 client words a 503
+        def __init__(self, status: int):
+            self.status, self.calls, self.local = status, 0, pafs.LocalFileSystem()
+
+        def open_input_stream(self, path):
+            self.calls += 1
+            if self.calls <= 2:
+                raise arrow_words(self.status)
+            return self.local.open_input_stream(path)
+
+    flaky = Flaky(503)
+    table = tables._read_whole_parts(store, folder, flaky, [(f"{folder}/part-1.parquet", 0)], None, None, None, [])
+    assert table.column("participant_id").to_pylist() == ["1", "2"] and flaky.calls == 3
+    refused = Flaky(403)
+    with pytest.raises(StorageError, match=r"read failed: .*HTTP status 403"):
+        tables._read_whole_parts(store, folder, refused, [(f"{folder}/part-1.parquet", 0)], None, None, None, [])
+    assert refused.calls == 1
+    with pytest.raises(OSError) as caught, arrow_s3_errors():
+        raise OSError("participant 1500123: no such file")  # digits in a message are no status
+    assert type(caught.value) is OSError and not is_transient(caught.value)

@@ -6,8 +6,11 @@ A table is a folder of ``*.parquet`` part files; ``pd.read_parquet(folder)``, Du
 
 from __future__ import annotations
 
+import contextlib
 import io
+import re
 from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
 
 import pandas as pd
 import pyarrow as pa
@@ -64,9 +67,10 @@ def read_table_folder(store: Store, uri: str, columns: list[str] | None = None,
                                  None if schema is None else _with_dictionary(schema, dictionary), dictionary)
 
     def read() -> pa.Table:
-        dataset = _parts_dataset(arrow_fs, files, schema, dictionary)
-        wanted = None if columns is None else [c for c in columns if c in dataset.schema.names]
-        return dataset.to_table(columns=wanted, filter=filter)
+        with arrow_s3_errors():
+            dataset = _parts_dataset(arrow_fs, files, schema, dictionary)
+            wanted = None if columns is None else [c for c in columns if c in dataset.schema.names]
+            return dataset.to_table(columns=wanted, filter=filter)
 
     return store.retry("read", uri, read)
 
@@ -83,7 +87,7 @@ def _read_whole_parts(store: Store, uri: str, arrow_fs: pafs.FileSystem, files: 
 
     def part(path: str) -> pa.Table:
         def fetch() -> bytes:
-            with arrow_fs.open_input_stream(path) as f:
+            with arrow_s3_errors(), arrow_fs.open_input_stream(path) as f:
                 return f.read()
 
         part_uri = f"{base}/{path[len(folder) + 1:]}"
@@ -99,6 +103,34 @@ def _read_whole_parts(store: Store, uri: str, arrow_fs: pafs.FileSystem, files: 
     with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
         table = pa.concat_tables(list(pool.map(part, [path for path, _ in files])), promote_options="default")
     return table if columns is None else table.select([c for c in columns if c in table.column_names])
+
+
+class ArrowS3Error(OSError):
+    """An error of Arrow's S3 client with the HTTP status its message states (``status``), so that
+    :func:`~mrseg_cohort.io.storage.is_transient` judges it as it judges botocore's errors."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+_ARROW_S3_STATUS = re.compile(r": AWS Error \w+ \(HTTP status (\d{3})\) during \w")
+"""How Arrow's S3 client words an error (``When reading information for key '...' in bucket '...':
+AWS Error UNKNOWN (HTTP status 503) during HeadObject operation: ...``): it carries no status of
+its own, so this phrase is the one place a status is read from a message."""
+
+
+@contextlib.contextmanager
+def arrow_s3_errors() -> Iterator[None]:
+    """Re-raise an ``OSError`` of Arrow's S3 client that states an HTTP status as
+    :class:`ArrowS3Error` (a 503 during a part's HEAD is retried by the store like any 503)."""
+    try:
+        yield
+    except OSError as err:
+        found = _ARROW_S3_STATUS.search(str(err)) if not isinstance(err, ArrowS3Error) else None
+        if found is None:
+            raise
+        raise ArrowS3Error(str(err), int(found[1])) from err
 
 
 def _present(columns: list[str] | None, schema: pa.Schema) -> list[str] | None:
