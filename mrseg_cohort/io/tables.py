@@ -126,8 +126,8 @@ def arrow_s3_errors() -> Iterator[None]:
     :class:`ArrowS3Error` (a 503 during a part's HEAD is retried by the store like any 503)."""
     try:
         yield
-    except OSError as err:
-        found = _ARROW_S3_STATUS.search(str(err)) if not isinstance(err, ArrowS3Error) else None
+    except OSError as err:  # a missing or refused part keeps its own type (FileNotFoundError, PermissionError)
+        found = _ARROW_S3_STATUS.search(str(err)) if type(err) is OSError else None
         if found is None:
             raise
         raise ArrowS3Error(str(err), int(found[1])) from err
