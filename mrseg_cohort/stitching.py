@@ -250,16 +250,17 @@ def stitch(stations: list[Volume], grid: Grid) -> Stitched:
             np.copyto(alone, mine, where=inside[a:b])
             out[z0 + a:z0 + b] = alone
     for a, b in _runs(reach >= 2):
-        out[a:b] = _blend(order, per_station, ramps, a, b)
+        out[a:b] = _blend(order, per_station, ramps, (b - a, *grid.shape[1:]), a)
     seams = tuple(_seam(stations, order[k], order[k + 1], extents, per_station)
                   for k in range(len(order) - 1))
     return Stitched(Volume(out, grid), seams, tuple(order), None if field_of_view.all() else field_of_view)
 
 
-def _blend(order: list[int], per_station: dict, ramps: dict[int, np.ndarray], a: int, b: int) -> np.ndarray:
-    """Target slices ``a:b`` blended from every station reaching them, in ``order``: the
-    weighted mean where several cover a voxel, the one station's value where one does."""
-    shape = (b - a, *next(iter(per_station.values()))[1].shape[1:])
+def _blend(order: list[int], per_station: dict, ramps: dict[int, np.ndarray], shape: tuple[int, int, int],
+           a: int) -> np.ndarray:
+    """The ``shape[0]`` target slices from ``a`` on, blended from every station reaching them, in
+    ``order``: the weighted mean where several cover a voxel, the one station's value where one does."""
+    b = a + shape[0]
     acc = np.zeros(shape, dtype=np.float32)
     wsum = np.zeros(shape, dtype=np.float32)
     covered = np.zeros(shape, dtype=np.uint8)

@@ -265,7 +265,8 @@ def _plain_header(ds: pydicom.Dataset) -> _PlainHeader | None:
     stored = us["BitsStored"] if us["BitsStored"] not in (_ABSENT, 0) else bits  # absent or 0: BitsAllocated
     if any(us[k] is _ABSENT for k in ("Rows", "Columns", "BitsAllocated", "PixelRepresentation")) \
             or samples not in (_ABSENT, 1) or bits not in (8, 16, 32) or representation not in (0, 1) \
-            or not 0 < stored <= bits or any(ds_values[k] is _ABSENT for k in list(_DS)[:3]):
+            or not 0 < stored <= bits \
+            or any(ds_values[k] is _ABSENT for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")):
         return None
     slope, intercept = ds_values["RescaleSlope"], ds_values["RescaleIntercept"]
     rescale = None
