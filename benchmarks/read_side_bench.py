@@ -41,8 +41,10 @@ FAILURES_PER_BATCH = 2
 FIRST_ID = 1_000_000
 
 
-def build(source: str, dest: str, store, scans: int, batch: int) -> dict:
-    """Replicate the tables of output ``source`` (local) into output ``dest`` (any URI of ``store``)."""
+def build(source: str, dest: str, store, scans: int, batch: int, with_index: bool = True) -> dict:
+    """Replicate the tables of output ``source`` (local) into output ``dest`` (any URI of ``store``);
+    ``with_index``: then write the output's indexes as a run does (``_work/index``; ``index_s``:
+    seconds to write them from none, reading every part once)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -88,7 +90,14 @@ def build(source: str, dest: str, store, scans: int, batch: int) -> dict:
     for uri in local.list_files(os.path.join(source, "_work", "runs"), suffix=".json") + \
             ([fingerprint] if os.path.exists(fingerprint) else []) + local.list_files(os.path.join(source, "labels")):
         store.write_bytes(join_uri(dest, os.path.relpath(uri, source)), local.read_bytes(uri))
-    return {"scans": scans, "batches": n_batches, "source_scans": len(keys),
+    index_s = None
+    if with_index:  # as a run leaves its output: the indexes of scans and failures cover every part
+        from mrseg_cohort.ledger.outputs import Outputs
+
+        t = time.perf_counter()
+        Outputs(store, dest).refresh_indexes()
+        index_s = round(time.perf_counter() - t, 2)
+    return {"scans": scans, "batches": n_batches, "source_scans": len(keys), "index_s": index_s,
             "structure_rows": sum(len(rows_of["structures"][n % len(keys)]) for n in range(scans)),
             "failures": n_batches * FAILURES_PER_BATCH, "visit": keys[0][1]}
 
@@ -157,8 +166,10 @@ def chromium_seconds(html: Path, work: Path, timeout_s: int = 180) -> float | No
     return round(time.perf_counter() - t, 1)
 
 
-def measure(main: Path, status: Path, work: Path, label: str, with_chromium: bool, code: Path | None) -> dict:
-    """Time the four commands on one output; ``code``: a source tree to run instead of this one."""
+def measure(main: Path, status: Path, work: Path, label: str, with_chromium: bool, code: Path | None,
+            commands: list[str] | None = None, repeat: int = 1) -> dict:
+    """Time the four commands on one output (or those named in ``commands``), each ``repeat``
+    times (a list of figures when more than once); ``code``: a source tree to run instead of this one."""
     cli = [sys.executable, "-m", "mrseg_cohort"]
     env = {**os.environ, "PYTHONPATH": str(code)} if code else None
     out = work / label
@@ -173,10 +184,15 @@ def measure(main: Path, status: Path, work: Path, label: str, with_chromium: boo
     }
     results = {}
     for name, command in runs.items():
-        print(f"[{label}] {name} ...", file=sys.stderr)
-        results[name] = timed(command, work, env)
-        print(f"[{label}] {name}: {json.dumps({k: v for k, v in results[name].items() if k != 'stderr'})}",
-              file=sys.stderr)
+        if commands and name.split(" (")[0] not in commands:
+            continue
+        figures = []
+        for _ in range(repeat):
+            print(f"[{label}] {name} ...", file=sys.stderr)
+            figures.append(timed(command, work, env))
+            print(f"[{label}] {name}: {json.dumps({k: v for k, v in figures[-1].items() if k != 'stderr'})}",
+                  file=sys.stderr)
+        results[name] = figures[0] if repeat == 1 else figures
     if report.exists():
         results["report"]["html_mb"] = round(report.stat().st_size / 1e6, 2)
         beside = [p for p in out.iterdir() if p.name.startswith("report") and p.suffix == ".parquet"]
@@ -200,6 +216,11 @@ def main() -> None:
                     "earlier commit's `git archive`, for a before/after comparison.")
     ap.add_argument("--label", default="", help="Suffix of the result folders (e.g. -before).")
     ap.add_argument("--out", type=Path, help="Write the figures as JSON here.")
+    ap.add_argument("--commands", nargs="+", choices=("status", "tables wide", "tables phenotypes", "report"),
+                    help="Time only these commands (default: all).")
+    ap.add_argument("--repeat", type=int, default=1, help="Time each command this many times.")
+    ap.add_argument("--no-index", action="store_true", help="Build the outputs without the indexes a run "
+                    "writes (_work/index), as an earlier version's output.")
     args = ap.parse_args()
 
     from mrseg_cohort.io.storage import Store
@@ -219,7 +240,7 @@ def main() -> None:
                 built = json.loads(record.read_text())
             else:
                 t = time.perf_counter()
-                built = build(args.source, dest, Store(), args.scans, args.batch)
+                built = build(args.source, dest, Store(), args.scans, args.batch, not args.no_index)
                 figures["build_local_s"] = round(time.perf_counter() - t, 1)
                 record.write_text(json.dumps(built))
             main_cfg, status_cfg = configs(args.config, work, dest, None, zips)
@@ -230,7 +251,7 @@ def main() -> None:
             dest = f"s3://{server.bucket}/read-side/output"
             storage = {"endpoint_url": server.endpoint_url, "key": server.key, "secret": server.secret}
             t = time.perf_counter()
-            built = build(args.source, dest, Store(server.options()), args.scans, args.batch)
+            built = build(args.source, dest, Store(server.options()), args.scans, args.batch, not args.no_index)
             figures["build_s3_s"] = round(time.perf_counter() - t, 1)
             s3_main, s3_status = configs(args.config, work, dest, storage, zips)
         if built is not None:
@@ -238,9 +259,11 @@ def main() -> None:
         if not (zips.exists() and args.reuse):
             write_zips(zips, args.scans + (built or {}).get("failures", 0), (built or {}).get("visit", "0"))
         if args.store in ("local", "both"):
-            figures["local"] = measure(main_cfg, status_cfg, work, "local" + args.label, args.chromium, args.code)
+            figures["local"] = measure(main_cfg, status_cfg, work, "local" + args.label, args.chromium, args.code,
+                                       args.commands, args.repeat)
         if args.store in ("s3", "both"):
-            figures["s3"] = measure(s3_main, s3_status, work, "s3" + args.label, args.chromium, args.code)
+            figures["s3"] = measure(s3_main, s3_status, work, "s3" + args.label, args.chromium, args.code,
+                                    args.commands, args.repeat)
     finally:
         if server is not None:
             server.stop()

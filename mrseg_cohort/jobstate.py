@@ -15,7 +15,7 @@ from mrseg_cohort.config import JobConfig
 from mrseg_cohort.io.storage import Store
 from mrseg_cohort.io.tables import read_table_folder
 from mrseg_cohort.manifest import ScanSource, discover
-from mrseg_cohort.ledger.outputs import Outputs
+from mrseg_cohort.ledger.outputs import INDEXED_COLUMNS, Outputs
 from mrseg_cohort.sharding import Shard, select
 from mrseg_cohort.tables import SCHEMAS
 from mrseg_cohort.ledger.work_units import plan_work
@@ -39,8 +39,8 @@ class JobState:
     costs: pd.DataFrame | None = field(default=None, repr=False)
 
 
-FAILURE_COLUMNS = ["participant_id", "visit", "stage", "error_type", "message", "uri", "attempt", "time"]
-"""Columns of ``failures`` that status shows."""
+FAILURE_COLUMNS = list(INDEXED_COLUMNS["failures"])
+"""Columns of ``failures`` that status shows (all in the table's index)."""
 COST_COLUMNS = ["participant_id", "visit", "status", *(f"seconds_{s}" for s in GPU_STAGES + CPU_STAGES)]
 """Columns of ``scans`` that the estimate of plan reads (:func:`measured_costs`)."""
 
@@ -57,8 +57,7 @@ def job_state(job: JobConfig, with_sizes: bool = False, shard: Shard | None = No
     with ThreadPoolExecutor(max_workers=4) as pool:  # the output is read while the input is listed
         committed = pool.submit(outputs.committed_units)
         staged_units = pool.submit(outputs.staged_keys)
-        failures_read = pool.submit(read_table_folder, outputs.store, outputs.table_uri("failures"),
-                                    columns=FAILURE_COLUMNS, schema=SCHEMAS["failures"])
+        failures_read = pool.submit(outputs.read_indexed, "failures", FAILURE_COLUMNS)
         costs_read = pool.submit(read_table_folder, outputs.store, outputs.table_uri("scans"), columns=COST_COLUMNS,
                                  schema=SCHEMAS["scans"]) if with_costs else None
         sources = select(discover(job, in_store), shard)

@@ -1,7 +1,10 @@
 """The cohort job end to end on phantoms: labels, tables, agreement with nnU-Net, devices."""
 
+import json
+
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import write_job_yaml
@@ -9,8 +12,11 @@ from mrseg_cohort.config import load_config
 from mrseg_cohort.errors import ConfigError
 from mrseg_cohort.io.nifti import ReadLimits, read_labels
 from mrseg_cohort.io.storage import Store
+from mrseg_cohort.io.tables import read_table_folder
+from mrseg_cohort.ledger.outputs import INDEXED_COLUMNS, Outputs
 from mrseg_cohort.labels import MRSEG
 from mrseg_cohort.pipeline.run import choose_device, run_job
+from mrseg_cohort.tables import SCHEMAS
 
 MAJOR = ("liver", "spleen", "right_kidney", "left_kidney", "left_lung", "right_lung", "heart", "left_femur",
          "right_femur")
@@ -39,6 +45,21 @@ def test_every_scan_done_and_tables_readable(demo_run):
     assert set(structures["structure"]) == set(MRSEG.names.values())
     assert structures["participant_id"].map(type).eq(str).all()
     assert (scans["status"] == "ok").all() and scans["weights_sha256"].str.len().eq(64).all()
+
+
+def test_the_run_leaves_indexes_covering_every_part(demo_run):
+    job, _, out = demo_run
+    outputs = Outputs.for_job(job)
+    for table, columns in INDEXED_COLUMNS.items():
+        parts = sorted(p.name for p in (out / "tables" / table).glob("*.parquet"))
+        assert parts or table == "failures"
+        if parts:
+            covered = json.loads(pq.read_schema(out / "_work" / "index" / f"{table}.parquet")
+                                 .metadata[b"mrseg_cohort.index.parts"])
+            assert [name for name, _ in covered] == parts
+        every_part = read_table_folder(outputs.store, outputs.table_uri(table), list(columns), schema=SCHEMAS[table])
+        through_index = outputs.read_indexed(table, columns)
+        assert (through_index is None and every_part is None) or through_index.equals(every_part)
 
 
 def test_labels_match_phantom_truth(demo_run, phantom_cohort):

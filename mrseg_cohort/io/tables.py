@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
@@ -21,6 +23,8 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from mrseg_cohort.io.storage import Store
+
+log = logging.getLogger(__name__)
 
 
 def table_bytes(table: pa.Table | pd.DataFrame) -> bytes:
@@ -82,6 +86,16 @@ def _read_whole_parts(store: Store, uri: str, arrow_fs: pafs.FileSystem, files: 
     the footer and then the columns: two or three requests a part) and read from memory, in
     parallel, each retried on its own; only the projected rows are kept. Without ``schema`` (and
     then without ``filter``) each part is read with its own and the parts' tables are unified."""
+    tables = _read_each_part(store, uri, arrow_fs, files, columns, filter, schema, dictionary)
+    table = pa.concat_tables(tables, promote_options="default")
+    return table if columns is None else table.select([c for c in columns if c in table.column_names])
+
+
+def _read_each_part(store: Store, uri: str, arrow_fs: pafs.FileSystem, files: list[tuple[str, int]],
+                    columns: list[str] | None, filter: pc.Expression | None, schema: pa.Schema | None,
+                    dictionary: list[str] = ()) -> list[pa.Table]:
+    """One table per part of ``files`` (in their order), each part fetched whole (see
+    :func:`_read_whole_parts`)."""
     file_format = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=set(dictionary)))
     base, folder = uri.rstrip("/"), store.fs_and_path(uri)[1].rstrip("/")
 
@@ -100,9 +114,90 @@ def _read_whole_parts(store: Store, uri: str, arrow_fs: pafs.FileSystem, files: 
         except pa.ArrowInvalid as err:
             raise ValueError(f"{part_uri}: not a readable Parquet part: {err}") from err
 
+    if not files:
+        return []
     with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
-        table = pa.concat_tables(list(pool.map(part, [path for path, _ in files])), promote_options="default")
-    return table if columns is None else table.select([c for c in columns if c in table.column_names])
+        return list(pool.map(part, [path for path, _ in files]))
+
+
+# -- a column index of a table folder ----------------------------------------------------------------
+INDEX_PART = "_part"
+"""The index's column naming each row's part (its file name in the folder)."""
+_INDEX_PARTS_KEY = b"mrseg_cohort.index.parts"
+
+
+def read_indexed_columns(store: Store, uri: str, index_uri: str, columns: list[str],
+                         schema: pa.Schema) -> pa.Table | None:
+    """``columns`` of every part of folder ``uri``, as ``read_table_folder(store, uri, columns,
+    schema=schema)`` gives them (the same rows in the same order: parts in name order), with the
+    rows of the parts the index at ``index_uri`` covers (:func:`write_column_index`) taken from it:
+    on an object store one request for the index and one per part written since, not one per part.
+
+    The index is a cache checked against the folder's listing: its rows of a part count only while
+    a part of that name and size is listed (a part deleted since is left out, a part it does not
+    cover is read), so a missing, stale, foreign or unreadable index costs time, never rows. Parts
+    are written once under their batch's name and never rewritten with other rows.
+    """
+    table = _indexed_read(store, uri, index_uri, columns, schema, _part_files(store, uri))
+    return None if table is None else table.drop_columns([INDEX_PART])
+
+
+def write_column_index(store: Store, uri: str, index_uri: str, columns: list[str], schema: pa.Schema) -> int:
+    """Write the index of ``columns`` of folder ``uri`` at ``index_uri``, covering the parts listed
+    now (built from the index there and the parts it does not cover); returns the number of parts
+    covered (0: none, nothing written). Atomic: a reader sees the old index or the new one."""
+    files = _part_files(store, uri)
+    table = _indexed_read(store, uri, index_uri, columns, schema, files)
+    if table is None:
+        return 0
+    names = _part_names(store, uri, files)
+    covered = json.dumps([[names[path], size] for path, size in files]).encode()
+    store.write_bytes(index_uri, table_bytes(table.replace_schema_metadata({_INDEX_PARTS_KEY: covered})))
+    return len(files)
+
+
+def _part_names(store: Store, uri: str, files: list[tuple[str, int]]) -> dict[str, str]:
+    folder = store.fs_and_path(uri)[1].rstrip("/")
+    return {path: path[len(folder) + 1:] for path, _ in files}
+
+
+def _indexed_read(store: Store, uri: str, index_uri: str, columns: list[str], schema: pa.Schema,
+                  files: list[tuple[str, int]]) -> pa.Table | None:
+    """``columns`` and :data:`INDEX_PART` of the parts ``files`` of folder ``uri``, in part order."""
+    if not files:
+        return None
+    fields = pa.schema([schema.field(c) for c in columns if c in schema.names] + [pa.field(INDEX_PART, pa.string())])
+    names = _part_names(store, uri, files)
+    listed = {names[path]: size for path, size in files}
+    pieces, covered = [], set()
+    index = _read_index(store, index_uri, fields)
+    if index is not None:
+        rows, parts = index
+        covered = {name for name, size in parts.items() if listed.get(name) == size}
+        pieces.append(rows.filter(pc.is_in(rows.column(INDEX_PART), pa.array(sorted(covered), pa.string()))))
+    rest = [(path, size) for path, size in files if names[path] not in covered]
+    arrow_fs = arrow_filesystem(store, uri)[0]
+    for (path, _), part in zip(rest, _read_each_part(store, uri, arrow_fs, rest, columns, None, schema)):
+        pieces.append(pa.Table.from_arrays([*part.select(fields.names[:-1]).columns,
+                                            pa.array([names[path]] * part.num_rows, pa.string())], schema=fields))
+    table = pa.concat_tables(pieces)
+    return table.take(pc.sort_indices(table, sort_keys=[(INDEX_PART, "ascending")]))  # stable: rows keep their order
+
+
+def _read_index(store: Store, index_uri: str, fields: pa.Schema) -> tuple[pa.Table, dict[str, int]] | None:
+    """The index at ``index_uri`` (its rows with ``fields``, and part name -> size it covers), or
+    None where there is none, or it lacks a column or is unreadable (then the parts are read)."""
+    try:
+        data = store.read_bytes(index_uri)
+    except FileNotFoundError:
+        return None
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+        parts = {str(name): int(size) for name, size in json.loads(table.schema.metadata[_INDEX_PARTS_KEY])}
+        return table.select(fields.names).cast(fields), parts
+    except (pa.ArrowException, KeyError, TypeError, ValueError) as err:
+        log.warning("%s: not a usable index (%s); reading the parts instead", index_uri, err)
+        return None
 
 
 class ArrowS3Error(OSError):

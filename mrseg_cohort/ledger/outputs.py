@@ -13,6 +13,9 @@ Layout under the output URI::
     _work/fingerprint.json                                     what defines the results (:mod:`.fingerprint`)
     _work/lease/<scope>/<generation>.json                      who holds the output (:mod:`.lease`)
     _work/batches/<batch>.json, <batch>.done                   batches of earlier versions (read, finished)
+    _work/index/<table>.parquet                                a few columns of every part, in one file
+                                                               (a cache checked against the listing:
+                                                               :func:`~mrseg_cohort.io.tables.read_indexed_columns`)
 
 Label locations in the tables (``label_uri``) are relative to the output (``labels/...``);
 :meth:`Outputs.resolve` turns one into a location to read, also for the absolute locations earlier
@@ -49,7 +52,8 @@ import pyarrow.compute as pc
 
 from mrseg_cohort.errors import StorageError
 from mrseg_cohort.io.storage import Store, join_uri
-from mrseg_cohort.io.tables import read_table_file, read_table_folder, table_bytes
+from mrseg_cohort.io.tables import (read_indexed_columns, read_table_file, read_table_folder, table_bytes,
+                                    write_column_index)
 from mrseg_cohort.ledger.log import CommitLog, Fence
 from mrseg_cohort.ledger.names import key_from_name, key_name, legacy_key_name
 from mrseg_cohort.ledger.work_units import CommittedKey, ScanKey, UnitKey, unit_models
@@ -67,6 +71,12 @@ PUBLISH_ORDER = ("structures", "intensities", "failures", "scans")
 """Order in which a batch's parts move into ``tables/``."""
 
 FINGERPRINT = "_work/fingerprint.json"
+INDEXED_COLUMNS = {
+    "scans": ("participant_id", "visit", "model"),
+    "failures": ("participant_id", "visit", "stage", "error_type", "message", "uri", "attempt", "time"),
+}
+"""The columns of each table kept in one file beside its parts (``_work/index``): what ``status``
+and the start of a run read, one request instead of one per part on an object store."""
 OWN_FOLDERS = ("_work", "labels", "tables", "stitched", "agreement")
 """Top-level folders of an output that this tool writes."""
 
@@ -204,6 +214,9 @@ class Outputs:
 
     def published_part_uri(self, batch_id: str, table: str) -> str:
         return join_uri(self.table_uri(table), f"part-{batch_id}.parquet")
+
+    def index_uri(self, table: str) -> str:
+        return self._work("index", f"{table}.parquet")
 
     # -- worker side -------------------------------------------------------------------------------
     def stage(self, key: UnitKey, tables: dict[str, pa.Table]) -> None:
@@ -423,9 +436,25 @@ class Outputs:
         return [unit_from_list(k) for k in manifest["scans"]]
 
     # -- what is there -----------------------------------------------------------------------------
+    def read_indexed(self, table: str, columns: Iterable[str]) -> pa.Table | None:
+        """``columns`` (some of :data:`INDEXED_COLUMNS`) of every published part of ``table``,
+        taken from the index where it covers a part (None if there are no parts)."""
+        return read_indexed_columns(self.store, self.table_uri(table), self.index_uri(table), list(columns),
+                                    SCHEMAS[table])
+
+    def refresh_indexes(self) -> None:
+        """Rewrite the index of each table in :data:`INDEXED_COLUMNS` to cover every part there now.
+        A cache: a failure to write it is a warning (readers then read more parts), never an error."""
+        for table, columns in INDEXED_COLUMNS.items():
+            try:
+                write_column_index(self.store, self.table_uri(table), self.index_uri(table), list(columns),
+                                   SCHEMAS[table])
+            except (OSError, ValueError) as err:  # StorageError is an OSError
+                log.warning("could not update the index of %s (%s); readers read its parts instead", table, err)
+
     def committed_units(self) -> set[CommittedKey]:
         """(participant_id, visit, model) of every published ``scans`` row."""
-        table = read_table_folder(self.store, self.table_uri("scans"), columns=["participant_id", "visit", "model"])
+        table = self.read_indexed("scans", ["participant_id", "visit", "model"])
         if table is None or table.num_rows == 0:
             return set()
         return set(zip(*(table.column(c).to_pylist() for c in ("participant_id", "visit", "model"))))
@@ -436,7 +465,7 @@ class Outputs:
 
     def failed_attempts(self) -> dict[ScanKey, int]:
         """Number of recorded failed attempts per scan."""
-        table = read_table_folder(self.store, self.table_uri("failures"), columns=["participant_id", "visit"])
+        table = self.read_indexed("failures", ["participant_id", "visit"])
         out: dict[ScanKey, int] = {}
         if table is not None:
             for key in zip(table.column("participant_id").to_pylist(), table.column("visit").to_pylist()):
@@ -520,6 +549,7 @@ class Outputs:
         for model in models:
             objects += list(color_table_uris(join_uri(self.root, "labels"), model).values())
         objects += self.store.list_files(self._work("runs"), suffix=".json", recursive=False)
+        objects += [self.index_uri(table) for table in INDEXED_COLUMNS]
         objects += self.store.list_files(join_uri(self.root, "agreement"), suffix=".parquet", recursive=False)
         objects += [join_uri(self.root, FINGERPRINT), self._work("shards.json")]  # not the lease: the run holds it
         contains = self.store.within(self.root)

@@ -5,6 +5,10 @@ passed since the last publication, and at the end of a run. Publication is the o
 (:meth:`~mrseg_cohort.ledger.outputs.Outputs.publish`): fenced by the run's place in the commit log,
 so a run that lost its lease publishes nothing, and leaving out every unit the log already holds,
 by this run or by any other. Until then, finished scans are safe in the staging area.
+
+Every :data:`INDEX_EVERY` publications, and after the last one of a run that was not stopped, the
+output's indexes are brought up to date (:meth:`~mrseg_cohort.ledger.outputs.Outputs.refresh_indexes`),
+so that ``status`` and the next run read one file and the few parts published since, not every part.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from mrseg_cohort.ledger.outputs import Outputs
 from mrseg_cohort.ledger.work_units import CommittedKey, UnitKey
 
 log = logging.getLogger(__name__)
+
+INDEX_EVERY = 20
+"""Publications between two updates of the output's indexes."""
 
 
 class BatchPublisher:
@@ -47,6 +54,7 @@ class BatchPublisher:
         self.failures: list[dict] = []
         self.sequence = 0
         self.published_units = 0
+        self.unindexed = 0  # publications since this run last updated the indexes
         self.last_flush = time.monotonic()
 
     def add_rows(self, key: UnitKey, tables: dict[str, pa.Table]) -> None:
@@ -61,15 +69,21 @@ class BatchPublisher:
         if (self.rows or self.failures) and time.monotonic() - self.last_flush >= self.commit_interval_s:
             self.flush()
 
-    def flush(self) -> None:
-        """Publish what is pending (nothing to do when empty).
+    def flush(self, final: bool = False) -> None:
+        """Publish what is pending (nothing to do when empty); ``final``: the run's last publication
+        (the indexes are then updated if this run published anything since it last did).
 
         Raises:
             LeaseLost: the run no longer holds its lease (nothing of the batch is published).
         """
         self.last_flush = time.monotonic()
-        if not self.rows and not self.failures:
-            return
+        if self.rows or self.failures:
+            self._publish()
+        if self.unindexed and (final or self.unindexed >= INDEX_EVERY):
+            self.outputs.refresh_indexes()
+            self.unindexed = 0
+
+    def _publish(self) -> None:
         self.guard()
         self.sequence += 1
         batch_id = f"{self.run_id}-{self.sequence:05d}"
@@ -78,4 +92,5 @@ class BatchPublisher:
         if seq is not None:
             log.info("published batch %s (log %d): %d scans, %d failures", batch_id, seq, published,
                      len(self.failures))
+            self.unindexed += 1
         self.rows, self.failures = {}, []

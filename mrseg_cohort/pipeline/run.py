@@ -120,7 +120,7 @@ def run_job(job: JobConfig, restart: bool = False, progress: ProgressFn | None =
             if stop.is_set():
                 adopt_staged(outputs, publisher, {u.key for u in plan.todo})
                 summary.interrupted_by = stop.reason
-            publisher.flush()
+            publisher.flush(final=not stop.is_set())
             summary.published = publisher.published_units
             summary.seconds = time.time() - t0
     finally:
