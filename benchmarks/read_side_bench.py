@@ -193,7 +193,7 @@ def measure(main: Path, status: Path, work: Path, label: str, with_chromium: boo
             print(f"[{label}] {name}: {json.dumps({k: v for k, v in figures[-1].items() if k != 'stderr'})}",
                   file=sys.stderr)
         results[name] = figures[0] if repeat == 1 else figures
-    if report.exists():
+    if report.exists() and "report" in results:
         results["report"]["html_mb"] = round(report.stat().st_size / 1e6, 2)
         beside = [p for p in out.iterdir() if p.name.startswith("report") and p.suffix == ".parquet"]
         results["report"]["beside"] = {p.name: round(p.stat().st_size / 1e6, 2) for p in beside}

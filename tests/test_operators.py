@@ -89,11 +89,11 @@ def test_a_run_whose_lease_is_taken_over_stops_with_one_line_and_publishes_nothi
     flush = BatchPublisher.flush
     taken = []
 
-    def taken_over_first(self):
+    def taken_over_first(self, *args, **kwargs):
         if not taken:
             taken.append(OutputLease(Store(), str(out), "run-after-the-pause", age_of=lambda uri: 1e6))
             taken[0].acquire()
-        return flush(self)
+        return flush(self, *args, **kwargs)
 
     monkeypatch.setattr(BatchPublisher, "flush", taken_over_first)
     result = CliRunner().invoke(app, ["run", str(config), "--no-progress"])
