@@ -511,3 +511,22 @@ def test_listing_outside_the_output_equals_judging_each_file(tmp_path, where):
     if where != "sibling":
         assert left_out > 0
     assert store.list_files_outside(str(tmp_path / "nothing"), out) == ([], 0)
+
+
+@pytest.mark.parametrize("root, parts, joined", [
+    ("/data/in", ("a", "b.zip"), "/data/in/a/b.zip"),
+    ("/data/in/", ("/a/", "b.zip"), "/data/in/a/b.zip"),
+    ("/", ("a",), "/a"),
+    ("file:///", ("a", "b"), "file:///a/b"),
+    ("file:///data", ("a",), "file:///data/a"),
+    ("s3://bucket/", ("x/", "y"), "s3://bucket/x/y"),
+    ("s3://bucket/p", (), "s3://bucket/p"),
+])
+def test_join_uri_keeps_a_file_systems_root(root, parts, joined):
+    assert join_uri(root, *parts) == joined
+
+
+@pytest.mark.parametrize("uri", ["file://~/in", "~/in", "file:///tmp/x y", "/tmp/x y", "file:///"])
+def test_local_paths_are_fsspecs(uri):
+    """The own-output checks resolve local URIs as fsspec does (``~`` expanded, also after file://)."""
+    assert storage._local_path(uri).rstrip("/") == Store().fs_and_path(uri)[1].rstrip("/")

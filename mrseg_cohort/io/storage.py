@@ -131,12 +131,15 @@ def is_transient(err: BaseException) -> bool:
 
 
 def join_uri(root: str, *parts: str) -> str:
-    """``root/part/part`` without doubled slashes; works for paths and URIs."""
+    """``root/part/part`` without doubled slashes; works for paths and URIs, also for a file
+    system's root (``/``, ``file:///``)."""
     out = root.rstrip("/")
+    if out.endswith(":"):  # "file:///": the slashes name the root
+        out = root
     for part in parts:
         part = part.strip("/")
         if part:
-            out = f"{out}/{part}"
+            out = f"{out}{'' if out.endswith('/') else '/'}{part}"
     return out
 
 
@@ -684,7 +687,8 @@ def _create_in_place(path: str, data: bytes) -> None:
 
 
 def _local_path(uri: str) -> str:
-    return uri[len("file://"):] if uri.startswith("file://") else os.path.expanduser(uri)
+    """The local path of ``uri`` (a path or ``file://``), ``~`` expanded as fsspec does."""
+    return os.path.expanduser(uri[len("file://"):] if uri.startswith("file://") else uri)
 
 
 def _version(dist: str) -> str:
