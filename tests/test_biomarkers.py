@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import ndimage as ndi
 
 from mrseg_cohort.biomarkers import (EXPECTED_WHEN, STRUCTURE_COLUMNS, centroid_world_mm, component_sizes,
@@ -170,6 +172,20 @@ def test_erosion_is_inplane_only():
     assert eroded[1:6, 3:6, 3:6].all()
     assert np.count_nonzero(erode_inplane(mask, 2)) == 5 * 1 * 1
     assert np.array_equal(erode_inplane(mask, 0), mask)
+
+
+_CROSS_INPLANE = np.zeros((3, 3, 3), dtype=bool)
+_CROSS_INPLANE[1] = ndi.generate_binary_structure(2, 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(shape=st.tuples(st.integers(1, 6), st.integers(1, 9), st.integers(1, 9)), density=st.floats(0.3, 1.0),
+       iterations=st.integers(0, 4), seed=st.integers(0, 2**32 - 1))
+def test_erosion_equals_scipys_binary_erosion_with_the_inplane_cross(shape, density, iterations, seed):
+    mask = np.random.default_rng(seed).random(shape) < density
+    expected = ndi.binary_erosion(mask, _CROSS_INPLANE, iterations=iterations, border_value=0) if iterations \
+        else mask
+    assert np.array_equal(erode_inplane(mask, iterations), expected)
 
 
 def _reference_ff(labels, fat, water, label_id, erosion):
