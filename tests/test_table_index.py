@@ -144,3 +144,30 @@ def test_a_run_updates_the_indexes_every_so_many_publications_and_after_its_last
     publisher.add_rows(("p", "x", "base"), {})
     publisher.flush(final=False)  # a stopped run's last flush leaves the index to the next run
     assert outputs.refreshes == [3, 6, 7]
+
+
+def test_an_index_that_cannot_be_written_or_read_is_a_warning_and_the_parts_are_read(tmp_path, caplog, monkeypatch):
+    from mrseg_cohort.errors import StorageError
+    from mrseg_cohort.ledger.outputs import Outputs
+
+    outputs = Outputs(Store(), str(tmp_path / "out"))
+    outputs.store.write_bytes(join_uri(outputs.table_uri("failures"), "part-a.parquet"), table_bytes(part(1, 3)))
+    write = Store.write_bytes
+
+    def full_disk(self, uri, data):
+        if "/_work/index/" in uri:
+            raise StorageError("write failed: No space left on device", uri)
+        return write(self, uri, data)
+
+    monkeypatch.setattr(Store, "write_bytes", full_disk)
+    with caplog.at_level("WARNING"):
+        outputs.refresh_indexes()  # no exception: the run goes on
+    assert "could not update the index of failures" in caplog.text
+    assert not (tmp_path / "out" / "_work" / "index" / "failures.parquet").exists()
+    monkeypatch.setattr(Store, "write_bytes", write)
+    outputs.refresh_indexes()
+    monkeypatch.setattr(Store, "read_bytes", lambda self, uri: (_ for _ in ()).throw(PermissionError(uri)))
+    with caplog.at_level("WARNING"):
+        rows = outputs.read_indexed("failures", ["participant_id", "visit"])
+    assert rows.column("participant_id").to_pylist() == ["1-0", "1-1", "1-2"]
+    assert "could not read the index" in caplog.text

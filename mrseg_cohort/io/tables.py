@@ -191,6 +191,9 @@ def _read_index(store: Store, index_uri: str, fields: pa.Schema) -> tuple[pa.Tab
         data = store.read_bytes(index_uri)
     except FileNotFoundError:
         return None
+    except OSError as err:  # refused or not answering (after the store's retries): the parts may still be read
+        log.warning("%s: could not read the index (%s); reading the parts instead", index_uri, err)
+        return None
     try:
         table = pq.read_table(pa.BufferReader(data))
         parts = {str(name): int(size) for name, size in json.loads(table.schema.metadata[_INDEX_PARTS_KEY])}

@@ -449,7 +449,7 @@ class Outputs:
             try:
                 write_column_index(self.store, self.table_uri(table), self.index_uri(table), list(columns),
                                    SCHEMAS[table])
-            except (OSError, ValueError) as err:  # StorageError is an OSError
+            except (OSError, ValueError, pa.ArrowException) as err:  # StorageError is an OSError
                 log.warning("could not update the index of %s (%s); readers read its parts instead", table, err)
 
     def committed_units(self) -> set[CommittedKey]:
