@@ -90,13 +90,16 @@ def build(source: str, dest: str, store, scans: int, batch: int, with_index: boo
     for uri in local.list_files(os.path.join(source, "_work", "runs"), suffix=".json") + \
             ([fingerprint] if os.path.exists(fingerprint) else []) + local.list_files(os.path.join(source, "labels")):
         store.write_bytes(join_uri(dest, os.path.relpath(uri, source)), local.read_bytes(uri))
+    from mrseg_cohort.ledger.outputs import INDEXED_COLUMNS, Outputs
+
     index_s = None
     if with_index:  # as a run leaves its output: the indexes of scans and failures cover every part
-        from mrseg_cohort.ledger.outputs import Outputs
-
         t = time.perf_counter()
         Outputs(store, dest).refresh_indexes()
         index_s = round(time.perf_counter() - t, 2)
+    else:  # as an output of the version before them: none (also where an earlier build left them)
+        for table in INDEXED_COLUMNS:
+            store.remove(Outputs(store, dest).index_uri(table))
     return {"scans": scans, "batches": n_batches, "source_scans": len(keys), "index_s": index_s,
             "structure_rows": sum(len(rows_of["structures"][n % len(keys)]) for n in range(scans)),
             "failures": n_batches * FAILURES_PER_BATCH, "visit": keys[0][1]}
@@ -194,6 +197,8 @@ def measure(main: Path, status: Path, work: Path, label: str, with_chromium: boo
                   file=sys.stderr)
         results[name] = figures[0] if repeat == 1 else figures
     if report.exists() and "report" in results:
+        if isinstance(results["report"], list):  # --repeat: the page of the last run
+            results["report"] = results["report"][-1] | {"runs": results["report"]}
         results["report"]["html_mb"] = round(report.stat().st_size / 1e6, 2)
         beside = [p for p in out.iterdir() if p.name.startswith("report") and p.suffix == ".parquet"]
         results["report"]["beside"] = {p.name: round(p.stat().st_size / 1e6, 2) for p in beside}

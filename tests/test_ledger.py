@@ -187,6 +187,7 @@ def _published_output(root: Path, label_uri_of) -> Outputs:
         rows[key] = outputs.read_staged(key)
     outputs.write_fingerprint({"format": 2, "models": {"base": {}}, "base_model": "base"})
     outputs.publish("run-1-00001", rows, [], lease.fence, set())
+    outputs.refresh_indexes()
     lease.release()
     return outputs
 
@@ -208,9 +209,12 @@ def test_restart_on_a_copied_output_deletes_only_inside_the_copy(recorded, tmp_p
     scans = next((copy / "tables" / "scans").glob("*.parquet"))
     frame = pd.read_parquet(scans)
     frame.loc[frame.participant_id == "p2", "label_uri"] = str(victim)  # an edited row
+    frame.loc[frame.participant_id == "p1", "participant_id"] = "p3"
     frame.to_parquet(scans)
+    (copy / "_work" / "index" / "of-an-earlier-version.parquet").write_bytes(b"an index of another table")
     before = {p: p.read_bytes() for p in first.rglob("*") if p.is_file()}
     copied = Outputs(Store(), str(copy))
+    assert copied.committed_keys() == {("p3", "0"), ("p2", "0")}  # the edited part, not the index
     assert copied.resolve(label_uri_of(first, "p1")) == str(copy / "labels" / "p1" / "0" / "in.nii.gz")
     deleted = copied.reset(["base"], [])
     assert deleted > 0 and victim.read_text() == "not the tool's"
@@ -218,6 +222,7 @@ def test_restart_on_a_copied_output_deletes_only_inside_the_copy(recorded, tmp_p
     assert not (copy / "labels" / "p1" / "0" / "in.nii.gz").exists()
     assert not (copy / "labels" / "p2" / "0" / "in.nii.gz").exists()  # its own file, by the layout
     assert not list((copy / "tables").rglob("*.parquet"))
+    assert not (copy / "_work" / "index").exists()  # every index this tool wrote there, and the folder
 
 
 def test_a_copied_output_reads_its_own_label_files(tmp_path):

@@ -521,6 +521,8 @@ def test_listing_outside_the_output_equals_judging_each_file(tmp_path, where):
     ("file:///data", ("a",), "file:///data/a"),
     ("s3://bucket/", ("x/", "y"), "s3://bucket/x/y"),
     ("s3://bucket/p", (), "s3://bucket/p"),
+    ("s3://bucket/x:/", ("y",), "s3://bucket/x:/y"),
+    ("s3://bucket/x:/", (), "s3://bucket/x:"),
 ])
 def test_join_uri_keeps_a_file_systems_root(root, parts, joined):
     assert join_uri(root, *parts) == joined

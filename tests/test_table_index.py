@@ -5,6 +5,7 @@ and a run keeps its output's indexes up to date (pipeline.publisher)."""
 from __future__ import annotations
 
 import json
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mrseg_cohort.io import tables as tables_module
 from mrseg_cohort.io.storage import Store, join_uri
 from mrseg_cohort.io.tables import read_indexed_columns, read_table_folder, table_bytes, write_column_index
 from mrseg_cohort.pipeline import publisher as publisher_module
@@ -96,8 +98,9 @@ def test_the_index_covers_the_listed_parts_and_a_foreign_index_costs_nothing_but
         store.write_bytes(join_uri(folder, f"part-{n}.parquet"), table_bytes(part(n, 4)))
     assert write_column_index(store, folder, index, COLUMNS, SCHEMA) == 3
     covered = json.loads(pq.read_schema(pa.BufferReader(store.read_bytes(index))).metadata[b"mrseg_cohort.index.parts"])
-    assert [name for name, _ in covered] == [f"part-{n}.parquet" for n in range(3)]
-    assert [size for _, size in covered] == [store.size(join_uri(folder, f"part-{n}.parquet")) for n in range(3)]
+    assert [name for name, _, _ in covered] == [f"part-{n}.parquet" for n in range(3)]
+    assert [size for _, size, _ in covered] == [store.size(join_uri(folder, f"part-{n}.parquet")) for n in range(3)]
+    assert all(version for _, _, version in covered)  # an ETag on S3, a modification time on disk
     # a part added since: read from the folder; a part deleted since: left out
     store.write_bytes(join_uri(folder, "part-3.parquet"), table_bytes(part(3, 2)))
     store.remove(join_uri(folder, "part-0.parquet"))
@@ -114,6 +117,36 @@ def test_the_index_covers_the_listed_parts_and_a_foreign_index_costs_nothing_but
     write_column_index(store, folder, index, ["participant_id", "visit"], SCHEMA)
     through_index, every_part = read_both(store, folder, index, COLUMNS)
     assert through_index.equals(every_part)
+
+
+def test_covered_parts_are_not_read_and_a_part_rewritten_at_the_same_size_is(root, monkeypatch):
+    """The index is used (a covered part is not fetched), and a part written again under its name
+    with other rows of the same size is read, not taken from the index (its version differs)."""
+    store, uri = root
+    folder, index = join_uri(uri, "tables", "failures"), join_uri(uri, "_work", "index", "failures.parquet")
+    for n in range(3):
+        store.write_bytes(join_uri(folder, f"part-{n}.parquet"), table_bytes(part(n, 4)))
+    write_column_index(store, folder, index, COLUMNS, SCHEMA)
+    fetched = []
+    read_each_part = tables_module._read_each_part
+
+    def counted(store_, uri_, arrow_fs, files, *args, **kwargs):
+        fetched.extend(path.rsplit("/", 1)[-1] for path, _ in files)
+        return read_each_part(store_, uri_, arrow_fs, files, *args, **kwargs)
+
+    monkeypatch.setattr(tables_module, "_read_each_part", counted)
+    assert read_indexed_columns(store, folder, index, COLUMNS, SCHEMA).num_rows == 12 and fetched == []
+    store.write_bytes(join_uri(folder, "part-3.parquet"), table_bytes(part(3, 1)))
+    assert read_indexed_columns(store, folder, index, COLUMNS, SCHEMA).num_rows == 13 and fetched == ["part-3.parquet"]
+    same_size = table_bytes(part(7, 4))  # other ids, attempts and times; the same number of bytes
+    assert len(same_size) == store.size(join_uri(folder, "part-1.parquet"))
+    time.sleep(0.05)  # a later modification time on disk
+    store.write_bytes(join_uri(folder, "part-1.parquet"), same_size)
+    fetched.clear()
+    through_index = read_indexed_columns(store, folder, index, COLUMNS, SCHEMA)
+    assert sorted(fetched) == ["part-1.parquet", "part-3.parquet"]
+    assert through_index.equals(read_table_folder(store, folder, columns=COLUMNS, schema=SCHEMA))
+    assert "7-0" in through_index.column("participant_id").to_pylist()
 
 
 class _Outputs:
@@ -133,7 +166,9 @@ class _Outputs:
 def test_a_run_updates_the_indexes_every_so_many_publications_and_after_its_last(monkeypatch):
     monkeypatch.setattr(publisher_module, "INDEX_EVERY", 3)
     outputs = _Outputs()
-    publisher = BatchPublisher(outputs, "run", commit_every=1, commit_interval_s=3600, fence=None)
+    stopping = []
+    publisher = BatchPublisher(outputs, "run", commit_every=1, commit_interval_s=3600, fence=None,
+                               stopping=lambda: bool(stopping))
     for n in range(7):
         publisher.add_rows(("p", str(n), "base"), {})
     assert outputs.refreshes == [3, 6]
@@ -142,8 +177,13 @@ def test_a_run_updates_the_indexes_every_so_many_publications_and_after_its_last
     publisher.flush(final=True)  # nothing new: no update
     assert outputs.refreshes == [3, 6, 7]
     publisher.add_rows(("p", "x", "base"), {})
-    publisher.flush(final=False)  # a stopped run's last flush leaves the index to the next run
+    publisher.flush(final=False)  # the last flush of a run ending on an error leaves the index to the next run
     assert outputs.refreshes == [3, 6, 7]
+    stopping.append(True)  # a stopping run publishes what finished and nothing more, even at the 3rd
+    for n in range(4):
+        publisher.add_rows(("q", str(n), "base"), {})
+    publisher.flush(final=True)
+    assert outputs.refreshes == [3, 6, 7] and outputs.seq == 12
 
 
 def test_an_index_that_cannot_be_written_or_read_is_a_warning_and_the_parts_are_read(tmp_path, caplog, monkeypatch):

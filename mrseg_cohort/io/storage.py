@@ -20,6 +20,7 @@ import io
 import logging
 import os
 import random
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -130,11 +131,14 @@ def is_transient(err: BaseException) -> bool:
     return False
 
 
+_BARE_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+
+
 def join_uri(root: str, *parts: str) -> str:
-    """``root/part/part`` without doubled slashes; works for paths and URIs, also for a file
-    system's root (``/``, ``file:///``)."""
+    """``root/part/part`` without doubled slashes; works for paths and URIs, also for parts under
+    a file system's root (``/``, ``file:///``)."""
     out = root.rstrip("/")
-    if out.endswith(":"):  # "file:///": the slashes name the root
+    if _BARE_SCHEME.fullmatch(out):  # "file:///": the slashes name the root
         out = root
     for part in parts:
         part = part.strip("/")

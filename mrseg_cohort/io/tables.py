@@ -134,11 +134,11 @@ def read_indexed_columns(store: Store, uri: str, index_uri: str, columns: list[s
     on an object store one request for the index and one per part written since, not one per part.
 
     The index is a cache checked against the folder's listing: its rows of a part count only while
-    a part of that name and size is listed (a part deleted since is left out, a part it does not
-    cover is read), so a missing, stale, foreign or unreadable index costs time, never rows. Parts
-    are written once under their batch's name and never rewritten with other rows.
+    a part of that name, size and version (ETag, or modification time on disk) is listed; a part
+    deleted, added or rewritten since is left out or read. A missing, stale, foreign or unreadable
+    index costs time, not rows (on a store whose listing shows what a read would).
     """
-    table = _indexed_read(store, uri, index_uri, columns, schema, _part_files(store, uri))
+    table = _indexed_read(store, uri, index_uri, columns, schema, _listed_parts(store, uri))
     return None if table is None else table.drop_columns([INDEX_PART])
 
 
@@ -146,36 +146,36 @@ def write_column_index(store: Store, uri: str, index_uri: str, columns: list[str
     """Write the index of ``columns`` of folder ``uri`` at ``index_uri``, covering the parts listed
     now (built from the index there and the parts it does not cover); returns the number of parts
     covered (0: none, nothing written). Atomic: a reader sees the old index or the new one."""
-    files = _part_files(store, uri)
-    table = _indexed_read(store, uri, index_uri, columns, schema, files)
+    listed = _listed_parts(store, uri)
+    table = _indexed_read(store, uri, index_uri, columns, schema, listed)
     if table is None:
         return 0
-    names = _part_names(store, uri, files)
-    covered = json.dumps([[names[path], size] for path, size in files]).encode()
+    names = _part_names(store, uri, listed)
+    covered = json.dumps([[names[path], size, version] for path, size, version in listed]).encode()
     store.write_bytes(index_uri, table_bytes(table.replace_schema_metadata({_INDEX_PARTS_KEY: covered})))
-    return len(files)
+    return len(listed)
 
 
-def _part_names(store: Store, uri: str, files: list[tuple[str, int]]) -> dict[str, str]:
+def _part_names(store: Store, uri: str, listed: list[tuple[str, int, str]]) -> dict[str, str]:
     folder = store.fs_and_path(uri)[1].rstrip("/")
-    return {path: path[len(folder) + 1:] for path, _ in files}
+    return {path: path[len(folder) + 1:] for path, _, _ in listed}
 
 
 def _indexed_read(store: Store, uri: str, index_uri: str, columns: list[str], schema: pa.Schema,
-                  files: list[tuple[str, int]]) -> pa.Table | None:
-    """``columns`` and :data:`INDEX_PART` of the parts ``files`` of folder ``uri``, in part order."""
-    if not files:
+                  listed: list[tuple[str, int, str]]) -> pa.Table | None:
+    """``columns`` and :data:`INDEX_PART` of the parts ``listed`` of folder ``uri``, in part order."""
+    if not listed:
         return None
     fields = pa.schema([schema.field(c) for c in columns if c in schema.names] + [pa.field(INDEX_PART, pa.string())])
-    names = _part_names(store, uri, files)
-    listed = {names[path]: size for path, size in files}
+    names = _part_names(store, uri, listed)
+    now = {names[path]: (size, version) for path, size, version in listed}
     pieces, covered = [], set()
     index = _read_index(store, index_uri, fields)
     if index is not None:
         rows, parts = index
-        covered = {name for name, size in parts.items() if listed.get(name) == size}
+        covered = {name for name, seen in parts.items() if now.get(name) == seen}
         pieces.append(rows.filter(pc.is_in(rows.column(INDEX_PART), pa.array(sorted(covered), pa.string()))))
-    rest = [(path, size) for path, size in files if names[path] not in covered]
+    rest = [(path, size) for path, size, _ in listed if names[path] not in covered]
     arrow_fs = arrow_filesystem(store, uri)[0]
     for (path, _), part in zip(rest, _read_each_part(store, uri, arrow_fs, rest, columns, None, schema)):
         pieces.append(pa.Table.from_arrays([*part.select(fields.names[:-1]).columns,
@@ -185,8 +185,9 @@ def _indexed_read(store: Store, uri: str, index_uri: str, columns: list[str], sc
 
 
 def _read_index(store: Store, index_uri: str, fields: pa.Schema) -> tuple[pa.Table, dict[str, int]] | None:
-    """The index at ``index_uri`` (its rows with ``fields``, and part name -> size it covers), or
-    None where there is none, or it lacks a column or is unreadable (then the parts are read)."""
+    """The index at ``index_uri`` (its rows with ``fields``, and part name -> (size, version) it
+    covers), or None where there is none, or it lacks a column or is unreadable (then the parts are
+    read)."""
     try:
         data = store.read_bytes(index_uri)
     except FileNotFoundError:
@@ -196,7 +197,8 @@ def _read_index(store: Store, index_uri: str, fields: pa.Schema) -> tuple[pa.Tab
         return None
     try:
         table = pq.read_table(pa.BufferReader(data))
-        parts = {str(name): int(size) for name, size in json.loads(table.schema.metadata[_INDEX_PARTS_KEY])}
+        parts = {str(name): (int(size), str(version))
+                 for name, size, version in json.loads(table.schema.metadata[_INDEX_PARTS_KEY])}
         return table.select(fields.names).cast(fields), parts
     except (pa.ArrowException, KeyError, TypeError, ValueError) as err:
         log.warning("%s: not a usable index (%s); reading the parts instead", index_uri, err)
@@ -307,9 +309,15 @@ def _arrow_s3(options: dict) -> pafs.S3FileSystem | None:
 
 
 def _part_files(store: Store, uri: str) -> list[tuple[str, int]]:
-    """(path, size in bytes) of the part files of folder ``uri``, sorted: one listing through the
-    store's file system (its retries and its errors for refused credentials or a store that does
-    not answer), whose sizes spare a request per file later."""
+    """(path, size in bytes) of the part files of folder ``uri``, sorted (:func:`_listed_parts`)."""
+    return [(path, size) for path, size, _ in _listed_parts(store, uri)]
+
+
+def _listed_parts(store: Store, uri: str) -> list[tuple[str, int, str]]:
+    """(path, size in bytes, version) of the part files of folder ``uri``, sorted: one listing
+    through the store's file system (its retries and its errors for refused credentials or a store
+    that does not answer), whose sizes spare a request per file later. The version tells two
+    writes of one name apart: the ETag on object stores, the modification time on disk."""
     fs, folder = store.fs_and_path(uri)
 
     def listing() -> list[dict]:
@@ -319,8 +327,9 @@ def _part_files(store: Store, uri: str) -> list[tuple[str, int]]:
             return []
 
     entries = store.retry("list", uri, listing)
-    return sorted((e["name"], int(e["size"])) for e in entries if e.get("type") == "file"
-                  and e["name"].endswith(".parquet") and not e["name"].rstrip("/").rsplit("/", 1)[-1].startswith("."))
+    return sorted((e["name"], int(e["size"]), str(e.get("ETag") or e.get("mtime") or e.get("LastModified") or ""))
+                  for e in entries if e.get("type") == "file" and e["name"].endswith(".parquet")
+                  and not e["name"].rstrip("/").rsplit("/", 1)[-1].startswith("."))
 
 
 def _parts_dataset(arrow_fs: pafs.FileSystem, files: list[tuple[str, int]], schema: pa.Schema | None,

@@ -549,7 +549,7 @@ class Outputs:
         for model in models:
             objects += list(color_table_uris(join_uri(self.root, "labels"), model).values())
         objects += self.store.list_files(self._work("runs"), suffix=".json", recursive=False)
-        objects += [self.index_uri(table) for table in INDEXED_COLUMNS]
+        objects += self.store.list_files(self._work("index"), suffix=".parquet", recursive=False)
         objects += self.store.list_files(join_uri(self.root, "agreement"), suffix=".parquet", recursive=False)
         objects += [join_uri(self.root, FINGERPRINT), self._work("shards.json")]  # not the lease: the run holds it
         contains = self.store.within(self.root)

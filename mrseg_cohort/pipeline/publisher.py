@@ -6,8 +6,8 @@ passed since the last publication, and at the end of a run. Publication is the o
 so a run that lost its lease publishes nothing, and leaving out every unit the log already holds,
 by this run or by any other. Until then, finished scans are safe in the staging area.
 
-Every :data:`INDEX_EVERY` publications, and after the last one of a run that was not stopped, the
-output's indexes are brought up to date (:meth:`~mrseg_cohort.ledger.outputs.Outputs.refresh_indexes`),
+Every :data:`INDEX_EVERY` publications, and after the last one of a run that ends normally (not
+stopped, no error), the output's indexes are brought up to date (:meth:`~mrseg_cohort.ledger.outputs.Outputs.refresh_indexes`),
 so that ``status`` and the next run read one file and the few parts published since, not every part.
 """
 
@@ -39,16 +39,20 @@ class BatchPublisher:
         fence: this run's place in the commit log (its lease's epoch).
         committed: (participant_id, visit, model) committed when the run started.
         guard: called before each publication (the lease's check: an early, cheap stop).
+        stopping: whether the run is stopping (then the indexes are left to the next run: a stop
+            publishes what finished and ends, nothing more).
     """
 
     def __init__(self, outputs: Outputs, run_id: str, commit_every: int, commit_interval_s: float, fence: Fence,
-                 committed: set[CommittedKey] | None = None, guard: Callable[[], None] = lambda: None):
+                 committed: set[CommittedKey] | None = None, guard: Callable[[], None] = lambda: None,
+                 stopping: Callable[[], bool] = lambda: False):
         self.outputs = outputs
         self.run_id = run_id
         self.commit_every = commit_every
         self.commit_interval_s = commit_interval_s
         self.fence = fence
         self.guard = guard
+        self.stopping = stopping
         self.committed: set[CommittedKey] = set(committed or ())
         self.rows: dict[UnitKey, dict[str, pa.Table]] = {}
         self.failures: list[dict] = []
@@ -70,8 +74,9 @@ class BatchPublisher:
             self.flush()
 
     def flush(self, final: bool = False) -> None:
-        """Publish what is pending (nothing to do when empty); ``final``: the run's last publication
-        (the indexes are then updated if this run published anything since it last did).
+        """Publish what is pending (nothing to do when empty); ``final``: the last publication of a
+        run that ends normally (the indexes are then updated if it published anything since it last
+        did them).
 
         Raises:
             LeaseLost: the run no longer holds its lease (nothing of the batch is published).
@@ -79,7 +84,7 @@ class BatchPublisher:
         self.last_flush = time.monotonic()
         if self.rows or self.failures:
             self._publish()
-        if self.unindexed and (final or self.unindexed >= INDEX_EVERY):
+        if self.unindexed and (final or self.unindexed >= INDEX_EVERY) and not self.stopping():
             self.outputs.refresh_indexes()
             self.unindexed = 0
 

@@ -107,20 +107,22 @@ def run_job(job: JobConfig, restart: bool = False, progress: ProgressFn | None =
         summary = RunSummary(run_id, job.output.uri, in_manifest=len(sources), already_done=plan.complete,
                              scheduled=len(plan.todo), republished=len(plan.staged))
         publisher = BatchPublisher(outputs, run_id, job.output.commit_every, job.output.commit_interval_s,
-                                   lease.fence, committed, guard=lease.check)
+                                   lease.fence, committed, guard=lease.check, stopping=stop.is_set)
         for key in plan.staged:  # staged before a crash: published without recomputing
             publisher.add_rows(key, outputs.read_staged(key))
         log.info("run %s: %d scans in the manifest, %d complete, %d to process (%d staged by an earlier run)",
                  run_id, len(sources), plan.complete, len(plan.todo), len(plan.staged))
+        ended = False  # normally: not by an error
         try:
             if plan.todo and not stop.is_set():
                 segment_on_ray(job, models, run_id, versions, fingerprint["base_model"], plan, publisher, outputs,
                                summary, progress, stop, t0)
+            ended = True
         finally:
             if stop.is_set():
                 adopt_staged(outputs, publisher, {u.key for u in plan.todo})
                 summary.interrupted_by = stop.reason
-            publisher.flush(final=not stop.is_set())
+            publisher.flush(final=ended)
             summary.published = publisher.published_units
             summary.seconds = time.time() - t0
     finally:
