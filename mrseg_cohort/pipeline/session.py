@@ -63,6 +63,7 @@ def ray_session(resources: ResourcesConfig) -> Iterator[RaySession]:
     if ray.is_initialized():  # a caller (tests, a notebook) already did
         yield RaySession(on_cluster=bool(resources.address), started_here=False)
         return
+    without_failure_signal_handler()
     with signals.held_while():  # Ray's core installs its own SIGINT/SIGTERM handlers while it starts
         try:
             if resources.address:
@@ -90,6 +91,19 @@ def ray_session(resources: ResourcesConfig) -> Iterator[RaySession]:
         yield RaySession(on_cluster=bool(resources.address), started_here=True)
     finally:
         ray.shutdown()
+
+
+def without_failure_signal_handler() -> None:
+    """Keep Ray's C++ failure-signal handler out of this process (the driver; Ray's workers keep
+    theirs). Inside ``ray.init`` it takes SIGTERM for the whole process and aborts it (exit -6, no
+    final line) when a signal reaches a thread that does not hold it back: the lease's heartbeat,
+    the progress bar's, fsspec's I/O loop, all started before Ray. Python's handler then takes the
+    signal instead and the run stops as for any signal (:mod:`.signals`). The cost: a crash inside
+    the driver's Ray core prints no C++ stack (Python's faulthandler still names the Python frame).
+    ``RAY_DISABLE_FAILURE_SIGNAL_HANDLER=1`` says the same, but children would inherit it."""
+    from ray._private import ray_constants
+
+    ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
 
 
 def usable_cpus() -> int:

@@ -4,8 +4,10 @@ A cluster stops a driver with SIGTERM (``ray job stop``, a deleted KubeRay RayJo
 termination), a terminal with SIGINT. The first signal asks the run to stop; a second one stops
 the process at once (the next run recovers what it had staged).
 
-``ray.init`` installs its own handlers (its C++ core aborts the process on SIGTERM, exit -6, or
-its Python handler exits 15 without a word while it starts): :func:`held_while` keeps
+``ray.init`` installs its own handlers (its C++ core's failure handler aborts the process on
+SIGTERM, exit -6: kept out of the driver by
+:func:`~mrseg_cohort.pipeline.session.without_failure_signal_handler`; its Python handler exits 15
+without a word while it starts): :func:`held_while` keeps
 SIGINT/SIGTERM pending in the main thread while Ray starts and then puts ours back. A signal that
 another thread (a progress bar's, an I/O loop's) took meanwhile reaches Ray's handler, which raises
 ``SystemExit(15)`` inside ``ray.init``; the session catches it and hands the signal to ours
