@@ -184,7 +184,8 @@ def _indexed_read(store: Store, uri: str, index_uri: str, columns: list[str], sc
     return table.take(pc.sort_indices(table, sort_keys=[(INDEX_PART, "ascending")]))  # stable: rows keep their order
 
 
-def _read_index(store: Store, index_uri: str, fields: pa.Schema) -> tuple[pa.Table, dict[str, int]] | None:
+def _read_index(store: Store, index_uri: str,
+                fields: pa.Schema) -> tuple[pa.Table, dict[str, tuple[int, str]]] | None:
     """The index at ``index_uri`` (its rows with ``fields``, and part name -> (size, version) it
     covers), or None where there is none, or it lacks a column or is unreadable (then the parts are
     read)."""

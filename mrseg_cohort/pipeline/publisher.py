@@ -7,8 +7,9 @@ so a run that lost its lease publishes nothing, and leaving out every unit the l
 by this run or by any other. Until then, finished scans are safe in the staging area.
 
 Every :data:`INDEX_EVERY` publications, and after the last one of a run that ends normally (not
-stopped, no error), the output's indexes are brought up to date (:meth:`~mrseg_cohort.ledger.outputs.Outputs.refresh_indexes`),
-so that ``status`` and the next run read one file and the few parts published since, not every part.
+stopped, no error), the output's indexes are brought up to date
+(:meth:`~mrseg_cohort.ledger.outputs.Outputs.refresh_indexes`), so that ``status`` and the next run
+read one file and the few parts published since, not every part.
 """
 
 from __future__ import annotations
