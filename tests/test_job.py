@@ -56,7 +56,7 @@ def test_the_run_leaves_indexes_covering_every_part(demo_run):
         if parts:
             covered = json.loads(pq.read_schema(out / "_work" / "index" / f"{table}.parquet")
                                  .metadata[b"mrseg_cohort.index.parts"])
-            assert [name for name, _ in covered] == parts
+            assert [name for name, _, _ in covered] == parts
         every_part = read_table_folder(outputs.store, outputs.table_uri(table), list(columns), schema=SCHEMAS[table])
         through_index = outputs.read_indexed(table, columns)
         assert (through_index is None and every_part is None) or through_index.equals(every_part)
