@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from s3_server import s3, s3_root, s3_server  # noqa: F401  (fixtures: the local S3 server)
+from s3_server import s3, s3_root, s3_server, store_root  # noqa: F401  (fixtures: the local S3 server)
 from slurm_cluster import slurm  # noqa: F401  (fixture: a one-node SLURM, tests/slurm_cluster.py)
 
 REPO = Path(__file__).resolve().parents[1]

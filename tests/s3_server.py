@@ -216,3 +216,13 @@ def s3_root(s3_server: S3Server, request):
     name = "".join(c if c.isalnum() else "-" for c in request.node.name)[:60]
     return Store(s3_server.options()), f"s3://{s3_server.bucket}/{name}-{uuid.uuid4().hex[:6]}"
 
+
+@pytest.fixture(params=["file", "s3"])
+def store_root(request, tmp_path):
+    """(store, root URI): a local folder whose path has a space, or a fresh prefix on the S3 server."""
+    from mrseg_cohort.io.storage import Store
+
+    if request.param == "file":
+        return Store(), str(tmp_path / "a folder")
+    return request.getfixturevalue("s3_root")
+

@@ -92,12 +92,10 @@ def random_tables(seed: int, participants: int = 30) -> dict[str, pd.DataFrame]:
 
 
 # -- the reader -------------------------------------------------------------------------------------
-@pytest.fixture(params=["file", "s3"])
-def root(request, tmp_path) -> tuple[Store, str]:
-    """(store, root URI): a local folder whose path has a space, or a fresh prefix on the S3 server."""
-    if request.param == "file":
-        return Store(), str(tmp_path / "an output")
-    return request.getfixturevalue("s3_root")
+@pytest.fixture
+def root(store_root) -> tuple[Store, str]:
+    """(store, root URI) on local disk and on the S3 server (conftest's ``store_root``)."""
+    return store_root
 
 
 def test_read_table_folder_projects_filters_and_combines_older_parts(root):

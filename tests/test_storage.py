@@ -18,12 +18,10 @@ from mrseg_cohort.io.storage import RetryingReader, Store, is_transient, join_ur
 QUICK_MODEL = "/tmp/models/quick"
 
 
-@pytest.fixture(params=["file", "s3"])
-def root(request, tmp_path) -> tuple[Store, str]:
-    """(store, root URI): a local folder whose path has a space, or a fresh prefix on the S3 server."""
-    if request.param == "file":
-        return Store(), str(tmp_path / "bulk folder")
-    return request.getfixturevalue("s3_root")
+@pytest.fixture
+def root(store_root) -> tuple[Store, str]:
+    """(store, root URI) on local disk and on the S3 server (conftest's ``store_root``)."""
+    return store_root
 
 
 # -- the contract -----------------------------------------------------------------------------------

@@ -83,11 +83,10 @@ def test_rows_through_the_index_are_the_rows_of_every_part(tmp_path_factory, ops
             assert through_index.equals(every_part), (ops[: n + 1], through_index, every_part)
 
 
-@pytest.fixture(params=["file", "s3"])
-def root(request, tmp_path) -> tuple[Store, str]:
-    if request.param == "file":
-        return Store(), str(tmp_path / "out put")
-    return request.getfixturevalue("s3_root")
+@pytest.fixture
+def root(store_root) -> tuple[Store, str]:
+    """(store, root URI) on local disk and on the S3 server (conftest's ``store_root``)."""
+    return store_root
 
 
 def test_the_index_covers_the_listed_parts_and_a_foreign_index_costs_nothing_but_time(root):
