@@ -11,10 +11,12 @@ along that normal, so the array is (z, y, x) = (slice, row, column) with
 ``spacing_mm = (slice spacing, PixelSpacing[0], PixelSpacing[1])`` and the first slice's
 ImagePositionPatient as origin. Voxel values are the modality values (RescaleSlope/Intercept applied),
 as float32: pydicom's ``apply_modality_lut(ds.pixel_array, ds)`` value for value. Uncompressed
-little-endian slices (UK Biobank's) take a shorter path to the same values (:func:`_stored_values`):
-the stored integers straight from the PixelData bytes, with pydicom's correction of unused high
-bits, and the rescale applied once per series in float64 as pydicom applies it per slice; anything
-else (compressed, big-endian, a Modality LUT Sequence, several frames) goes through pydicom.
+little-endian slices (UK Biobank's) take a shorter path to the same values and strings
+(:func:`_plain_slice`): pydicom's element parser without the datasets ``dcmread`` builds, header
+numbers and strings read from their bytes, the stored integers straight from the PixelData bytes
+with pydicom's correction of unused high bits, and the rescale applied once per series as pydicom
+applies it per slice; anything else (compressed, big-endian, a Modality LUT Sequence, several
+frames, a string outside printable ASCII) goes through ``dcmread`` (:func:`_pydicom_slice`).
 
 The zip is read once, as a stream through :meth:`Store.open_read` (members in file order); sizes
 and dimensions are checked against :class:`ReadLimits` before anything is decompressed or allocated.
@@ -28,12 +30,16 @@ import math
 import zipfile
 import zlib
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pydicom
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
+from pydicom.filereader import data_element_generator
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.values import converters
 
 from mrseg_cohort.errors import BadScanError, ScanTooLargeError
 from mrseg_cohort.geometry import Grid, Volume
@@ -176,13 +182,26 @@ def ukbb_contrast(description: str) -> str | None:
 # -- one member -------------------------------------------------------------------------------------
 def _read_slice(archive: zipfile.ZipFile, info: zipfile.ZipInfo, uri: str,
                 limits: ReadLimits) -> tuple[str, _Slice]:
-    """(SeriesInstanceUID, slice) of one member."""
+    """(SeriesInstanceUID, slice) of one member: through :func:`_plain_slice` when the member is a
+    plain slice, else through pydicom's ``dcmread`` (:func:`_pydicom_slice`); the two give the same
+    values and errors wherever the first answers."""
     name = info.filename
     try:
         data = archive.read(info)
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as err:
         raise BadScanError(f"zip member {name} is corrupt or truncated ({err}); re-download the zip",
                            stage="read", uri=uri) from err
+    parsed = _part10_elements(data)
+    if parsed is not None:
+        plain = _plain_slice(*parsed, name, uri, limits)
+        if plain is not None:
+            return plain
+    return _pydicom_slice(data, name, uri, limits)
+
+
+def _pydicom_slice(data: bytes, name: str, uri: str, limits: ReadLimits) -> tuple[str, _Slice]:
+    """(SeriesInstanceUID, slice) of one member's bytes, read with ``dcmread``; the header numbers
+    and pixels of a plain slice still from their bytes (:func:`_plain_header`)."""
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
     except Exception as err:  # pydicom raises many types for files that are not DICOM
@@ -192,13 +211,12 @@ def _read_slice(archive: zipfile.ZipFile, info: zipfile.ZipInfo, uri: str,
     if missing or "PixelData" not in ds:
         raise BadScanError(f"zip member {name} lacks {missing or ['PixelData']}; a station slice needs "
                            "position, orientation, spacing and pixels", stage="read", uri=uri)
-    header = _plain_header(ds)
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    header = _plain_header(_dataset_items(ds), syntax)
     rows, cols = (header.rows, header.cols) if header is not None else (int(ds.Rows), int(ds.Columns))
-    if max(rows, cols) > limits.max_dim:
-        raise ScanTooLargeError(f"zip member {name} is {rows} x {cols} pixels, above the limit of "
-                                f"{limits.max_dim} (limits.max_dim)", stage="read", uri=uri)
+    _check_slice_size(rows, cols, name, uri, limits)
     try:
-        values = _stored_values(ds, header) if header is not None else None
+        values = _stored_values(ds.PixelData, header) if header is not None else None
         if values is not None:  # the plain case, its numbers read from their bytes
             rescale, position, orientation, spacing = header.rescale, header.position, header.orientation, header.spacing
         else:  # anything else (or too few pixel bytes, which pydicom words): pydicom decodes, converts, rescales
@@ -216,8 +234,112 @@ def _read_slice(archive: zipfile.ZipFile, info: zipfile.ZipInfo, uri: str,
                            stage="read", uri=uri) from err
     if rescale is None and not np.all(np.isfinite(values)):
         raise BadScanError(f"zip member {name} has NaN or infinite voxels", stage="read", uri=uri)
-    return str(ds.SeriesInstanceUID), _Slice(name, position, orientation, spacing, values, rescale, _acquired(ds),
-                                             str(ds.get("SeriesDescription", "")))
+    try:
+        uid, description = str(ds.SeriesInstanceUID), str(ds.get("SeriesDescription", ""))
+        acquired = _acquired(lambda keyword: str(ds.get(keyword, "") or ""))
+    except Exception as err:  # an element pydicom cannot convert (an unknown VR, a broken character set)
+        raise BadScanError(f"zip member {name}: unreadable series header ({type(err).__name__}: {err})",
+                           stage="read", uri=uri) from err
+    return uid, _Slice(name, position, orientation, spacing, values, rescale, acquired, description)
+
+
+def _check_slice_size(rows: int, cols: int, name: str, uri: str, limits: ReadLimits) -> None:
+    if max(rows, cols) > limits.max_dim:
+        raise ScanTooLargeError(f"zip member {name} is {rows} x {cols} pixels, above the limit of "
+                                f"{limits.max_dim} (limits.max_dim)", stage="read", uri=uri)
+
+
+# -- the plain slice: UK Biobank's, read from its elements' bytes --------------------------------------
+_ElementOf = Callable[[int], "RawDataElement | pydicom.DataElement | None"]
+"""A slice's element of a tag (an int), None when the slice lacks it."""
+
+_TAGS = {keyword: tag_for_keyword(keyword) for keyword in (
+    *_REQUIRED, "PixelData", "NumberOfFrames", "ModalityLUTSequence", "PhotometricInterpretation",
+    "SeriesDescription", "AcquisitionDate", "AcquisitionTime", "SeriesDate",
+    "SeriesTime", "ContentDate", "ContentTime")}
+_VRS = {keyword: dictionary_VR(tag) for keyword, tag in _TAGS.items()}
+_TRANSFER_SYNTAX = 0x00020010
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+class _NotPlain(Exception):
+    """An element :func:`_plain_slice` leaves to pydicom."""
+
+
+def _part10_elements(data: bytes) -> tuple[str, dict[int, RawDataElement]] | None:
+    """(transfer syntax UID, raw elements by tag) of a DICOM Part 10 file in a native little-endian
+    syntax, from pydicom's own element parser (:func:`pydicom.filereader.data_element_generator`, the
+    one ``dcmread`` runs) without the datasets ``dcmread`` builds around it (two thirds of its time
+    on UK Biobank's slices). None for anything ``dcmread`` would read another way or refuse: no
+    preamble, a file meta group not in Explicit VR Little Endian or naming another syntax, a command
+    set, a dataset whose first element contradicts the syntax's VR encoding (pydicom then switches),
+    an element cut short, any parser error. The caller then reads the file with ``dcmread``."""
+    if len(data) < 138 or data[128:132] != b"DICM":
+        return None
+    fp = io.BytesIO(data)
+    fp.seek(132)
+    try:
+        meta = {e.tag: e for e in data_element_generator(fp, False, True, stop_when=_after_file_meta)}
+        syntax_element = meta.get(_TRANSFER_SYNTAX)
+        if syntax_element is None or any(not isinstance(e, RawDataElement) or e.VR not in converters
+                                         for e in meta.values()):
+            return None
+        syntax = syntax_element.value.decode("ascii").rstrip(" \x00")
+        if syntax not in _NATIVE_SYNTAXES:
+            return None
+        implicit = syntax == ImplicitVRLittleEndian
+        head = data[fp.tell():fp.tell() + 6]
+        if len(head) < 6 or head[:2] == b"\x00\x00" or (not (0x40 < head[4] < 0x5B and 0x40 < head[5] < 0x5B)) != implicit:
+            return None
+        elements = {e.tag: e for e in data_element_generator(fp, implicit, True)}
+    except Exception:  # noqa: BLE001 - malformed bytes: dcmread reads them again and words the error
+        return None
+    if any(isinstance(e, RawDataElement) and e.length not in (_UNDEFINED_LENGTH, len(e.value or b""))
+           for e in elements.values()):
+        return None
+    return syntax, elements
+
+
+def _after_file_meta(tag: int, vr: str | None, length: int) -> bool:
+    return tag >> 16 != 2
+
+
+def _plain_slice(syntax: str, elements: dict[int, RawDataElement], name: str, uri: str,
+                 limits: ReadLimits) -> tuple[str, _Slice] | None:
+    """(SeriesInstanceUID, slice) of a plain slice read from its elements' bytes, every value as
+    :func:`_pydicom_slice` gives it; None for any other (or one it would refuse: it words why)."""
+    element = elements.get
+    if any(element(_TAGS[keyword]) is None for keyword in (*_REQUIRED, "PixelData")):
+        return None
+    header = _plain_header(element, syntax)
+    if header is None:
+        return None
+    _check_slice_size(header.rows, header.cols, name, uri, limits)
+    values = _stored_values(element(_TAGS["PixelData"]).value, header)
+    if values is None:
+        return None
+    try:
+        uid = _plain_text(element(_TAGS["SeriesInstanceUID"]), "UI")
+        description = _plain_text(element(_TAGS["SeriesDescription"]), "LO")
+        acquired = _acquired(lambda keyword: _plain_text(element(_TAGS[keyword]), _VRS[keyword]))
+    except _NotPlain:
+        return None
+    return uid, _Slice(name, header.position, header.orientation, header.spacing, values, header.rescale, acquired,
+                       description)
+
+
+def _plain_text(raw: RawDataElement | None, vr: str) -> str:
+    """A string element's value as pydicom gives it (trailing spaces and NULs removed; "" when the
+    slice lacks it), read from its bytes when they are printable ASCII without a backslash (one
+    value); :class:`_NotPlain` otherwise (another character, several values, an unexpected VR).
+    Printable ASCII bytes decode as ASCII in every character set pydicom knows (no escape code
+    switches sets), so the slice's SpecificCharacterSet does not change such a value."""
+    if raw is None:
+        return ""
+    if not isinstance(raw, RawDataElement) or raw.VR not in (None, vr):
+        raise _NotPlain
+    value = (raw.value or b"").rstrip(b" \x00")
+    if not value.isascii() or b"\\" in value or not value.decode("ascii").isprintable():
+        raise _NotPlain
+    return value.decode("ascii")
 
 
 @dataclass(frozen=True)
@@ -242,7 +364,17 @@ _US = {"Rows": 0x00280010, "Columns": 0x00280011, "SamplesPerPixel": 0x00280002,
 _ABSENT = object()
 
 
-def _plain_header(ds: pydicom.Dataset) -> _PlainHeader | None:
+def _dataset_items(ds: pydicom.Dataset) -> _ElementOf:
+    """``ds``'s elements by tag, unconverted (as :func:`_part10_elements` gives them)."""
+    def element(tag: int):
+        try:
+            return ds.get_item(tag)
+        except KeyError:
+            return None
+    return element
+
+
+def _plain_header(element: _ElementOf, syntax: str | None) -> _PlainHeader | None:
     """The header numbers of a slice that :func:`_stored_values` can decode, read from the elements'
     raw bytes as pydicom converts them (a decimal string's values are ``float`` of each of its
     backslash-separated parts, as ``DSfloat``; an unsigned short the two little-endian bytes), at a
@@ -252,12 +384,16 @@ def _plain_header(ds: pydicom.Dataset) -> _PlainHeader | None:
 
     The plain case is pydicom's native decoder's: Explicit or Implicit VR Little Endian, one frame,
     one sample per pixel, MONOCHROME1/2, 8, 16 or 32 bits allocated, no Modality LUT Sequence."""
-    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if syntax not in _NATIVE_SYNTAXES or "NumberOfFrames" in ds or "ModalityLUTSequence" in ds \
-            or ds.get("PhotometricInterpretation") not in ("MONOCHROME1", "MONOCHROME2"):
+    if syntax not in _NATIVE_SYNTAXES or element(_TAGS["NumberOfFrames"]) is not None \
+            or element(_TAGS["ModalityLUTSequence"]) is not None:
         return None
-    us = {k: _raw_number(ds, tag, "US") for k, tag in _US.items()}
-    ds_values = {k: _raw_number(ds, tag, "DS") for k, tag in _DS.items()}
+    try:
+        if _plain_text(element(_TAGS["PhotometricInterpretation"]), "CS") not in ("MONOCHROME1", "MONOCHROME2"):
+            return None
+    except _NotPlain:
+        return None
+    us = {k: _raw_number(element(tag), "US") for k, tag in _US.items()}
+    ds_values = {k: _raw_number(element(tag), "DS") for k, tag in _DS.items()}
     if any(v is None for v in (*us.values(), *ds_values.values())):
         return None
     samples = us["SamplesPerPixel"] or 1  # absent or 0: one sample, as the path before read it
@@ -274,19 +410,17 @@ def _plain_header(ds: pydicom.Dataset) -> _PlainHeader | None:
         if len(slope) != 1 or len(intercept) != 1:
             return None
         rescale = (slope[0], intercept[0])
-    return _PlainHeader(us["Rows"], us["Columns"], bits, stored, bool(representation),
-                        np.array(ds_values["ImagePositionPatient"], dtype=np.float64),
-                        np.array(ds_values["ImageOrientationPatient"], dtype=np.float64),
+    position, orientation = (np.array(ds_values[k], dtype=np.float64)
+                             for k in ("ImagePositionPatient", "ImageOrientationPatient"))
+    if position.shape != (3,) or orientation.shape != (6,) or len(ds_values["PixelSpacing"]) != 2:
+        return None  # pydicom's path words it
+    return _PlainHeader(us["Rows"], us["Columns"], bits, stored, bool(representation), position, orientation,
                         tuple(ds_values["PixelSpacing"]), rescale)
 
 
-def _raw_number(ds: pydicom.Dataset, tag: int, vr: str):
-    """Element ``tag``'s value from its raw bytes: an int (US, one value) or a list of floats (DS);
+def _raw_number(raw: RawDataElement | None, vr: str):
+    """An element's value from its raw bytes: an int (US, one value) or a list of floats (DS);
     ``_ABSENT`` when the slice lacks it; None when it is not plainly encoded (see :func:`_plain_header`)."""
-    try:
-        raw = ds.get_item(tag)
-    except KeyError:
-        raw = None
     if raw is None:
         return _ABSENT
     if not isinstance(raw, RawDataElement) or raw.VR not in (None, vr) or not raw.is_little_endian \
@@ -303,32 +437,38 @@ def _raw_number(ds: pydicom.Dataset, tag: int, vr: str):
     return values
 
 
-def _stored_values(ds: pydicom.Dataset, header: _PlainHeader) -> np.ndarray | None:
+def _stored_values(pixel_data: bytes, header: _PlainHeader) -> np.ndarray | None:
     """The stored integers of a plain slice (:func:`_plain_header`) as pydicom's ``pixel_array``
-    gives them, without pydicom's per-slice decoder set-up (its rescale, ``header.rescale``, is
-    applied per series); None when PixelData holds too few bytes (pydicom words the error).
+    gives them, from its PixelData bytes, without pydicom's per-slice decoder set-up (its rescale,
+    ``header.rescale``, is applied per series); None when PixelData holds too few bytes (pydicom
+    words the error).
 
     pydicom's native decoder reads ``rows * cols`` values of BitsAllocated bits (little-endian,
     signed per PixelRepresentation) and, when BitsStored < BitsAllocated, shifts each value left and
     back right by the unused bits (clearing them, or extending the sign): done here alike."""
     dtype = np.dtype(f"<{'i' if header.signed else 'u'}{header.bits // 8}")
-    raw = ds.PixelData
     n = header.rows * header.cols
-    if len(raw) < n * dtype.itemsize:
+    if len(pixel_data) < n * dtype.itemsize:
         return None
-    values = np.frombuffer(raw, dtype=dtype, count=n).reshape(header.rows, header.cols)
+    values = np.frombuffer(pixel_data, dtype=dtype, count=n).reshape(header.rows, header.cols)
     if header.stored < header.bits:
         shift = header.bits - header.stored
         values = np.right_shift(np.left_shift(values, shift), shift)
     return values
 
 
-def _acquired(ds: pydicom.Dataset) -> tuple[str, float]:
-    for date_key, time_key in (("AcquisitionDate", "AcquisitionTime"), ("SeriesDate", "SeriesTime"),
-                               ("ContentDate", "ContentTime")):
-        value = str(ds.get(time_key, "") or "").strip()
+_ACQUISITION_KEYS = (("AcquisitionDate", "AcquisitionTime"), ("SeriesDate", "SeriesTime"),
+                     ("ContentDate", "ContentTime"))
+
+
+def _acquired(text: Callable[[str], str]) -> tuple[str, float]:
+    """(date, seconds since midnight) of the first of AcquisitionTime, SeriesTime, ContentTime a
+    slice has, with its date; ("", nan) when none. ``text``: an element's value by keyword, ""
+    when absent."""
+    for date_key, time_key in _ACQUISITION_KEYS:
+        value = text(time_key).strip()
         if value:
-            return str(ds.get(date_key, "") or ""), _seconds(value)
+            return text(date_key), _seconds(value)
     return "", float("nan")
 
 
