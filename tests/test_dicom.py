@@ -336,8 +336,10 @@ _ABSENT = st.none()
        photometric=st.sampled_from(["MONOCHROME2", "MONOCHROME1", "MONOCHROME2\\X", "RGB", " MONOCHROME2"]),
        times=st.lists(st.tuples(st.one_of(_ABSENT, _TEXT), st.one_of(_ABSENT, _TEXT)), min_size=3, max_size=3),
        cut=st.one_of(st.none(), st.floats(0, 1)), flip=st.one_of(st.none(), st.tuples(st.floats(0, 1), st.integers(1, 255))))
-@example(implicit=False, uid="", description=None, charset=None, photometric="MONOCHROME2",  # a VR 'UH' after the
-         times=[(None, None), (None, None), (None, "")], cut=None, flip=(0.62890625, 1))  # flip: BadScanError, not a crash
+@example(implicit=False, uid="", description=None, charset=None, photometric="MONOCHROME2",  # VR 'UH' for 'UI':
+         times=[(None, None), (None, None), (None, "")], cut=None, flip=(0.62890625, 1))  # BadScanError, not a crash
+@example(implicit=False, uid="", description=None, charset=None, photometric="MONOCHROME2",  # VR 'TS' for
+         times=[(None, ""), ("", ""), ("", "000")], cut=None, flip=(0.7734375, 1))  # Columns' 'US': the same
 def test_a_slice_read_from_its_elements_equals_dcmreads_reading(implicit, uid, description, charset, photometric,
                                                                 times, cut, flip):
     """Every member gives the same slice (or the same error) through the reader of plain slices'
@@ -424,7 +426,7 @@ def test_a_header_element_pydicom_cannot_convert_is_a_bad_scan_naming_the_member
     members[1] = (name, data[:at + 4] + b"UH" + data[at + 6:])
     uri = str(tmp_path / "damaged.zip")
     Store().write_bytes(uri, zip_bytes(members))
-    with pytest.raises(BadScanError, match=rf"zip member {name}: unreadable series header \(NotImplementedError"):
+    with pytest.raises(BadScanError, match=rf"zip member {name}: unreadable header \(NotImplementedError"):
         read_zip_series(Store(), uri)
 
 

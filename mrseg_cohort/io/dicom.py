@@ -35,7 +35,8 @@ from typing import Callable
 import numpy as np
 import pydicom
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import RawDataElement
+from pydicom.charset import convert_encodings
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.filereader import data_element_generator
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -207,6 +208,16 @@ def _pydicom_slice(data: bytes, name: str, uri: str, limits: ReadLimits) -> tupl
     except Exception as err:  # pydicom raises many types for files that are not DICOM
         raise BadScanError(f"zip member {name} is not a DICOM file ({type(err).__name__}: {err})",
                            stage="read", uri=uri) from err
+    try:
+        return _dataset_slice(ds, name, uri, limits)
+    except (BadScanError, ScanTooLargeError):
+        raise
+    except Exception as err:  # an element pydicom cannot convert (an unknown VR, a malformed value)
+        raise BadScanError(f"zip member {name}: unreadable header ({type(err).__name__}: {err})",
+                           stage="read", uri=uri) from err
+
+
+def _dataset_slice(ds: pydicom.Dataset, name: str, uri: str, limits: ReadLimits) -> tuple[str, _Slice]:
     missing = [k for k in _REQUIRED if k not in ds]
     if missing or "PixelData" not in ds:
         raise BadScanError(f"zip member {name} lacks {missing or ['PixelData']}; a station slice needs "
@@ -234,12 +245,8 @@ def _pydicom_slice(data: bytes, name: str, uri: str, limits: ReadLimits) -> tupl
                            stage="read", uri=uri) from err
     if rescale is None and not np.all(np.isfinite(values)):
         raise BadScanError(f"zip member {name} has NaN or infinite voxels", stage="read", uri=uri)
-    try:
-        uid, description = str(ds.SeriesInstanceUID), str(ds.get("SeriesDescription", ""))
-        acquired = _acquired(lambda keyword: str(ds.get(keyword, "") or ""))
-    except Exception as err:  # an element pydicom cannot convert (an unknown VR, a broken character set)
-        raise BadScanError(f"zip member {name}: unreadable series header ({type(err).__name__}: {err})",
-                           stage="read", uri=uri) from err
+    uid, description = str(ds.SeriesInstanceUID), str(ds.get("SeriesDescription", ""))
+    acquired = _acquired(lambda keyword: str(ds.get(keyword, "") or ""))
     return uid, _Slice(name, position, orientation, spacing, values, rescale, acquired, description)
 
 
@@ -259,6 +266,7 @@ _TAGS = {keyword: tag_for_keyword(keyword) for keyword in (
     "SeriesTime", "ContentDate", "ContentTime")}
 _VRS = {keyword: dictionary_VR(tag) for keyword, tag in _TAGS.items()}
 _TRANSFER_SYNTAX = 0x00020010
+_CHARACTER_SET = 0x00080005
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 class _NotPlain(Exception):
     """An element :func:`_plain_slice` leaves to pydicom."""
@@ -268,7 +276,8 @@ def _part10_elements(data: bytes) -> tuple[str, dict[int, RawDataElement]] | Non
     """(transfer syntax UID, raw elements by tag) of a DICOM Part 10 file in a native little-endian
     syntax, from pydicom's own element parser (:func:`pydicom.filereader.data_element_generator`, the
     one ``dcmread`` runs) without the datasets ``dcmread`` builds around it (two thirds of its time
-    on UK Biobank's slices). None for anything ``dcmread`` would read another way or refuse: no
+    on UK Biobank's slices), converting what ``dcmread`` converts while it reads (the transfer syntax,
+    the character set). None for anything ``dcmread`` would read another way or refuse: no
     preamble, a file meta group not in Explicit VR Little Endian or naming another syntax, a command
     set, a dataset whose first element contradicts the syntax's VR encoding (pydicom then switches),
     an element cut short, any parser error. The caller then reads the file with ``dcmread``."""
@@ -290,6 +299,8 @@ def _part10_elements(data: bytes) -> tuple[str, dict[int, RawDataElement]] | Non
         if len(head) < 6 or head[:2] == b"\x00\x00" or (not (0x40 < head[4] < 0x5B and 0x40 < head[5] < 0x5B)) != implicit:
             return None
         elements = {e.tag: e for e in data_element_generator(fp, implicit, True)}
+        if _CHARACTER_SET in elements:  # converted as dcmread converts it while it reads (it may refuse it)
+            convert_encodings(convert_raw_data_element(elements[_CHARACTER_SET]).value)
     except Exception:  # noqa: BLE001 - malformed bytes: dcmread reads them again and words the error
         return None
     if any(isinstance(e, RawDataElement) and e.length not in (_UNDEFINED_LENGTH, len(e.value or b""))
