@@ -90,7 +90,28 @@ def ray_session(resources: ResourcesConfig) -> Iterator[RaySession]:
     try:
         yield RaySession(on_cluster=bool(resources.address), started_here=True)
     finally:
+        if not resources.address:
+            without_graceful_wait()
         ray.shutdown()
+
+
+def without_graceful_wait() -> None:
+    """Let ``ray.shutdown`` stop the local Ray this run started with SIGKILL at once. The daemons
+    were started while SIGINT/SIGTERM were held (:func:`.signals.held_while`) and inherited that
+    signal mask, so a SIGTERM to the run's process group (a cluster stopping the driver) leaves them
+    to the driver. Ray's graceful stop (SIGTERM, a second's wait per daemon, then SIGKILL) could
+    therefore only end in its SIGKILL, five seconds later. A driver-only change (like
+    :func:`without_failure_signal_handler`); another Ray layout keeps its graceful stop."""
+    try:
+        from ray._private import worker
+        kill_all_processes = worker._global_node.kill_all_processes
+    except (ImportError, AttributeError):
+        return
+
+    def at_once(*args, **kwargs):
+        return kill_all_processes(*args, **{**kwargs, "allow_graceful": False})
+
+    worker._global_node.kill_all_processes = at_once
 
 
 def without_failure_signal_handler() -> None:
