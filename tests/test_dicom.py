@@ -238,7 +238,7 @@ def _header_of(data: bytes):
     ds = pydicom.dcmread(io.BytesIO(data))
     through_dcmread = _plain_header(_dataset_items(ds), ds.file_meta.TransferSyntaxUID)
     parsed = _part10_elements(data)
-    through_elements = _plain_header(parsed[1].get, parsed[0]) if parsed is not None else None
+    through_elements = _plain_header(parsed.elements.get, parsed.syntax) if parsed is not None else None
     assert repr(through_elements) == repr(through_dcmread)
     return through_dcmread
 
@@ -348,8 +348,6 @@ def test_a_slice_read_from_its_elements_equals_dcmreads_reading(implicit, uid, d
     files cut short or with a byte changed."""
     from pydicom.dataelem import DataElement
 
-    from mrseg_cohort.io.dicom import _pydicom_slice, _read_slice
-
     syntax = "1.2.840.10008.1.2" if implicit else "1.2.840.10008.1.2.1"
     [(_, data)] = _encoded_slices(16, 12, False, syntax, ("1", "0"), False, "MONOCHROME2", n_slices=1)
     ds = pydicom.dcmread(io.BytesIO(data))
@@ -374,7 +372,15 @@ def test_a_slice_read_from_its_elements_equals_dcmreads_reading(implicit, uid, d
         data[at] ^= flip[1]
     if cut is not None:
         data = data[: int(cut * len(data))]
-    archive = zipfile.ZipFile(io.BytesIO(zip_bytes([("s.dcm", bytes(data))])))
+    ours, reference = _both_readers(bytes(data))
+    assert ours == reference
+
+
+def _both_readers(data: bytes) -> tuple:
+    """What the reader of members (elements first) and dcmread's reader make of one member's bytes."""
+    from mrseg_cohort.io.dicom import _pydicom_slice, _read_slice
+
+    archive = zipfile.ZipFile(io.BytesIO(zip_bytes([("s.dcm", data)])))
 
     def outcome(read):
         try:
@@ -385,9 +391,51 @@ def test_a_slice_read_from_its_elements_equals_dcmreads_reading(implicit, uid, d
                 repr(one.acquired), one.description, one.position.tobytes(), one.orientation.tobytes(),
                 str(one.pixels.dtype), one.pixels.tobytes())
 
-    ours = outcome(lambda: _read_slice(archive, archive.infolist()[0], "in.zip", ReadLimits()))
-    reference = outcome(lambda: _pydicom_slice(bytes(data), "s.dcm", "in.zip", ReadLimits()))
+    return (outcome(lambda: _read_slice(archive, archive.infolist()[0], "in.zip", ReadLimits())),
+            outcome(lambda: _pydicom_slice(data, "s.dcm", "in.zip", ReadLimits())))
+
+
+def _plain_member(**values) -> bytes:
+    """One plain slice's bytes (explicit VR little endian) with ``values`` (keyword: value) set."""
+    [(_, data)] = _encoded_slices(16, 12, False, "1.2.840.10008.1.2.1", ("1", "0"), False, "MONOCHROME2",
+                                  n_slices=1)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.SpecificCharacterSet, ds.AcquisitionTime = "ISO_IR 100", "101010.5"
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    sink = io.BytesIO()
+    ds.save_as(sink, enforce_file_format=True)
+    return sink.getvalue()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("case", ["empty pixel data", "pixel data as UT", "a UID with a leading space",
+                                  "a Python codec as character set", "transfer syntax as UL",
+                                  "a short file meta group length", "plain"])
+def test_members_found_in_review_read_alike_through_both_readers(case):
+    """Cases a review found where the element reader answered otherwise than dcmread's (or crashed):
+    each member gives the same slice or the same error through both."""
+    if case == "empty pixel data":
+        data = _plain_member(PixelData=b"")
+    elif case == "pixel data as UT":
+        data = _plain_member()
+        at = data.index(b"\xe0\x7f\x10\x00OW")
+        data = data[:at + 4] + b"UT" + data[at + 6:]
+    elif case == "a UID with a leading space":  # pydicom's UID strips it (setting one strips it too)
+        data = _plain_member(SeriesInstanceUID="9.2.3.4.5").replace(b"9.2.3.4.5", b" 2.3.4.5.")
+    elif case == "a Python codec as character set":  # pydicom decodes the description in EBCDIC
+        data = _plain_member().replace(b"ISO_IR 100", b"cp037     ")
+    elif case == "transfer syntax as UL":
+        data = _plain_member().replace(b"\x02\x00\x10\x00UI", b"\x02\x00\x10\x00UL", 1)
+    elif case == "a short file meta group length":  # (0002,0000) UL of 2 bytes: dcmread refuses it
+        data = _plain_member()
+        data = data[:132] + b"\x02\x00\x00\x00UL\x02\x00" + data[140:142] + data[144:]
+    else:
+        data = _plain_member()
+    ours, reference = _both_readers(data)
     assert ours == reference
+    if case == "plain":
+        assert ours[0] == "slice" and ours[7] == "pixels"
 
 
 @pytest.mark.parametrize("change", ["no preamble", "command set", "implicit data, explicit syntax",

@@ -35,7 +35,7 @@ from typing import Callable
 import numpy as np
 import pydicom
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.charset import convert_encodings
+from pydicom.charset import convert_encodings, default_encoding, python_encoding
 from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.filereader import data_element_generator
 from pydicom.pixels import apply_modality_lut
@@ -194,7 +194,7 @@ def _read_slice(archive: zipfile.ZipFile, info: zipfile.ZipInfo, uri: str,
                            stage="read", uri=uri) from err
     parsed = _part10_elements(data)
     if parsed is not None:
-        plain = _plain_slice(*parsed, name, uri, limits)
+        plain = _plain_slice(parsed, name, uri, limits)
         if plain is not None:
             return plain
     return _pydicom_slice(data, name, uri, limits)
@@ -267,13 +267,16 @@ _TAGS = {keyword: tag_for_keyword(keyword) for keyword in (
 _VRS = {keyword: dictionary_VR(tag) for keyword, tag in _TAGS.items()}
 _TRANSFER_SYNTAX = 0x00020010
 _CHARACTER_SET = 0x00080005
+_META_GROUP_LENGTH = 0x00020000
+_DICOM_ENCODINGS = frozenset(python_encoding.values()) | {default_encoding}
+"""Python's names of the DICOM character sets (pydicom also takes any codec's name, e.g. cp037)."""
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 class _NotPlain(Exception):
     """An element :func:`_plain_slice` leaves to pydicom."""
 
 
-def _part10_elements(data: bytes) -> tuple[str, dict[int, RawDataElement]] | None:
-    """(transfer syntax UID, raw elements by tag) of a DICOM Part 10 file in a native little-endian
+def _part10_elements(data: bytes) -> _Part10 | None:
+    """The transfer syntax UID and raw elements by tag of a DICOM Part 10 file in a native little-endian
     syntax, from pydicom's own element parser (:func:`pydicom.filereader.data_element_generator`, the
     one ``dcmread`` runs) without the datasets ``dcmread`` builds around it (two thirds of its time
     on UK Biobank's slices), converting what ``dcmread`` converts while it reads (the transfer syntax,
@@ -288,10 +291,12 @@ def _part10_elements(data: bytes) -> tuple[str, dict[int, RawDataElement]] | Non
     try:
         meta = {e.tag: e for e in data_element_generator(fp, False, True, stop_when=_after_file_meta)}
         syntax_element = meta.get(_TRANSFER_SYNTAX)
-        if syntax_element is None or any(not isinstance(e, RawDataElement) or e.VR not in converters
-                                         for e in meta.values()):
+        if syntax_element is None or syntax_element.VR != "UI" \
+                or any(not isinstance(e, RawDataElement) or e.VR not in converters for e in meta.values()):
             return None
-        syntax = syntax_element.value.decode("ascii").rstrip(" \x00")
+        for tag in {next(iter(meta)), _META_GROUP_LENGTH} & meta.keys():  # dcmread converts these two
+            convert_raw_data_element(meta[tag])
+        syntax = str(convert_raw_data_element(syntax_element).value)
         if syntax not in _NATIVE_SYNTAXES:
             return None
         implicit = syntax == ImplicitVRLittleEndian
@@ -299,36 +304,49 @@ def _part10_elements(data: bytes) -> tuple[str, dict[int, RawDataElement]] | Non
         if len(head) < 6 or head[:2] == b"\x00\x00" or (not (0x40 < head[4] < 0x5B and 0x40 < head[5] < 0x5B)) != implicit:
             return None
         elements = {e.tag: e for e in data_element_generator(fp, implicit, True)}
+        encodings = [default_encoding]
         if _CHARACTER_SET in elements:  # converted as dcmread converts it while it reads (it may refuse it)
-            convert_encodings(convert_raw_data_element(elements[_CHARACTER_SET]).value)
+            encodings = convert_encodings(convert_raw_data_element(elements[_CHARACTER_SET]).value)
     except Exception:  # noqa: BLE001 - malformed bytes: dcmread reads them again and words the error
         return None
     if any(isinstance(e, RawDataElement) and e.length not in (_UNDEFINED_LENGTH, len(e.value or b""))
            for e in elements.values()):
         return None
-    return syntax, elements
+    return _Part10(syntax, elements, all(e in _DICOM_ENCODINGS for e in encodings))
+
+
+@dataclass(frozen=True)
+class _Part10:
+    syntax: str                              # transfer syntax UID
+    elements: dict[int, RawDataElement]      # the dataset's elements by tag, unconverted
+    standard_text: bool                      # text in a DICOM character set (printable ASCII reads as ASCII)
 
 
 def _after_file_meta(tag: int, vr: str | None, length: int) -> bool:
     return tag >> 16 != 2
 
 
-def _plain_slice(syntax: str, elements: dict[int, RawDataElement], name: str, uri: str,
-                 limits: ReadLimits) -> tuple[str, _Slice] | None:
+def _plain_slice(part10: _Part10, name: str, uri: str, limits: ReadLimits) -> tuple[str, _Slice] | None:
     """(SeriesInstanceUID, slice) of a plain slice read from its elements' bytes, every value as
     :func:`_pydicom_slice` gives it; None for any other (or one it would refuse: it words why)."""
-    element = elements.get
+    element = part10.elements.get
     if any(element(_TAGS[keyword]) is None for keyword in (*_REQUIRED, "PixelData")):
         return None
-    header = _plain_header(element, syntax)
+    pixel_data = element(_TAGS["PixelData"])
+    if not isinstance(pixel_data, RawDataElement) or pixel_data.VR not in (None, "OB", "OW") \
+            or not isinstance(pixel_data.value, bytes):
+        return None  # another VR, undefined length or empty: dcmread's path decides
+    header = _plain_header(element, part10.syntax)
     if header is None:
         return None
     _check_slice_size(header.rows, header.cols, name, uri, limits)
-    values = _stored_values(element(_TAGS["PixelData"]).value, header)
+    values = _stored_values(pixel_data.value, header)
     if values is None:
         return None
     try:
         uid = _plain_text(element(_TAGS["SeriesInstanceUID"]), "UI")
+        if not part10.standard_text:
+            raise _NotPlain  # a Python codec named as character set: pydicom decodes with it
         description = _plain_text(element(_TAGS["SeriesDescription"]), "LO")
         acquired = _acquired(lambda keyword: _plain_text(element(_TAGS[keyword]), _VRS[keyword]))
     except _NotPlain:
@@ -341,15 +359,15 @@ def _plain_text(raw: RawDataElement | None, vr: str) -> str:
     """A string element's value as pydicom gives it (trailing spaces and NULs removed; "" when the
     slice lacks it), read from its bytes when they are printable ASCII without a backslash (one
     value); :class:`_NotPlain` otherwise (another character, several values, an unexpected VR).
-    Printable ASCII bytes decode as ASCII in every character set pydicom knows (no escape code
-    switches sets), so the slice's SpecificCharacterSet does not change such a value."""
+    Printable ASCII bytes decode as ASCII in every DICOM character set (no escape code switches
+    sets); :func:`_plain_slice` reads a description so only in those."""
     if raw is None:
         return ""
     if not isinstance(raw, RawDataElement) or raw.VR not in (None, vr):
         raise _NotPlain
     value = (raw.value or b"").rstrip(b" \x00")
-    if not value.isascii() or b"\\" in value or not value.decode("ascii").isprintable():
-        raise _NotPlain
+    if not value.isascii() or b"\\" in value or value[:1] == b" " or not value.decode("ascii").isprintable():
+        raise _NotPlain  # (a leading space: pydicom strips it off a UID, keeps it on a description)
     return value.decode("ascii")
 
 

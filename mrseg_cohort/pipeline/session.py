@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -90,8 +91,8 @@ def ray_session(resources: ResourcesConfig) -> Iterator[RaySession]:
     try:
         yield RaySession(on_cluster=bool(resources.address), started_here=True)
     finally:
-        if not resources.address:
-            without_graceful_wait()
+        if not resources.address and threading.current_thread() is threading.main_thread():
+            without_graceful_wait()  # (only the main thread holds the signals while Ray starts)
         ray.shutdown()
 
 
