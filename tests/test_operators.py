@@ -729,15 +729,21 @@ print("stopped by", stop.reason)
 """
 
 
+def _python_with_its_own_ray(code: str, prefix: str) -> subprocess.CompletedProcess:
+    """``python -c code`` in the repository with a Ray temp dir of its own; every process left under
+    that dir is killed afterwards."""
+    tmpdir = f"/tmp/{prefix}{uuid.uuid4().hex[:6]}"
+    try:
+        return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "RAY_TMPDIR": tmpdir})
+    finally:
+        kill_matching(tmpdir)
+
+
 def test_sigterm_reaching_another_thread_inside_ray_init_stops_the_run_not_aborts_it(tmp_path):
     """Seen in CI: SIGTERM 7 s after the start, while ray.init connected, reached the heartbeat's
     thread and Ray's C++ failure handler aborted the driver (exit -6, no final line)."""
-    tmpdir = f"/tmp/si{uuid.uuid4().hex[:6]}"
-    try:
-        done = subprocess.run([sys.executable, "-c", _SIGTERM_IN_RAY_INIT], cwd=REPO, capture_output=True,
-                              text=True, timeout=300, env={**os.environ, "RAY_TMPDIR": tmpdir})
-    finally:
-        kill_matching(tmpdir)
+    done = _python_with_its_own_ray(_SIGTERM_IN_RAY_INIT, "si")
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     assert "stopped by SIGTERM" in done.stdout, done.stdout + done.stderr[-2000:]
 
@@ -778,12 +784,7 @@ def test_a_local_ray_is_stopped_at_once_as_its_daemons_hold_sigterm(tmp_path):
     SIGTERM to the process group is the driver's to handle), so Ray's graceful stop could only end
     in SIGKILL a second per daemon later: five seconds at the end of every run. The session stops
     them at once, and none is left."""
-    tmpdir = f"/tmp/sd{uuid.uuid4().hex[:6]}"
-    try:
-        done = subprocess.run([sys.executable, "-c", _SHUTDOWN_OF_A_LOCAL_RAY], cwd=REPO, capture_output=True,
-                              text=True, timeout=300, env={**os.environ, "RAY_TMPDIR": tmpdir})
-    finally:
-        kill_matching(tmpdir)
+    done = _python_with_its_own_ray(_SHUTDOWN_OF_A_LOCAL_RAY, "sd")
     assert done.returncode == 0, done.stderr[-2000:]
     lines = {line.split(" ", 1)[0]: line.split()[1:] for line in done.stdout.strip().splitlines()}
     assert {"raylet:SIGTERM", "gcs_server:SIGTERM"} <= set(lines["held"]), done.stdout
