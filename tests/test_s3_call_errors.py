@@ -2,9 +2,10 @@
 reads the input or the output: one ``error:`` line, exit status 2, no secret shown (issue 23: ~95-line
 tracebacks and exit 1 where botocore's errors are no OSError, e.g. NoCredentialsError).
 
-Against the tests' local S3 server (tests/s3_server.py). ``request_attempts: 1`` and a short
-``timeout_s`` keep the dead endpoint quick; mrseg-cohort's own retries (io.storage) may log a warning
-per retry before the line, which is all else the output may hold.
+Against the tests' local S3 server (tests/s3_server.py). ``request_attempts: 1``, a short
+``timeout_s`` and mrseg-cohort's own retries (io.storage) without their backoff waits keep the dead
+endpoint quick; those retries may log a warning per retry before the line, which is all else the
+output may hold.
 """
 
 from __future__ import annotations
@@ -44,6 +45,14 @@ def stores(s3_server, tmp_path_factory) -> dict:
 
 
 @pytest.fixture
+def no_backoff(monkeypatch):
+    """Stores made from a config retry as many times as a run's, without the waits between (3 s over
+    the 5 attempts: the dead endpoint's cases took 6-11 s each)."""
+    monkeypatch.setattr(Store, "from_config", classmethod(lambda cls, storage: cls(storage.fsspec_options(),
+                                                                                   backoff_s=0.0)))
+
+
+@pytest.fixture
 def no_aws_environment(tmp_path, monkeypatch):
     """No credentials from the environment, ~/.aws or the instance metadata service."""
     for name in list(os.environ):
@@ -80,7 +89,7 @@ def _job(tmp_path: Path, stores: dict, side: str, case: str) -> Path:
 @pytest.mark.parametrize("side,case,command", CALLS, ids=[f"{s}-{c.replace(' ', '-')}-{m.replace(' ', '-')}"
                                                           for s, c, m in CALLS])
 def test_a_store_that_refuses_or_does_not_answer_is_one_line(side, case, command, stores, tmp_path,
-                                                             no_aws_environment):
+                                                             no_aws_environment, no_backoff):
     if not stores["auth"] and case != "dead endpoint":
         pytest.skip("moto's S3 server accepts any credentials")
     config = _job(tmp_path, stores, side, case)
