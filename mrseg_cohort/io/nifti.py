@@ -89,6 +89,9 @@ def itk_grid(header: nib.Nifti1Header, uri: str = "") -> Grid:
     from its columns.) SimpleITK does not read NIfTI-2 files (nor, then, MRSegmentator): their
     header goes to ITK as NIfTI-1, so the same rules place them (matrices rounded to float32).
 
+    A negative pixdim is read as ITK's image reader (SimpleITK's ``ReadImage``) reads it: the spacing
+    made positive and that axis's direction reversed.
+
     Raises:
         BadScanError: a zero or non-finite pixdim[1:4] (ITK would read it as 1 mm without a word),
             or no transform with an orthonormal direction (ITK refuses the file).
@@ -96,7 +99,7 @@ def itk_grid(header: nib.Nifti1Header, uri: str = "") -> Grid:
     pixdim = np.asarray(header["pixdim"][1:4], dtype=np.float64)
     if not np.all(np.isfinite(pixdim)) or np.any(pixdim == 0):
         shown = ", ".join(f"{v:.4g}" for v in pixdim)
-        raise BadScanError(f"header voxel spacing pixdim[1:4] ({shown}) is not positive and finite; "
+        raise BadScanError(f"header voxel spacing pixdim[1:4] ({shown}) is zero or not finite; "
                            "fix the header's pixdim", uri=uri)
     if isinstance(header, nib.Nifti2Header):
         header = nib.Nifti1Header.from_header(header, check=False)
@@ -114,10 +117,16 @@ def itk_grid(header: nib.Nifti1Header, uri: str = "") -> Grid:
             raise BadScanError(f"header has no usable geometry (qform and sform give no orthonormal direction): "
                                f"{lines[-1][:200] if lines else type(err).__name__}", uri=uri) from err
     n = reader.GetDimension()
-    direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(n, n)[:3, :3]
+    direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(n, n)[:3, :3].copy()
+    spacing = np.asarray(reader.GetSpacing()[:3], dtype=np.float64)
+    flipped = spacing < 0  # a negative pixdim: ITK's image reader makes it positive and flips the axis
+    spacing[flipped] *= -1
+    direction[:, flipped] *= -1
     shape_xyz = tuple(int(d) for d in header["dim"][1:4])
-    return Grid(shape_xyz[::-1], tuple(reader.GetSpacing()[:3])[::-1], tuple(reader.GetOrigin()[:3]),
-                tuple(direction.ravel()))
+    try:
+        return Grid(shape_xyz[::-1], tuple(spacing)[::-1], tuple(reader.GetOrigin()[:3]), tuple(direction.ravel()))
+    except ValueError as err:  # what ITK made of the header is no grid
+        raise BadScanError(f"header geometry is not usable: {err}", uri=uri) from None
 
 
 def itk_scaling(header: nib.Nifti1Header) -> tuple[float, float] | None:
@@ -190,20 +199,46 @@ def _gunzip_prefix(raw: bytes, n: int, uri: str) -> bytes:
         raise BadScanError(f"not a valid gzip file: {err}", uri=uri) from err
 
 
+_GUNZIP_CHUNK = 16 << 20
+"""Decompressed bytes per zlib call while reading a gzip stream (bounds memory beyond the image)."""
+
+
 def _gunzip_all(raw: bytes, n_bytes: int, uri: str) -> bytes:
-    """Decompress at most ``n_bytes`` (+1, to see that more follows); when the stream ends within that,
-    read it to its end so that zlib verifies the CRC (a corrupt file is refused, not read as noise)."""
-    decomp = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    """The first ``n_bytes`` of a gzip file's decompressed data, every member read to its end so that
+    zlib verifies each CRC (a corrupt file is refused, not read as noise, also where the damage makes
+    the stream longer than the header's image). Several members (bgzip, concatenated files) are one
+    stream, as for Python's ``gzip`` and zlib's ``gzread``; what follows the last member that is not
+    gzip is ignored, as zlib does. Decompressed data beyond the image (the header's bytes and voxels)
+    is read in bounded chunks and dropped; more than ``max(n_bytes, 64 MiB)`` of it is refused."""
+    out = bytearray()
+    beyond, allowed_beyond = 0, max(n_bytes, 64 << 20)
+    rest = raw
     try:
-        out = decomp.decompress(raw, n_bytes + 1)
-        if len(out) <= n_bytes and not decomp.eof:
-            out += decomp.decompress(decomp.unconsumed_tail, n_bytes + 1 - len(out))
+        while True:
+            decomp = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            pending = rest
+            while not decomp.eof:
+                chunk = decomp.decompress(pending, _GUNZIP_CHUNK)
+                pending = decomp.unconsumed_tail
+                keep = max(0, min(len(chunk), n_bytes - len(out)))
+                out += chunk[:keep]
+                beyond += len(chunk) - keep
+                if beyond > allowed_beyond:
+                    raise BadScanError(f"gzip data holds more than {allowed_beyond} bytes beyond the "
+                                       f"{n_bytes} bytes of image its header describes", uri=uri)
+                if not chunk and not pending:
+                    break  # input used up before the end-of-stream marker
+            if not decomp.eof:
+                if len(out) < n_bytes:
+                    raise BadScanError(f"gzip stream is truncated after {len(out)} of {n_bytes} bytes; "
+                                       "re-download the file", uri=uri)
+                raise BadScanError("gzip stream is truncated before its checksum (the image cannot be "
+                                   "verified); re-download the file", uri=uri)
+            rest = decomp.unused_data.lstrip(b"\0")  # zero padding between members, as gzip allows
+            if rest[:2] != b"\x1f\x8b":
+                return bytes(out)
     except zlib.error as err:
         raise BadScanError(f"gzip data is corrupt ({err}); re-export or re-download the file", uri=uri) from err
-    if len(out) <= n_bytes and not decomp.eof:
-        raise BadScanError(f"gzip stream is truncated after {len(out)} of {n_bytes} bytes; "
-                           "re-download the file", uri=uri)
-    return out
 
 
 def _parse_header(head: bytes, uri: str):
