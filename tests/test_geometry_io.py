@@ -194,3 +194,63 @@ def test_a_negative_pixdim_is_read_as_simpleitk_reads_it(tmp_path, qform_code, a
     assert np.allclose(volume.grid.direction, reference.GetDirection())
     assert np.allclose(volume.grid.origin_mm, reference.GetOrigin())
     assert np.array_equal(volume.array, sitk.GetArrayFromImage(reference).astype(np.float32))
+
+
+@pytest.mark.parametrize("kind", ["complex64", "RGB"])
+def test_voxels_that_are_not_real_numbers_are_refused_naming_the_file(kind):
+    """A complex fat or water image was cut to its real part without a word (fat fractions from the
+    real parts), an RGB one ended in a TypeError traceback."""
+    if kind == "RGB":
+        data = np.zeros((6, 5, 4), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    else:
+        data = (np.ones((6, 5, 4)) * np.exp(2.5j)).astype(np.complex64)
+    raw = nib.Nifti1Image(data, np.eye(4)).to_bytes()
+    for dtype in (np.float32, np.uint8):
+        with pytest.raises(BadScanError, match=f"stored as {kind}; expected real numbers") as info:
+            volume_from_nifti_bytes(raw, "s3://bucket/p1/fat.nii.gz", dtype=dtype)
+        assert "s3://bucket/p1/fat.nii.gz" in str(info.value)
+
+
+def _with_scaling(data: np.ndarray, slope: float, inter: float) -> bytes:
+    img = nib.Nifti1Image(data, np.eye(4))
+    raw = bytearray(img.to_bytes())
+    raw[112:120] = np.array([slope, inter], "<f4").tobytes()  # scl_slope, scl_inter
+    return bytes(raw)
+
+
+def test_a_label_map_with_an_intercept_and_no_slope_is_refused():
+    """scl_slope 0, scl_inter 1 on a label map: ITK adds 1 to every label (background became the
+    spleen, the spleen the right kidney, ...), nibabel reads the stored labels; it was read ITK's way
+    without a word."""
+    labels = np.zeros((6, 5, 4), np.uint8)
+    labels[2:4, 1:3, 1:3] = 1
+    with pytest.raises(BadScanError, match="scl_slope 0 and scl_inter 1: readers disagree") as info:
+        volume_from_nifti_bytes(_with_scaling(labels, 0.0, 1.0), "s3://bucket/p1/labels.nii.gz", dtype=np.uint8)
+    assert "s3://bucket/p1/labels.nii.gz" in str(info.value)
+    assert volume_from_nifti_bytes(_with_scaling(labels, 1.0, 0.0), "x", dtype=np.uint8).array.max() == 1
+
+
+def test_an_image_with_an_intercept_and_no_slope_is_read_as_simpleitk_reads_it_with_a_warning(tmp_path, caplog):
+    data = np.arange(6 * 5 * 4, dtype=np.int16).reshape(6, 5, 4)
+    path = tmp_path / "fat.nii"
+    path.write_bytes(_with_scaling(data, 0.0, 5.0))
+    volume = read_volume(Store(), str(path))
+    assert np.array_equal(volume.array, sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.float32))
+    assert volume.array.min() == 5.0
+    assert [r.levelname for r in caplog.records if str(path) in r.getMessage()] == ["WARNING"]
+
+
+def test_an_sform_with_other_voxel_sizes_than_pixdim_is_one_warning_naming_the_file(tmp_path, caplog, capfd):
+    """ITK's own warning (a multi-line block naming a temporary file) was all a user saw."""
+    img = nib.Nifti1Image(np.zeros((6, 5, 4), np.int16), np.diag([0.8, 1.2, 5.0, 1.0]))
+    img.set_qform(None, code=0)
+    img.header.set_zooms((1.0, 1.0, 1.0))
+    path = tmp_path / "sform.nii"
+    nib.save(img, str(path))
+    volume = read_volume(Store(), str(path))
+    assert np.allclose(volume.grid.spacing_xyz_mm, sitk.ReadImage(str(path)).GetSpacing())
+    capfd.readouterr()
+    read_volume(Store(), str(path))
+    assert "WARNING" not in capfd.readouterr().err
+    warnings = [r.getMessage() for r in caplog.records if str(path) in r.getMessage()]
+    assert len(warnings) == 2 and "0.8 x 1.2 x 5" in warnings[0] and "pixdim 1 x 1 x 1" in warnings[0]

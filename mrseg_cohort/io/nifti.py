@@ -9,11 +9,14 @@ are checked against :class:`ReadLimits` before any voxel data is decompressed or
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
+import logging
 import os
 import tempfile
 import zlib
+from typing import Iterator
 
 import nibabel as nib
 import numpy as np
@@ -26,6 +29,8 @@ from mrseg_cohort.io.storage import Store
 
 __all__ = ["ReadLimits", "read_volume", "read_labels", "write_volume", "nifti_bytes", "volume_from_nifti_bytes",
            "itk_grid", "itk_scaling", "affine_from_grid"]
+
+log = logging.getLogger(__name__)
 
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -54,8 +59,12 @@ def volume_from_nifti_bytes(raw: bytes, uri: str, limits: ReadLimits = ReadLimit
     if not 1 <= ndim <= 7:
         raise BadScanError(f"header gives {ndim} dimensions; a NIfTI image has 1 to 7", uri=uri)
     shape = check_image_shape(tuple(int(d) for d in dims[1:ndim + 1]), uri, limits)
+    stored = np.dtype(header.get_data_dtype())
+    if stored.fields is not None or stored.kind not in "biuf":  # RGB, complex: no one intensity per voxel
+        raise BadScanError(f"voxels are stored as {_dtype_name(header)}; expected real numbers (a magnitude "
+                           "image, or integer labels)", uri=uri)
     grid = itk_grid(header, uri)
-    itemsize = np.dtype(header.get_data_dtype()).itemsize
+    itemsize = stored.itemsize
     n_bytes = int(header.get_data_offset()) + int(np.prod(shape)) * itemsize
     check_decoded_size(n_bytes, shape, uri, limits)
     data = _gunzip_all(raw, n_bytes, uri) if is_gz else raw
@@ -63,12 +72,14 @@ def volume_from_nifti_bytes(raw: bytes, uri: str, limits: ReadLimits = ReadLimit
         raise BadScanError(f"file is truncated: {len(data)} bytes of image data where the header "
                            f"promises {n_bytes}; re-export or re-download it", uri=uri)
     scaling = itk_scaling(header)
+    _check_intercept_without_slope(header, dtype, uri)
     if not (np.isnan(header["scl_slope"]) and np.isnan(header["scl_inter"])):  # nibabel decodes unscaled
         unscaled = header.copy()
         unscaled["scl_slope"], unscaled["scl_inter"] = np.nan, np.nan
         data = unscaled.binaryblock + data[len(unscaled.binaryblock):]
     try:
-        img = image_class.from_bytes(data)
+        with _nibabel_quiet():
+            img = image_class.from_bytes(data)
         array = np.asanyarray(img.dataobj)
     except Exception as err:  # nibabel raises many types for corrupt files
         raise BadScanError(f"not a readable NIfTI image: {type(err).__name__}: {err}", uri=uri) from err
@@ -110,12 +121,17 @@ def itk_grid(header: nib.Nifti1Header, uri: str = "") -> Grid:
         with open(path, "wb") as f:
             f.write(header.binaryblock + bytes(4))  # no extensions: the header is all ITK reads here
         reader.SetFileName(path)
+        warned = sitk.ProcessObject.GetGlobalWarningDisplay()
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)  # its warnings name the temporary file
         try:
             reader.ReadImageInformation()
         except RuntimeError as err:
             lines = [line.strip() for line in str(err).splitlines() if line.strip()]
             raise BadScanError(f"header has no usable geometry (qform and sform give no orthonormal direction): "
                                f"{lines[-1][:200] if lines else type(err).__name__}", uri=uri) from err
+        finally:
+            sitk.ProcessObject.SetGlobalWarningDisplay(warned)
+    _warn_if_the_sform_scales_otherwise(header, pixdim, uri)
     n = reader.GetDimension()
     direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(n, n)[:3, :3].copy()
     spacing = np.asarray(reader.GetSpacing()[:3], dtype=np.float64)
@@ -127,6 +143,24 @@ def itk_grid(header: nib.Nifti1Header, uri: str = "") -> Grid:
         return Grid(shape_xyz[::-1], tuple(spacing)[::-1], tuple(reader.GetOrigin()[:3]), tuple(direction.ravel()))
     except ValueError as err:  # what ITK made of the header is no grid
         raise BadScanError(f"header geometry is not usable: {err}", uri=uri) from None
+
+
+def _warn_if_the_sform_scales_otherwise(header: nib.Nifti1Header, pixdim: np.ndarray, uri: str) -> None:
+    """A warning naming ``uri`` when the header's sform (set) gives other voxel sizes than pixdim:
+    readers then disagree (ITK, so SimpleITK and MRSegmentator, and this reader take pixdim's; nibabel
+    and FSL the sform's), and volumes with them."""
+    if int(header["sform_code"]) <= 0:
+        return
+    scales = np.linalg.norm(np.asarray(header.get_sform(), dtype=np.float64)[:3, :3], axis=0)
+    if np.allclose(scales, np.abs(pixdim), rtol=1e-3, atol=0):
+        return
+    log.warning("%s: the header's sform gives voxel sizes %s, its pixdim %s (in the header's units); read "
+                "with pixdim's as SimpleITK (and so MRSegmentator) reads it: nibabel and FSL would take the "
+                "sform's, and give other volumes", uri, _sizes(scales), _sizes(np.abs(pixdim)))
+
+
+def _sizes(values: np.ndarray) -> str:
+    return " x ".join(f"{v:.4g}" for v in values)
 
 
 def itk_scaling(header: nib.Nifti1Header) -> tuple[float, float] | None:
@@ -141,6 +175,23 @@ def itk_scaling(header: nib.Nifti1Header) -> tuple[float, float] | None:
     if abs(slope) < eps:
         slope = 1.0
     return (slope, inter) if abs(slope - 1.0) > eps or abs(inter) > eps else None
+
+
+def _check_intercept_without_slope(header: nib.Nifti1Header, dtype: type, uri: str) -> None:
+    """An scl_inter with a zero or unset scl_slope is read in two ways: ITK (so SimpleITK and
+    MRSegmentator, and :func:`itk_scaling`) adds it to every value, nibabel, FSL and AFNI ignore it
+    (nifti1.h scales only with a nonzero slope). An image is read as ITK reads it, with a warning
+    naming the file; a label map (integer ``dtype``) is refused: one reading shifts every label."""
+    slope, inter = float(header["scl_slope"]), float(header["scl_inter"])
+    if (np.isfinite(slope) and slope != 0) or not np.isfinite(inter) or inter == 0:
+        return
+    if np.issubdtype(dtype, np.integer):
+        raise BadScanError(f"label map header has scl_slope {slope:g} and scl_inter {inter:g}: readers disagree "
+                           f"(ITK adds {inter:g} to every label, nibabel ignores it); write the labels unscaled "
+                           "(scl_slope 1, scl_inter 0)", uri=uri)
+    log.warning("%s: the header has scl_slope %g and scl_inter %g: read as SimpleITK (and so MRSegmentator) "
+                "reads it, %g added to every value; nibabel, FSL and AFNI read the stored values", uri, slope,
+                inter, inter)
 
 
 def _itk_rescaled(array: np.ndarray, slope: float, inter: float) -> np.ndarray:
@@ -192,6 +243,26 @@ def read_labels(store: Store, uri: str, limits: ReadLimits = ReadLimits()) -> Vo
 
 
 # -- helpers ----------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _nibabel_quiet() -> Iterator[None]:
+    """Without nibabel's log lines on the header fixes it makes while decoding (a negative pixdim made
+    positive, ...): the geometry read is ITK's (:func:`itk_grid`), whatever nibabel would fix."""
+    logger = nib.imageglobals.logger
+    was, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = was
+
+
+def _dtype_name(header: nib.Nifti1Header) -> str:
+    """The header's datatype as NIfTI names it (``complex64``, ``RGB``), else numpy's name."""
+    try:
+        return str(header.get_value_label("datatype"))
+    except Exception:  # noqa: BLE001 - a code nibabel has no label for
+        return np.dtype(header.get_data_dtype()).name
+
+
 def _gunzip_prefix(raw: bytes, n: int, uri: str) -> bytes:
     try:
         return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(raw, n)
@@ -203,7 +274,7 @@ _GUNZIP_CHUNK = 16 << 20
 """Decompressed bytes per zlib call while reading a gzip stream (bounds memory beyond the image)."""
 
 
-def _gunzip_all(raw: bytes, n_bytes: int, uri: str) -> bytes:
+def _gunzip_all(raw: bytes, n_bytes: int, uri: str) -> bytearray:
     """The first ``n_bytes`` of a gzip file's decompressed data, every member read to its end so that
     zlib verifies each CRC (a corrupt file is refused, not read as noise, also where the damage makes
     the stream longer than the header's image). Several members (bgzip, concatenated files) are one
@@ -236,7 +307,7 @@ def _gunzip_all(raw: bytes, n_bytes: int, uri: str) -> bytes:
                                    "verified); re-download the file", uri=uri)
             rest = decomp.unused_data.lstrip(b"\0")  # zero padding between members, as gzip allows
             if rest[:2] != b"\x1f\x8b":
-                return bytes(out)
+                return out  # (not copied into bytes: the image may be gigabytes)
     except zlib.error as err:
         raise BadScanError(f"gzip data is corrupt ({err}); re-export or re-download the file", uri=uri) from err
 
