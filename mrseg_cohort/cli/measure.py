@@ -69,6 +69,11 @@ def measure(
             rows = [{"labels_uri": labels, **record} for record in records]
             write_table(store, uri, pa.Table.from_pylist(rows, schema))
     scan = result.scan
+    plane = _slice_plane(label_volume.grid)
+    if fat and plane != "axial":  # in-plane = within the file's slices (docs/measures.md): say which these are
+        typer.echo(f"warning: {labels} is stored in {plane} slices: the fat fractions erode within them and the "
+                   "swap check runs slice by slice along them, as for any file's slices (docs/measures.md); "
+                   "resample to axial slices for the cohorts' axial convention", err=True)
     if scan["n_voxels_unknown_label"]:  # a map naming a subset is a choice, a wrong map a mistake: say so
         typer.echo(f"warning: {labels} holds label values that label map {label_map.name!r} does not name "
                    f"({_ranges(scan['unknown_label_values'])}; {scan['n_voxels_unknown_label']} voxels): they are "
@@ -77,6 +82,14 @@ def measure(
     typer.echo(f"{scan['n_present']} of {scan['n_structures']} structures present; "
                f"swap_suspected={scan['swap_suspected']}, {scan['n_lr_implausible']} L/R implausible, "
                f"{scan['n_missing']} missing; wrote {', '.join(tables)}")
+
+
+def _slice_plane(grid) -> str:
+    """The anatomical plane of a grid's slices (array axis 0, index z): axial, coronal or sagittal."""
+    import numpy as np
+
+    normal = np.abs(grid.direction_matrix[:, 2])  # LPS world direction of index z
+    return ("sagittal", "coronal", "axial")[int(np.argmax(normal))]
 
 
 def _ranges(values: str) -> str:
