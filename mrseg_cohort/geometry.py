@@ -113,7 +113,13 @@ class Grid:
         if not np.allclose(self.origin_mm, other.origin_mm, atol=atol_mm):
             parts.append(f"origin {_fmt(self.origin_mm)} != {_fmt(other.origin_mm)} mm")
         if not np.allclose(self.direction, other.direction, atol=atol_direction):
-            parts.append(f"direction {self.axis_codes()} != {other.axis_codes()}")
+            ours, theirs = self.axis_codes(), other.axis_codes()
+            if ours == theirs:  # the same nearest axes ("LPS != LPS" said nothing): how far they turn
+                cosines = np.clip(np.sum(self.direction_matrix * other.direction_matrix, axis=0), -1, 1)
+                parts.append(f"direction {ours} in both, the axes turned by up to "
+                             f"{np.degrees(np.arccos(cosines)).max():.2g} deg against each other")
+            else:
+                parts.append(f"direction {ours} != {theirs}")
         return "; ".join(parts)
 
     def with_shape(self, shape: tuple[int, int, int]) -> "Grid":

@@ -254,3 +254,12 @@ def test_an_sform_with_other_voxel_sizes_than_pixdim_is_one_warning_naming_the_f
     assert "WARNING" not in capfd.readouterr().err
     warnings = [r.getMessage() for r in caplog.records if str(path) in r.getMessage()]
     assert len(warnings) == 2 and "0.8 x 1.2 x 5" in warnings[0] and "pixdim 1 x 1 x 1" in warnings[0]
+
+
+def test_a_grid_mismatch_of_oblique_directions_says_how_far_they_turn():
+    """Two directions with the same nearest axes were reported as "direction LPS != LPS"."""
+    turn = np.radians(20)
+    rotation = np.array([[np.cos(turn), -np.sin(turn), 0], [np.sin(turn), np.cos(turn), 0], [0, 0, 1]])
+    straight, oblique = Grid((2, 2, 2), (1, 1, 1)), Grid((2, 2, 2), (1, 1, 1), direction=tuple(rotation.ravel()))
+    assert straight.mismatch(oblique) == "direction LPS in both, the axes turned by up to 20 deg against each other"
+    assert straight.mismatch(Grid((2, 2, 2), (1, 1, 1), direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1))) == "direction LPS != RAS"
