@@ -281,8 +281,8 @@ def _gunzip_all(raw: bytes, n_bytes: int, uri: str) -> bytearray:
     stream, as for Python's ``gzip`` and zlib's ``gzread``; what follows the last member that is not
     gzip is ignored, as zlib does. Decompressed data beyond the image (the header's bytes and voxels)
     is read in bounded chunks and dropped; more than ``max(n_bytes, 64 MiB)`` of it is refused."""
-    out = bytearray()
-    beyond, allowed_beyond = 0, max(n_bytes, 64 << 20)
+    out = bytearray(n_bytes)  # filled in place: one copy of each chunk
+    filled, beyond, allowed_beyond = 0, 0, max(n_bytes, 64 << 20)
     rest = raw
     try:
         while True:
@@ -291,8 +291,9 @@ def _gunzip_all(raw: bytes, n_bytes: int, uri: str) -> bytearray:
             while not decomp.eof:
                 chunk = decomp.decompress(pending, _GUNZIP_CHUNK)
                 pending = decomp.unconsumed_tail
-                keep = max(0, min(len(chunk), n_bytes - len(out)))
-                out += chunk[:keep]
+                keep = max(0, min(len(chunk), n_bytes - filled))
+                out[filled:filled + keep] = memoryview(chunk)[:keep]
+                filled += keep
                 beyond += len(chunk) - keep
                 if beyond > allowed_beyond:
                     raise BadScanError(f"gzip data holds more than {allowed_beyond} bytes beyond the "
@@ -300,13 +301,14 @@ def _gunzip_all(raw: bytes, n_bytes: int, uri: str) -> bytearray:
                 if not chunk and not pending:
                     break  # input used up before the end-of-stream marker
             if not decomp.eof:
-                if len(out) < n_bytes:
-                    raise BadScanError(f"gzip stream is truncated after {len(out)} of {n_bytes} bytes; "
+                if filled < n_bytes:
+                    raise BadScanError(f"gzip stream is truncated after {filled} of {n_bytes} bytes; "
                                        "re-download the file", uri=uri)
                 raise BadScanError("gzip stream is truncated before its checksum (the image cannot be "
                                    "verified); re-download the file", uri=uri)
             rest = decomp.unused_data.lstrip(b"\0")  # zero padding between members, as gzip allows
             if rest[:2] != b"\x1f\x8b":
+                del out[filled:]  # a stream shorter than the header's image: the caller says so
                 return out  # (not copied into bytes: the image may be gigabytes)
     except zlib.error as err:
         raise BadScanError(f"gzip data is corrupt ({err}); re-export or re-download the file", uri=uri) from err
