@@ -490,9 +490,49 @@ def test_uk_biobank_slices_are_read_from_their_elements(phantom_zip, monkeypatch
 
 
 # -- broken files -------------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("case", ["columns halved", "8 bits on 16-bit data", "two frames of pixel data",
+                                  "no rows", "no columns"])
+def test_pixel_data_its_header_does_not_describe_is_refused_as_pydicom_refuses_it(case):
+    """PixelData of another size than Rows x Columns x BitsAllocated (a changed header, a second frame)
+    or a slice of no rows: pydicom's ``pixel_array`` refuses it or gives another shape; our readers
+    took the first Rows x Columns values (half-rows as rows, 16-bit values as pairs of 8-bit pixels:
+    a scrambled image without a word) or an empty slice. Found in a hostile review."""
+    if case == "columns halved":
+        data = _plain_member(Columns=3)
+    elif case == "8 bits on 16-bit data":
+        data = _plain_member(BitsAllocated=8, BitsStored=8, HighBit=7)
+    elif case == "two frames of pixel data":
+        data = _plain_member(PixelData=pydicom.dcmread(io.BytesIO(_plain_member())).PixelData * 2)
+    else:
+        data = _plain_member(**{"Rows" if case == "no rows" else "Columns": 0})
+    ds = pydicom.dcmread(io.BytesIO(data))
+    try:
+        assert ds.pixel_array.shape != (ds.Rows, ds.Columns)
+    except (ValueError, AttributeError):
+        pass  # refused
+    ours, through_dcmread = _both_readers(data)
+    assert ours[0] == through_dcmread[0] == "error" and "zip member s.dcm" in ours[2], ours[:3]
+
+
 def _one_series_members(n_slices: int = 4) -> list[tuple[str, bytes]]:
     grid = Grid((n_slices, 8, 9), (3.0, 2.0, 2.0))
     return encode_series(Volume(np.ones(grid.shape, np.float32), grid), header())
+
+
+def _changed(member: bytes, damage: str, k: int) -> bytes:
+    """A member with its PixelSpacing or (the second slice's) ImagePositionPatient changed; these raised
+    a ValueError naming neither the zip nor the series (from the grid)."""
+    ds = pydicom.dcmread(io.BytesIO(member))
+    if damage == "zero pixel spacing":
+        ds.PixelSpacing = [0, 0]
+    elif damage == "negative pixel spacing":
+        ds.PixelSpacing = [-2, 2]
+    elif k == 1:
+        ds.ImagePositionPatient = ["nan", 0, 3]
+    sink = io.BytesIO()
+    ds.save_as(sink, enforce_file_format=True)
+    return sink.getvalue()
 
 
 @pytest.mark.parametrize("damage,match", [
@@ -502,6 +542,10 @@ def _one_series_members(n_slices: int = 4) -> list[tuple[str, bytes]]:
     ("not dicom", "zip member notes.dcm is not a DICOM file"),
     ("missing slice", r"slice spacing varies .* gap of 6.000 mm between members"),
     ("empty", "holds no .dcm files"),
+    ("encrypted member", r"zip member .*\.dcm cannot be read: .*encrypted"),
+    ("zero pixel spacing", r"series 'series': PixelSpacing \(0.0, 0.0\) of its members .* is not positive"),
+    ("negative pixel spacing", r"series 'series': PixelSpacing \(-2.0, 2.0\) .* is not positive"),
+    ("position not finite", r"series 'series': member .*\.dcm has ImagePositionPatient \(nan, 0.0, 3.0\)"),
 ])
 def test_broken_zips_are_bad_scans_naming_zip_and_member(damage, match, tmp_path):
     members = _one_series_members()
@@ -521,6 +565,13 @@ def test_broken_zips_are_bad_scans_naming_zip_and_member(damage, match, tmp_path
         data = zip_bytes(members[:1] + members[2:])  # members are in slice order
     elif damage == "empty":
         data = zip_bytes([("manifest.cvs", b"filename\n")])
+    elif damage == "encrypted member":  # the flag set in the member's local and central headers
+        raw = bytearray(data)
+        for signature, at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+            raw[raw.index(signature) + at] |= 1
+        data = bytes(raw)
+    elif damage in ("zero pixel spacing", "negative pixel spacing", "position not finite"):
+        data = zip_bytes([(name, _changed(member, damage, k)) for k, (name, member) in enumerate(members)])
     uri = str(tmp_path / "1000001_20201_2_0.zip")
     Store().write_bytes(uri, data)
     with pytest.raises(BadScanError, match=match) as info:

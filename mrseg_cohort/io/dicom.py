@@ -192,6 +192,9 @@ def _read_slice(archive: zipfile.ZipFile, info: zipfile.ZipInfo, uri: str,
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as err:
         raise BadScanError(f"zip member {name} is corrupt or truncated ({err}); re-download the zip",
                            stage="read", uri=uri) from err
+    except RuntimeError as err:  # zipfile's word for an encrypted member (no password given)
+        raise BadScanError(f"zip member {name} cannot be read: {err}; give the zip unencrypted",
+                           stage="read", uri=uri) from err
     parsed = _part10_elements(data)
     if parsed is not None:
         plain = _plain_slice(parsed, name, uri, limits)
@@ -429,7 +432,7 @@ def _plain_header(element: _ElementOf, syntax: str | None) -> _PlainHeader | Non
     bits, representation = us["BitsAllocated"], us["PixelRepresentation"]
     stored = us["BitsStored"] if us["BitsStored"] not in (_ABSENT, 0) else bits  # absent or 0: BitsAllocated
     if any(us[k] is _ABSENT for k in ("Rows", "Columns", "BitsAllocated", "PixelRepresentation")) \
-            or samples not in (_ABSENT, 1) or bits not in (8, 16, 32) or representation not in (0, 1) \
+            or us["Rows"] == 0 or us["Columns"] == 0 or samples not in (_ABSENT, 1) or bits not in (8, 16, 32) or representation not in (0, 1) \
             or not 0 < stored <= bits \
             or any(ds_values[k] is _ABSENT for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")):
         return None
@@ -469,15 +472,16 @@ def _raw_number(raw: RawDataElement | None, vr: str):
 def _stored_values(pixel_data: bytes, header: _PlainHeader) -> np.ndarray | None:
     """The stored integers of a plain slice (:func:`_plain_header`) as pydicom's ``pixel_array``
     gives them, from its PixelData bytes, without pydicom's per-slice decoder set-up (its rescale,
-    ``header.rescale``, is applied per series); None when PixelData holds too few bytes (pydicom
-    words the error).
+    ``header.rescale``, is applied per series); None when PixelData holds another number of bytes than
+    one frame's (and a pad byte): too few, or more (another frame, or Rows, Columns or BitsAllocated
+    that do not describe it), where pydicom words the error.
 
     pydicom's native decoder reads ``rows * cols`` values of BitsAllocated bits (little-endian,
     signed per PixelRepresentation) and, when BitsStored < BitsAllocated, shifts each value left and
     back right by the unused bits (clearing them, or extending the sign): done here alike."""
     dtype = np.dtype(f"<{'i' if header.signed else 'u'}{header.bits // 8}")
     n = header.rows * header.cols
-    if len(pixel_data) < n * dtype.itemsize:
+    if len(pixel_data) not in (n * dtype.itemsize, n * dtype.itemsize + 1):  # (+ the pad to even length)
         return None
     values = np.frombuffer(pixel_data, dtype=dtype, count=n).reshape(header.rows, header.cols)
     if header.stored < header.bits:
@@ -532,6 +536,15 @@ def _assemble(uid: str, slices: list[_Slice], uri: str, limits: ReadLimits) -> D
         other = others[int(np.argmax(differ))]
         raise BadScanError(f"{what}: member {other.member} has PixelSpacing {other.spacing}, {first.member} "
                            f"{first.spacing}", stage="read", uri=uri)
+    if not all(v > 0 and math.isfinite(v) for v in first.spacing):
+        raise BadScanError(f"{what}: PixelSpacing {first.spacing} of its members (e.g. {first.member}) is not "
+                           "positive and finite", stage="read", uri=uri)
+    unplaced = [s.member for s in slices if not np.all(np.isfinite(s.position))]
+    if unplaced:
+        raise BadScanError(f"{what}: member {unplaced[0]} has ImagePositionPatient "
+                           f"({', '.join(map(str, next(s.position for s in slices if s.member == unplaced[0])))}), "
+                           "not finite",
+                           stage="read", uri=uri)
     if len(slices) < limits.min_dim or len(slices) > limits.max_dim:
         raise (BadScanError if len(slices) < limits.min_dim else ScanTooLargeError)(
             f"{what} has {len(slices)} slices; a station needs {limits.min_dim} to {limits.max_dim} "
