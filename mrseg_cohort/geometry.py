@@ -117,7 +117,7 @@ class Grid:
             if ours == theirs:  # the same nearest axes ("LPS != LPS" said nothing): how far they turn
                 cosines = np.clip(np.sum(self.direction_matrix * other.direction_matrix, axis=0), -1, 1)
                 parts.append(f"direction {ours} in both, the axes turned by up to "
-                             f"{np.degrees(np.arccos(cosines)).max():.2g} deg against each other")
+                             f"{np.degrees(np.arccos(cosines)).max():.1f} deg against each other")
             else:
                 parts.append(f"direction {ours} != {theirs}")
         return "; ".join(parts)

@@ -528,6 +528,10 @@ def _changed(member: bytes, damage: str, k: int) -> bytes:
         ds.PixelSpacing = [0, 0]
     elif damage == "negative pixel spacing":
         ds.PixelSpacing = [-2, 2]
+    elif damage == "pixel spacing not a number":  # (on every member: it was called a difference between them)
+        ds.PixelSpacing = ["nan", "nan"]
+    elif damage == "orientation not a number":
+        ds.ImageOrientationPatient = ["nan", 0, 0, 0, 1, 0]
     elif k == 1:
         ds.ImagePositionPatient = ["nan", 0, 3]
     sink = io.BytesIO()
@@ -543,8 +547,10 @@ def _changed(member: bytes, damage: str, k: int) -> bytes:
     ("missing slice", r"slice spacing varies .* gap of 6.000 mm between members"),
     ("empty", "holds no .dcm files"),
     ("encrypted member", r"zip member .*\.dcm cannot be read: .*encrypted"),
-    ("zero pixel spacing", r"series 'series': PixelSpacing \(0.0, 0.0\) of its members .* is not positive"),
-    ("negative pixel spacing", r"series 'series': PixelSpacing \(-2.0, 2.0\) .* is not positive"),
+    ("zero pixel spacing", r"series 'series': member .*\.dcm has PixelSpacing \(0.0, 0.0\), not positive"),
+    ("negative pixel spacing", r"series 'series': member .*\.dcm has PixelSpacing \(-2.0, 2.0\), not positive"),
+    ("pixel spacing not a number", r"series 'series': member .*\.dcm has PixelSpacing \(nan, nan\), not positive"),
+    ("orientation not a number", r"series 'series': member .*\.dcm has ImageOrientationPatient \(nan, "),
     ("position not finite", r"series 'series': member .*\.dcm has ImagePositionPatient \(nan, 0.0, 3.0\)"),
 ])
 def test_broken_zips_are_bad_scans_naming_zip_and_member(damage, match, tmp_path):
@@ -570,7 +576,8 @@ def test_broken_zips_are_bad_scans_naming_zip_and_member(damage, match, tmp_path
         for signature, at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
             raw[raw.index(signature) + at] |= 1
         data = bytes(raw)
-    elif damage in ("zero pixel spacing", "negative pixel spacing", "position not finite"):
+    elif damage in ("zero pixel spacing", "negative pixel spacing", "position not finite",
+                    "pixel spacing not a number", "orientation not a number"):
         data = zip_bytes([(name, _changed(member, damage, k)) for k, (name, member) in enumerate(members)])
     uri = str(tmp_path / "1000001_20201_2_0.zip")
     Store().write_bytes(uri, data)

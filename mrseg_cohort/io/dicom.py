@@ -525,6 +525,14 @@ def _assemble(uid: str, slices: list[_Slice], uri: str, limits: ReadLimits) -> D
         if s.pixels.shape != first.pixels.shape:
             raise BadScanError(f"{what}: member {s.member} is {s.pixels.shape} pixels, {first.member} is "
                                f"{first.pixels.shape}; one series needs one slice size", stage="read", uri=uri)
+    unusable = next((s for s in slices if not all(v > 0 and math.isfinite(v) for v in s.spacing)), None)
+    if unusable is not None:  # (before comparing members: NaN equals nothing, not even itself)
+        raise BadScanError(f"{what}: member {unusable.member} has PixelSpacing {unusable.spacing}, not positive "
+                           "and finite", stage="read", uri=uri)
+    unplaced = next((s for s in slices if not np.all(np.isfinite(s.orientation))), None)
+    if unplaced is not None:
+        raise BadScanError(f"{what}: member {unplaced.member} has ImageOrientationPatient "
+                           f"({', '.join(map(str, unplaced.orientation))}), not finite", stage="read", uri=uri)
     others = slices[1:]  # np.allclose(other, first, atol=1e-4) for all at once
     differ = ~np.isclose(np.reshape([s.orientation for s in others], (-1, 6)), first.orientation,
                          atol=1e-4).all(axis=1)
@@ -536,9 +544,6 @@ def _assemble(uid: str, slices: list[_Slice], uri: str, limits: ReadLimits) -> D
         other = others[int(np.argmax(differ))]
         raise BadScanError(f"{what}: member {other.member} has PixelSpacing {other.spacing}, {first.member} "
                            f"{first.spacing}", stage="read", uri=uri)
-    if not all(v > 0 and math.isfinite(v) for v in first.spacing):
-        raise BadScanError(f"{what}: PixelSpacing {first.spacing} of its members (e.g. {first.member}) is not "
-                           "positive and finite", stage="read", uri=uri)
     unplaced = [s.member for s in slices if not np.all(np.isfinite(s.position))]
     if unplaced:
         raise BadScanError(f"{what}: member {unplaced[0]} has ImagePositionPatient "

@@ -9,12 +9,13 @@ are checked against :class:`ReadLimits` before any voxel data is decompressed or
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import io
 import logging
 import os
+import re
 import tempfile
+import threading
 import zlib
 from typing import Iterator
 
@@ -31,6 +32,8 @@ __all__ = ["ReadLimits", "read_volume", "read_labels", "write_volume", "nifti_by
            "itk_grid", "itk_scaling", "affine_from_grid"]
 
 log = logging.getLogger(__name__)
+_ITK_WARNINGS_OFF = threading.Lock()
+"""Held while ITK's process-wide warning display is off for one header (:func:`itk_grid`)."""
 
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -73,20 +76,16 @@ def volume_from_nifti_bytes(raw: bytes, uri: str, limits: ReadLimits = ReadLimit
                            f"promises {n_bytes}; re-export or re-download it", uri=uri)
     scaling = itk_scaling(header)
     _check_intercept_without_slope(header, dtype, uri)
-    if not (np.isnan(header["scl_slope"]) and np.isnan(header["scl_inter"])):  # nibabel decodes unscaled
-        unscaled = header.copy()
-        unscaled["scl_slope"], unscaled["scl_inter"] = np.nan, np.nan
-        data = unscaled.binaryblock + data[len(unscaled.binaryblock):]
-    try:
-        with _nibabel_quiet():
-            img = image_class.from_bytes(data)
-        array = np.asanyarray(img.dataobj)
-    except Exception as err:  # nibabel raises many types for corrupt files
-        raise BadScanError(f"not a readable NIfTI image: {type(err).__name__}: {err}", uri=uri) from err
+    # the voxels as nibabel's ArrayProxy reads them (the header's dtype and byte order, Fortran order
+    # from vox_offset), from the buffer itself: no copy of the image, and no header fix-ups (the
+    # geometry is ITK's, the scaling ITK's, below)
+    array = np.frombuffer(data, dtype=stored, count=int(np.prod(shape)),
+                          offset=int(header.get_data_offset())).reshape(shape, order="F")
     if scaling is not None:
         array = _itk_rescaled(array, *scaling)
     array = checked_voxels(array.reshape(array.shape[:3]) if array.ndim > 3 else array, dtype, uri)
-    return Volume(np.ascontiguousarray(array.transpose(2, 1, 0)), grid)
+    array = np.ascontiguousarray(array.transpose(2, 1, 0))
+    return Volume(array if array.flags.writeable else array.copy(), grid)  # (bytes in: a read-only view)
 
 
 def itk_grid(header: nib.Nifti1Header, uri: str = "") -> Grid:
@@ -121,16 +120,18 @@ def itk_grid(header: nib.Nifti1Header, uri: str = "") -> Grid:
         with open(path, "wb") as f:
             f.write(header.binaryblock + bytes(4))  # no extensions: the header is all ITK reads here
         reader.SetFileName(path)
-        warned = sitk.ProcessObject.GetGlobalWarningDisplay()
-        sitk.ProcessObject.SetGlobalWarningDisplay(False)  # its warnings name the temporary file
-        try:
-            reader.ReadImageInformation()
-        except RuntimeError as err:
-            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-            raise BadScanError(f"header has no usable geometry (qform and sform give no orthonormal direction): "
-                               f"{lines[-1][:200] if lines else type(err).__name__}", uri=uri) from err
-        finally:
-            sitk.ProcessObject.SetGlobalWarningDisplay(warned)
+        with _ITK_WARNINGS_OFF:  # (process-wide: threads reading headers take turns)
+            warned = sitk.ProcessObject.GetGlobalWarningDisplay()
+            sitk.ProcessObject.SetGlobalWarningDisplay(False)  # its warnings name the temporary file
+            try:
+                reader.ReadImageInformation()
+            except RuntimeError as err:
+                lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+                raise BadScanError(f"header has no usable geometry (qform and sform give no orthonormal "
+                                   f"direction): {lines[-1][:200] if lines else type(err).__name__}",
+                                   uri=uri) from err
+            finally:
+                sitk.ProcessObject.SetGlobalWarningDisplay(warned)
     _warn_if_the_sform_scales_otherwise(header, pixdim, uri)
     n = reader.GetDimension()
     direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(n, n)[:3, :3].copy()
@@ -243,18 +244,6 @@ def read_labels(store: Store, uri: str, limits: ReadLimits = ReadLimits()) -> Vo
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _nibabel_quiet() -> Iterator[None]:
-    """Without nibabel's log lines on the header fixes it makes while decoding (a negative pixdim made
-    positive, ...): the geometry read is ITK's (:func:`itk_grid`), whatever nibabel would fix."""
-    logger = nib.imageglobals.logger
-    was, logger.disabled = logger.disabled, True
-    try:
-        yield
-    finally:
-        logger.disabled = was
-
-
 def _dtype_name(header: nib.Nifti1Header) -> str:
     """The header's datatype as NIfTI names it (``complex64``, ``RGB``), else numpy's name."""
     try:
@@ -264,54 +253,92 @@ def _dtype_name(header: nib.Nifti1Header) -> str:
 
 
 def _gunzip_prefix(raw: bytes, n: int, uri: str) -> bytes:
+    """The first ``n`` decompressed bytes (fewer when the data is shorter), across members."""
+    out = b""
     try:
-        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(raw, n)
+        for chunk in _gzip_chunks(raw, max_output=n):
+            out += chunk
+            if len(out) >= n:
+                break
     except zlib.error as err:
         raise BadScanError(f"not a valid gzip file: {err}", uri=uri) from err
+    except _GzipCut:
+        pass  # the header check words it (too short), or the full read does
+    return out[:n]
 
 
 _GUNZIP_CHUNK = 16 << 20
 """Decompressed bytes per zlib call while reading a gzip stream (bounds memory beyond the image)."""
+_FEED_MIN, _FEED_MAX = 1 << 10, 1 << 20
+"""Compressed bytes per zlib call: from the first at a member's start, doubling to the second
+(what zlib copies of the input left at a member's end stays within twice what the member took)."""
+_NOT_ZERO = re.compile(rb"[^\x00]")
+
+
+class _GzipCut(Exception):
+    """The gzip data ends inside a member (before its end-of-stream marker and checksum)."""
+
+
+def _gzip_chunks(raw: bytes, max_output: int = _GUNZIP_CHUNK) -> Iterator[bytes]:
+    """The decompressed data of every gzip member of ``raw``, in chunks of at most ``max_output``
+    bytes, each member read to its end so that zlib verifies its CRC. Members follow each other
+    (bgzip, concatenated files), zero padding between them allowed; what follows the last member
+    that is not gzip is ignored, as zlib's ``gzread`` ignores it. Time linear in ``len(raw)``.
+
+    Raises:
+        zlib.error: corrupt data or a failed checksum.
+        _GzipCut: the data ends inside a member."""
+    view, pos = memoryview(raw), 0
+    while True:
+        decomp, feed_size = zlib.decompressobj(16 + zlib.MAX_WBITS), _FEED_MIN
+        while not decomp.eof:
+            feed = decomp.unconsumed_tail
+            if not feed:
+                feed = view[pos:pos + feed_size]
+                pos += len(feed)
+                feed_size = min(2 * feed_size, _FEED_MAX)
+                if not feed:
+                    raise _GzipCut
+            chunk = decomp.decompress(feed, max_output)
+            if chunk:
+                yield chunk
+        pos -= len(decomp.unused_data) + len(decomp.unconsumed_tail)  # where the next member would start
+        found = _NOT_ZERO.search(raw, pos)
+        if found is None or raw[found.start():found.start() + 2] != b"\x1f\x8b":
+            return
+        pos = found.start()
 
 
 def _gunzip_all(raw: bytes, n_bytes: int, uri: str) -> bytearray:
-    """The first ``n_bytes`` of a gzip file's decompressed data, every member read to its end so that
-    zlib verifies each CRC (a corrupt file is refused, not read as noise, also where the damage makes
-    the stream longer than the header's image). Several members (bgzip, concatenated files) are one
-    stream, as for Python's ``gzip`` and zlib's ``gzread``; what follows the last member that is not
-    gzip is ignored, as zlib does. Decompressed data beyond the image (the header's bytes and voxels)
-    is read in bounded chunks and dropped; more than ``max(n_bytes, 64 MiB)`` of it is refused."""
-    out = bytearray(n_bytes)  # filled in place: one copy of each chunk
+    """The first ``n_bytes`` of a gzip file's decompressed data (:func:`_gzip_chunks`: every member
+    read to its checksum, so a corrupt file is refused, not read as noise, also where the damage makes
+    the stream longer than the header's image). Data beyond the image is dropped as it comes; more
+    than ``max(n_bytes, 64 MiB)`` of it is refused. The buffer grows with the data, from what the
+    compressed bytes can hold at most (deflate expands at most about 1032-fold), not from the size
+    the header promises."""
+    out = bytearray(min(n_bytes, 1032 * len(raw) + (1 << 16)))  # filled in place
     filled, beyond, allowed_beyond = 0, 0, max(n_bytes, 64 << 20)
-    rest = raw
     try:
-        while True:
-            decomp = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            pending = rest
-            while not decomp.eof:
-                chunk = decomp.decompress(pending, _GUNZIP_CHUNK)
-                pending = decomp.unconsumed_tail
-                keep = max(0, min(len(chunk), n_bytes - filled))
-                out[filled:filled + keep] = memoryview(chunk)[:keep]
-                filled += keep
-                beyond += len(chunk) - keep
-                if beyond > allowed_beyond:
-                    raise BadScanError(f"gzip data holds more than {allowed_beyond} bytes beyond the "
-                                       f"{n_bytes} bytes of image its header describes", uri=uri)
-                if not chunk and not pending:
-                    break  # input used up before the end-of-stream marker
-            if not decomp.eof:
-                if filled < n_bytes:
-                    raise BadScanError(f"gzip stream is truncated after {filled} of {n_bytes} bytes; "
-                                       "re-download the file", uri=uri)
-                raise BadScanError("gzip stream is truncated before its checksum (the image cannot be "
-                                   "verified); re-download the file", uri=uri)
-            rest = decomp.unused_data.lstrip(b"\0")  # zero padding between members, as gzip allows
-            if rest[:2] != b"\x1f\x8b":
-                del out[filled:]  # a stream shorter than the header's image: the caller says so
-                return out  # (not copied into bytes: the image may be gigabytes)
+        for chunk in _gzip_chunks(raw):
+            keep = max(0, min(len(chunk), n_bytes - filled))
+            if filled + keep > len(out):
+                out.extend(bytes(min(n_bytes, max(2 * len(out), filled + keep)) - len(out)))
+            out[filled:filled + keep] = memoryview(chunk)[:keep]
+            filled += keep
+            beyond += len(chunk) - keep
+            if beyond > allowed_beyond:
+                raise BadScanError(f"gzip data holds more than {allowed_beyond} bytes beyond the "
+                                   f"{n_bytes} bytes of image its header describes", uri=uri)
     except zlib.error as err:
         raise BadScanError(f"gzip data is corrupt ({err}); re-export or re-download the file", uri=uri) from err
+    except _GzipCut:
+        if filled < n_bytes:
+            raise BadScanError(f"gzip stream is truncated after {filled} of {n_bytes} bytes; "
+                               "re-download the file", uri=uri) from None
+        raise BadScanError("gzip stream is truncated before its checksum (the image cannot be "
+                           "verified); re-download the file", uri=uri) from None
+    del out[filled:]  # a stream shorter than the header's image: the caller says so
+    return out  # (not copied into bytes: the image may be gigabytes)
 
 
 def _parse_header(head: bytes, uri: str):
