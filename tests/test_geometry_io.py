@@ -299,3 +299,12 @@ def test_a_tiny_file_whose_header_promises_gigabytes_allocates_no_more_than_its_
     finally:
         tracemalloc.stop()
     assert peak < 50e6, peak
+
+
+@pytest.mark.parametrize("offset", [-16.0, float("nan")])
+def test_a_vox_offset_that_is_no_place_in_the_file_is_refused_naming_it(offset):
+    raw = bytearray(_nifti((8, 8, 8)))
+    raw[108:112] = np.array([offset], "<f4").tobytes()  # vox_offset
+    with pytest.raises(BadScanError, match="vox_offset") as info:
+        volume_from_nifti_bytes(bytes(raw), "s3://bucket/p1/in.nii")
+    assert "s3://bucket/p1/in.nii" in str(info.value)

@@ -68,6 +68,8 @@ def volume_from_nifti_bytes(raw: bytes, uri: str, limits: ReadLimits = ReadLimit
                            "image, or integer labels)", uri=uri)
     grid = itk_grid(header, uri)
     itemsize = stored.itemsize
+    if not 0 <= header["vox_offset"] < 2**31:  # (nan fails too)
+        raise BadScanError(f"header's vox_offset {float(header['vox_offset']):g} is no place in the file", uri=uri)
     n_bytes = int(header.get_data_offset()) + int(np.prod(shape)) * itemsize
     check_decoded_size(n_bytes, shape, uri, limits)
     data = _gunzip_all(raw, n_bytes, uri) if is_gz else raw
