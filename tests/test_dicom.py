@@ -539,6 +539,7 @@ def _changed(member: bytes, damage: str, k: int) -> bytes:
     return sink.getvalue()
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom's on the invalid values written
 @pytest.mark.parametrize("damage,match", [
     ("truncated", "not a readable zip file"),
     ("not a zip", "not a readable zip file"),
