@@ -68,8 +68,10 @@ def volume_from_nifti_bytes(raw: bytes, uri: str, limits: ReadLimits = ReadLimit
                            "image, or integer labels)", uri=uri)
     grid = itk_grid(header, uri)
     itemsize = stored.itemsize
-    if not 0 <= header["vox_offset"] < 2**31:  # (nan fails too)
-        raise BadScanError(f"header's vox_offset {float(header['vox_offset']):g} is no place in the file", uri=uri)
+    first_voxel = 352 if isinstance(header, nib.Nifti1Header) and not isinstance(header, nib.Nifti2Header) else 544
+    if not first_voxel <= header["vox_offset"] < 2**31:  # (nan fails too)
+        raise BadScanError(f"header's vox_offset {float(header['vox_offset']):g} is no place for the voxels of a "
+                           f"single-file NIfTI (at least {first_voxel}, after the header)", uri=uri)
     n_bytes = int(header.get_data_offset()) + int(np.prod(shape)) * itemsize
     check_decoded_size(n_bytes, shape, uri, limits)
     data = _gunzip_all(raw, n_bytes, uri) if is_gz else raw
@@ -200,7 +202,7 @@ def _check_intercept_without_slope(header: nib.Nifti1Header, dtype: type, uri: s
 def _itk_rescaled(array: np.ndarray, slope: float, inter: float) -> np.ndarray:
     """``array * slope + inter`` rounded as ITK rounds it: float64 stays float64; anything else is
     cast to float32 first, scaled in float64 and rounded once to float32."""
-    if array.dtype == np.float64:
+    if array.dtype.kind == "f" and array.dtype.itemsize == 8:  # (either byte order)
         return array * slope + inter
     return (array.astype(np.float32).astype(np.float64) * slope + inter).astype(np.float32)
 
@@ -304,7 +306,8 @@ def _gzip_chunks(raw: bytes, max_output: int = _GUNZIP_CHUNK) -> Iterator[bytes]
             chunk = decomp.decompress(feed, max_output)
             if chunk:
                 yield chunk
-        pos -= len(decomp.unused_data) + len(decomp.unconsumed_tail)  # where the next member would start
+        pos -= len(decomp.unused_data)  # where the next member would start (CPython may leave the same
+        # leftover in unconsumed_tail too, when the call that ended the member was fed the last one's)
         found = _NOT_ZERO.search(raw, pos)
         if found is None or raw[found.start():found.start() + 2] != b"\x1f\x8b":
             return
@@ -359,4 +362,9 @@ def _parse_header(head: bytes, uri: str):
         _ = header.get_data_dtype()
     except Exception as err:
         raise BadScanError(f"NIfTI header is corrupt: {type(err).__name__}: {err}", uri=uri) from err
+    single_file = b"n+1" if n == 348 else b"n+2"
+    magic = bytes(header["magic"])
+    if magic[:4] != single_file + b"\0":  # (ITK would read it as Analyze, without its transforms)
+        raise BadScanError(f"NIfTI header is corrupt: magic string {magic.rstrip(bytes(1))!r}, not {single_file!r} "
+                           "(a single-file NIfTI)", uri=uri)
     return header, klass
