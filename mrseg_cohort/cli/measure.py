@@ -85,11 +85,8 @@ def measure(
 
 
 def _slice_plane(grid) -> str:
-    """The anatomical plane of a grid's slices (array axis 0, index z): axial, coronal or sagittal."""
-    import numpy as np
-
-    normal = np.abs(grid.direction_matrix[:, 2])  # LPS world direction of index z
-    return ("sagittal", "coronal", "axial")[int(np.argmax(normal))]
+    """The anatomical plane of a grid's slices (array axis 0, index z, the third of its axis codes)."""
+    return {"S": "axial", "I": "axial", "A": "coronal", "P": "coronal"}.get(grid.axis_codes()[2], "sagittal")
 
 
 def _ranges(values: str) -> str:

@@ -432,7 +432,8 @@ def _plain_header(element: _ElementOf, syntax: str | None) -> _PlainHeader | Non
     bits, representation = us["BitsAllocated"], us["PixelRepresentation"]
     stored = us["BitsStored"] if us["BitsStored"] not in (_ABSENT, 0) else bits  # absent or 0: BitsAllocated
     if any(us[k] is _ABSENT for k in ("Rows", "Columns", "BitsAllocated", "PixelRepresentation")) \
-            or us["Rows"] == 0 or us["Columns"] == 0 or samples not in (_ABSENT, 1) or bits not in (8, 16, 32) or representation not in (0, 1) \
+            or us["Rows"] == 0 or us["Columns"] == 0 \
+            or samples not in (_ABSENT, 1) or bits not in (8, 16, 32) or representation not in (0, 1) \
             or not 0 < stored <= bits \
             or any(ds_values[k] is _ABSENT for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")):
         return None
@@ -529,10 +530,10 @@ def _assemble(uid: str, slices: list[_Slice], uri: str, limits: ReadLimits) -> D
     if unusable is not None:  # (before comparing members: NaN equals nothing, not even itself)
         raise BadScanError(f"{what}: member {unusable.member} has PixelSpacing {unusable.spacing}, not positive "
                            "and finite", stage="read", uri=uri)
-    unplaced = next((s for s in slices if not np.all(np.isfinite(s.orientation))), None)
-    if unplaced is not None:
-        raise BadScanError(f"{what}: member {unplaced.member} has ImageOrientationPatient "
-                           f"({', '.join(map(str, unplaced.orientation))}), not finite", stage="read", uri=uri)
+    unoriented = next((s for s in slices if not np.all(np.isfinite(s.orientation))), None)
+    if unoriented is not None:
+        raise BadScanError(f"{what}: member {unoriented.member} has ImageOrientationPatient "
+                           f"({', '.join(map(str, unoriented.orientation))}), not finite", stage="read", uri=uri)
     others = slices[1:]  # np.allclose(other, first, atol=1e-4) for all at once
     differ = ~np.isclose(np.reshape([s.orientation for s in others], (-1, 6)), first.orientation,
                          atol=1e-4).all(axis=1)
@@ -544,12 +545,10 @@ def _assemble(uid: str, slices: list[_Slice], uri: str, limits: ReadLimits) -> D
         other = others[int(np.argmax(differ))]
         raise BadScanError(f"{what}: member {other.member} has PixelSpacing {other.spacing}, {first.member} "
                            f"{first.spacing}", stage="read", uri=uri)
-    unplaced = [s.member for s in slices if not np.all(np.isfinite(s.position))]
-    if unplaced:
-        raise BadScanError(f"{what}: member {unplaced[0]} has ImagePositionPatient "
-                           f"({', '.join(map(str, next(s.position for s in slices if s.member == unplaced[0])))}), "
-                           "not finite",
-                           stage="read", uri=uri)
+    unplaced = next((s for s in slices if not np.all(np.isfinite(s.position))), None)
+    if unplaced is not None:
+        raise BadScanError(f"{what}: member {unplaced.member} has ImagePositionPatient "
+                           f"({', '.join(map(str, unplaced.position))}), not finite", stage="read", uri=uri)
     if len(slices) < limits.min_dim or len(slices) > limits.max_dim:
         raise (BadScanError if len(slices) < limits.min_dim else ScanTooLargeError)(
             f"{what} has {len(slices)} slices; a station needs {limits.min_dim} to {limits.max_dim} "

@@ -56,7 +56,7 @@ def volume_from_nifti_bytes(raw: bytes, uri: str, limits: ReadLimits = ReadLimit
     """Decode NIfTI bytes (gzipped or not) into a Volume; see :func:`read_volume`."""
     is_gz = raw[:2] == b"\x1f\x8b"
     head = _gunzip_prefix(raw, 540, uri) if is_gz else raw[:540]
-    header, image_class = _parse_header(head, uri)
+    header = _parse_header(head, uri)
     dims = header["dim"]
     ndim = int(dims[0])
     if not 1 <= ndim <= 7:
@@ -68,7 +68,7 @@ def volume_from_nifti_bytes(raw: bytes, uri: str, limits: ReadLimits = ReadLimit
                            "image, or integer labels)", uri=uri)
     grid = itk_grid(header, uri)
     itemsize = stored.itemsize
-    first_voxel = 352 if isinstance(header, nib.Nifti1Header) and not isinstance(header, nib.Nifti2Header) else 544
+    first_voxel = header.sizeof_hdr + 4  # after the header and its 4 extension bytes: 352 or 544
     if not first_voxel <= header["vox_offset"] < 2**31:  # (nan fails too)
         raise BadScanError(f"header's vox_offset {float(header['vox_offset']):g} is no place for the voxels of a "
                            f"single-file NIfTI (at least {first_voxel}, after the header)", uri=uri)
@@ -346,15 +346,17 @@ def _gunzip_all(raw: bytes, n_bytes: int, uri: str) -> bytearray:
     return out  # (not copied into bytes: the image may be gigabytes)
 
 
-def _parse_header(head: bytes, uri: str):
+def _parse_header(head: bytes, uri: str) -> nib.Nifti1Header:
+    """The NIfTI-1 or NIfTI-2 header (a :class:`nib.Nifti2Header` is a Nifti1Header too) at the start of
+    ``head``, unchecked by nibabel but for its magic string."""
     if len(head) < 348:
         raise BadScanError(f"not a NIfTI file: only {len(head)} bytes", uri=uri)
     sizeof_hdr_le = int.from_bytes(head[:4], "little")
     sizeof_hdr_be = int.from_bytes(head[:4], "big")
     if 348 in (sizeof_hdr_le, sizeof_hdr_be):
-        klass, header_class, n = nib.Nifti1Image, nib.Nifti1Header, 348
+        header_class, n = nib.Nifti1Header, 348
     elif 540 in (sizeof_hdr_le, sizeof_hdr_be):
-        klass, header_class, n = nib.Nifti2Image, nib.Nifti2Header, 540
+        header_class, n = nib.Nifti2Header, 540
     else:
         raise BadScanError("not a NIfTI file (header size field is neither 348 nor 540)", uri=uri)
     try:
@@ -367,4 +369,4 @@ def _parse_header(head: bytes, uri: str):
     if magic[:4] != single_file + b"\0":  # (ITK would read it as Analyze, without its transforms)
         raise BadScanError(f"NIfTI header is corrupt: magic string {magic.rstrip(bytes(1))!r}, not {single_file!r} "
                            "(a single-file NIfTI)", uri=uri)
-    return header, klass
+    return header
